@@ -1,0 +1,214 @@
+"""The one typed configuration of a training run.
+
+`TrainConfig` is the single source of truth: the command line is generated from it
+(`cifar_mlflow.cli`), the MLproject parameters use its field names, it is logged as MLflow
+params, saved in checkpoints, and the tuner changes it with `dataclasses.replace`.
+
+Fields whose default is `None` and whose help says "recommended" are filled in per
+architecture by `resolve_config` (see `RECOMMENDED`); anything the user sets wins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from cifar_mlflow.errors import ConfigError
+
+DATASETS = ("cifar10", "cifar100", "fashion_mnist", "mnist", "svhn", "imagefolder", "synthetic")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("onecycle", "cosine", "step", "plateau", "none")
+AUGMENTS = ("none", "standard", "strong")
+
+
+def _field(default: Any, help: str, **metadata: Any) -> Any:
+    """A dataclass field carrying its `--help` text (and optional `choices`)."""
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata={"help": help, **metadata})
+    return field(default=default, metadata={"help": help, **metadata})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run."""
+
+    # Model
+    arch: str = _field("cnn", "model: a registered name (see --list-models), tv:NAME for any "
+                       "torchvision classifier, or package.module:function for your own builder")
+    model_args: dict = _field({}, "JSON object of keyword arguments for the model builder, "
+                              "e.g. '{\"width_mult\": 0.5}'")
+    # Data
+    dataset: str = _field("cifar10", "data set", choices=DATASETS)
+    data_dir: str = _field("./data", "where the data set lives (torchvision downloads go here; "
+                           "for imagefolder: the folder holding train/ and test/)")
+    image_size: int | None = _field(None, "resize images to this square size (default: keep "
+                                    "the data set's size)")
+    val_fraction: float = _field(0.1, "fraction of the training set held out for validation "
+                                 "(stratified, seeded)")
+    max_train_samples: int | None = _field(None, "cap the training split (quick runs)")
+    max_eval_samples: int | None = _field(None, "cap the validation and test splits (quick runs)")
+    augment: str | None = _field(None, "augmentation preset: none, standard (crop + flip) or "
+                                 "strong (adds colour jitter, rotation, erasing); default: "
+                                 "recommended for the arch", choices=AUGMENTS)
+    # Optimisation
+    epochs: int | None = _field(None, "number of epochs; default: recommended for the arch")
+    batch_size: int | None = _field(None, "mini-batch size; default: recommended for the arch")
+    optimizer: str | None = _field(None, "optimizer; default: recommended for the arch",
+                                   choices=OPTIMIZERS)
+    lr: float | None = _field(None, "peak learning rate; default: recommended for the arch")
+    momentum: float = _field(0.9, "SGD momentum")
+    nesterov: bool = _field(True, "use Nesterov momentum with SGD")
+    weight_decay: float | None = _field(None, "weight decay (not applied to biases and norm "
+                                        "layers); default: recommended for the arch")
+    scheduler: str | None = _field(None, "learning-rate schedule; default: recommended for the "
+                                   "arch", choices=SCHEDULERS)
+    warmup_epochs: float = _field(1.0, "linear warm-up length for the cosine schedule")
+    lr_step_size: int | None = _field(None, "step schedule: epochs between decays (default: a "
+                                      "third of the epochs)")
+    lr_gamma: float = _field(0.1, "step and plateau schedules: factor the lr is multiplied by")
+    lr_patience: int = _field(2, "plateau schedule: epochs without improvement before decaying")
+    label_smoothing: float | None = _field(None, "label smoothing of the cross-entropy loss; "
+                                           "default: recommended for the arch")
+    grad_clip: float | None = _field(None, "clip the gradient norm to this value (default: off)")
+    patience: int | None = _field(None, "early stopping: epochs without a better val_acc "
+                                  "before stopping (default: off)")
+    # Hardware and reproducibility
+    device: str = _field("auto", "auto, cpu, cuda or cuda:N")
+    compile: bool = _field(False, "torch.compile the model (CUDA)")
+    seed: int = _field(0, "random seed for the split, initialisation and augmentation")
+    deterministic: bool = _field(False, "use deterministic algorithms (slower on CUDA)")
+    progress: bool = _field(True, "show a progress bar per epoch (--no-progress for log files)")
+    # Tracking
+    experiment_name: str | None = _field(None, "MLflow experiment (default: the data set's name; "
+                                         "under `mlflow run` its own experiment wins)")
+    run_name: str | None = _field(None, "MLflow run name (default: e.g. cnn-sgd-lr0.05-e30-s0)")
+    tracking_uri: str | None = _field(None, "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
+                                      "else sqlite:///mlflow.db)")
+    log_model: bool = _field(True, "log the trained model with mlflow.pytorch.log_model")
+    register_model: str | None = _field(None, "register the logged model under this name")
+    checkpoint_dir: str = _field("./checkpoints", "where the resumable per-run checkpoint is kept")
+    resume: str | None = _field(None, "MLflow run id of an interrupted run to continue from its "
+                                "checkpoint")
+
+
+# Recommended settings per architecture: the settings the reference recipes use for CIFAR-style
+# 32x32 data. `_generic` covers torchvision models and user builders.
+RECOMMENDED: dict[str, dict[str, Any]] = {
+    "_generic": dict(optimizer="sgd", lr=0.05, weight_decay=5e-4, scheduler="onecycle",
+                     epochs=30, batch_size=128, augment="standard", label_smoothing=0.0),
+    "mlp": dict(optimizer="adamw", lr=1e-3, weight_decay=1e-4, scheduler="onecycle",
+                epochs=30, batch_size=128, augment="none", label_smoothing=0.0),
+    "lenet": dict(optimizer="sgd", lr=0.05, weight_decay=5e-4, scheduler="onecycle",
+                  epochs=30, batch_size=128, augment="standard", label_smoothing=0.0),
+    "cnn_small": dict(optimizer="sgd", lr=0.05, weight_decay=5e-4, scheduler="onecycle",
+                      epochs=30, batch_size=128, augment="standard", label_smoothing=0.0),
+    "cnn": dict(optimizer="sgd", lr=0.05, weight_decay=5e-4, scheduler="onecycle",
+                epochs=30, batch_size=128, augment="standard", label_smoothing=0.1),
+    "mobilenetv2": dict(optimizer="sgd", lr=0.1, weight_decay=4e-5, scheduler="cosine",
+                        epochs=60, batch_size=128, augment="standard", label_smoothing=0.1),
+    "mobilenetv3_small": dict(optimizer="sgd", lr=0.1, weight_decay=4e-5, scheduler="cosine",
+                              epochs=60, batch_size=128, augment="standard",
+                              label_smoothing=0.1),
+    "mobilenetv3_large": dict(optimizer="sgd", lr=0.1, weight_decay=4e-5, scheduler="cosine",
+                              epochs=60, batch_size=128, augment="standard",
+                              label_smoothing=0.1),
+    "resnet18": dict(optimizer="sgd", lr=0.1, weight_decay=5e-4, scheduler="onecycle",
+                     epochs=40, batch_size=128, augment="standard", label_smoothing=0.0),
+    "resnet9": dict(optimizer="sgd", lr=0.2, weight_decay=5e-4, scheduler="onecycle",
+                    epochs=24, batch_size=512, augment="standard", label_smoothing=0.2),
+}
+
+
+def recommended_for(arch: str) -> dict[str, Any]:
+    """The recommended settings for `arch` (the generic ones for tv: and user models)."""
+    return dict(RECOMMENDED.get(arch, RECOMMENDED["_generic"]))
+
+
+def config_fields() -> list[dataclasses.Field]:
+    return list(dataclasses.fields(TrainConfig))
+
+
+def build_config(values: dict[str, Any]) -> TrainConfig:
+    """A `TrainConfig` from user-given values (YAML or CLI), rejecting unknown keys."""
+    names = {f.name for f in config_fields()}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown option {unknown[0]!r}; valid options: {', '.join(sorted(names))}")
+    values = dict(values)
+    if isinstance(values.get("model_args"), str):
+        values["model_args"] = parse_model_args(values["model_args"])
+    return TrainConfig(**values)
+
+
+def parse_model_args(text: str) -> dict[str, Any]:
+    """`model_args` given as a JSON object string (empty means no arguments)."""
+    if not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"model_args is not valid JSON ({exc.msg} at position {exc.pos}): {text!r}; "
+                          "expected an object such as '{\"dropout\": 0.2}'") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"model_args must be a JSON object such as '{{\"dropout\": 0.2}}', got {text!r}")
+    return value
+
+
+def resolve_config(config: TrainConfig) -> TrainConfig:
+    """Fill the per-architecture recommended settings the user left unset, then validate."""
+    recommended = recommended_for(config.arch)
+    filled = {k: v for k, v in recommended.items() if getattr(config, k) is None}
+    resolved = dataclasses.replace(config, **filled)
+    validate_config(resolved)
+    return resolved
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Raise `ConfigError` with a message saying what is allowed for the first bad value."""
+    for f in config_fields():
+        choices = f.metadata.get("choices")
+        value = getattr(config, f.name)
+        if choices and value is not None and value not in choices:
+            raise ConfigError(f"unknown {f.name} {value!r}; choose one of: {', '.join(choices)}")
+
+    def positive(name: str, allow_none: bool = False) -> None:
+        value = getattr(config, name)
+        if value is None and allow_none:
+            return
+        if value is None or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"{name} must be a positive number, got {value!r}")
+
+    positive("lr")
+    positive("batch_size")
+    positive("epochs")
+    for name in ("image_size", "max_train_samples", "max_eval_samples", "lr_step_size",
+                 "grad_clip", "patience"):
+        positive(name, allow_none=True)
+    if not 0.0 < config.val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must be between 0 and 1 (exclusive), got {config.val_fraction!r}")
+    if config.weight_decay < 0:
+        raise ConfigError(f"weight_decay must be >= 0, got {config.weight_decay!r}")
+    if not 0.0 <= config.label_smoothing < 1.0:
+        raise ConfigError(f"label_smoothing must be in [0, 1), got {config.label_smoothing!r}")
+    if not 0.0 <= config.momentum < 1.0:
+        raise ConfigError(f"momentum must be in [0, 1), got {config.momentum!r}")
+    if config.warmup_epochs < 0:
+        raise ConfigError(f"warmup_epochs must be >= 0, got {config.warmup_epochs!r}")
+    if not isinstance(config.model_args, dict):
+        raise ConfigError("model_args must be a JSON object such as '{\"dropout\": 0.2}'")
+    device = config.device
+    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def default_run_name(config: TrainConfig) -> str:
+    """A readable run name such as `cnn-sgd-lr0.05-e30-s0`."""
+    arch = config.arch.replace(":", "-").replace(".", "-")
+    return f"{arch}-{config.optimizer}-lr{config.lr:g}-e{config.epochs}-s{config.seed}"

@@ -1,0 +1,112 @@
+"""Augmentation of whole batches with tensor operations on the training device.
+
+No per-image PIL work: a batch of uint8 images `(B, C, H, W)` goes in, a normalised float batch
+comes out. Random numbers come from a `torch.Generator` on the same device, so runs are seeded
+and a checkpoint can restore the exact stream.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _uniform(shape: tuple[int, ...], low: float, high: float, gen: torch.Generator, device) -> torch.Tensor:
+    return torch.rand(shape, generator=gen, device=device) * (high - low) + low
+
+
+def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """Pad by `pad` pixels (reflect) and crop back to the original size at a random offset per image."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")  # (B, C, H+2p, W+2p)
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen, device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen, device=x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None].expand(b, c, h, w + 2 * pad)
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :].expand(b, c, h, w)
+    return padded.gather(2, rows).gather(3, cols)
+
+
+def random_hflip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2."""
+    flip = torch.rand(x.shape[0], generator=gen, device=x.device) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def colour_jitter(x: torch.Tensor, gen: torch.Generator, strength: float = 0.2) -> torch.Tensor:
+    """Random brightness, contrast and (for RGB) saturation per image; x in [0, 1]."""
+    b = x.shape[0]
+    shape = (b, 1, 1, 1)
+    x = x * _uniform(shape, 1 - strength, 1 + strength, gen, x.device)
+    gray = x.mean(dim=1, keepdim=True)  # (B, 1, H, W)
+    mean = gray.mean(dim=(2, 3), keepdim=True)
+    x = (x - mean) * _uniform(shape, 1 - strength, 1 + strength, gen, x.device) + mean
+    if x.shape[1] == 3:
+        gray = x.mean(dim=1, keepdim=True)
+        x = (x - gray) * _uniform(shape, 1 - strength, 1 + strength, gen, x.device) + gray
+    return x.clamp(0.0, 1.0)
+
+
+def random_rotation(x: torch.Tensor, gen: torch.Generator, degrees: float = 15.0) -> torch.Tensor:
+    """Rotate each image by a random angle in [-degrees, degrees] (reflection at the borders)."""
+    angle = _uniform((x.shape[0],), -degrees, degrees, gen, x.device) * (math.pi / 180)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    zero = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)  # (B, 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def random_erasing(x: torch.Tensor, gen: torch.Generator, p: float = 0.5,
+                   area: tuple[float, float] = (0.02, 0.2)) -> torch.Tensor:
+    """Zero a random rectangle (the data mean, after normalisation) in a fraction `p` of the images."""
+    b, _, h, w = x.shape
+    dev = x.device
+    frac = _uniform((b,), *area, gen, dev)
+    log_ratio = _uniform((b,), math.log(0.3), math.log(3.3), gen, dev)
+    eh = (torch.sqrt(frac * h * w * torch.exp(log_ratio))).clamp(1, h).long()
+    ew = (torch.sqrt(frac * h * w / torch.exp(log_ratio))).clamp(1, w).long()
+    top = (torch.rand(b, generator=gen, device=dev) * (h - eh + 1)).long()
+    left = (torch.rand(b, generator=gen, device=dev) * (w - ew + 1)).long()
+    ys = torch.arange(h, device=dev)[None, :]
+    xs = torch.arange(w, device=dev)[None, :]
+    inside_y = (ys >= top[:, None]) & (ys < (top + eh)[:, None])  # (B, H)
+    inside_x = (xs >= left[:, None]) & (xs < (left + ew)[:, None])  # (B, W)
+    apply = torch.rand(b, generator=gen, device=dev) < p
+    mask = inside_y[:, :, None] & inside_x[:, None, :] & apply[:, None, None]  # (B, H, W)
+    return x.masked_fill(mask[:, None], 0.0)
+
+
+class BatchTransform:
+    """uint8 batch -> augmented, normalised float batch.
+
+    Args:
+        preset: "none", "standard" (reflect-pad-4 crop + horizontal flip) or "strong" (standard plus
+            colour jitter, rotation up to 15 degrees and random erasing).
+        mean, std: per-channel statistics in [0, 1] used for normalisation.
+        hflip_ok: False for data where a mirror image changes the label (digits).
+    """
+
+    def __init__(self, preset: str, mean: tuple[float, ...], std: tuple[float, ...], hflip_ok: bool = True) -> None:
+        self.preset = preset
+        self.hflip_ok = hflip_ok
+        self._mean = torch.tensor(mean).view(1, -1, 1, 1)
+        self._std = torch.tensor(std).view(1, -1, 1, 1)
+
+    def __call__(self, images: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        x = images.float().div_(255.0)  # (B, C, H, W) in [0, 1]
+        if self.preset != "none":
+            assert gen is not None, "augmentation needs a generator"
+            if self.preset == "strong":
+                x = colour_jitter(x, gen)
+            x = random_crop(x, 4, gen)
+            if self.hflip_ok:
+                x = random_hflip(x, gen)
+            if self.preset == "strong":
+                x = random_rotation(x, gen)
+        mean, std = self._mean.to(x.device), self._std.to(x.device)
+        x = (x - mean) / std
+        if self.preset == "strong":
+            x = random_erasing(x, gen)
+        return x

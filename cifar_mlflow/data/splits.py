@@ -1,0 +1,106 @@
+"""The seeded, stratified train/validation split, the caps for quick runs, and data statistics."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from cifar_mlflow.data.sources import ImageData
+from cifar_mlflow.errors import ConfigError
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # (N, C, H, W) uint8
+    labels: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class DataSplits:
+    """Train, validation and test splits plus what the run logs about them."""
+
+    train: Split
+    val: Split
+    test: Split
+    classes: list[str]
+    mean: tuple[float, ...]  # per channel, on the training split, in [0, 1]
+    std: tuple[float, ...]
+    digest: str  # sha256 prefix of the full data set's pixels and labels
+    hflip_ok: bool
+    source: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.images.shape[1:])  # (C, H, W)
+
+
+def _stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Indices of a class-balanced subset of `size` items (all of them if size >= len)."""
+    if size >= len(labels):
+        return np.arange(len(labels))
+    counts = np.bincount(labels)
+    stratify = labels if size >= (counts > 0).sum() and counts[counts > 0].min() >= 2 else None
+    keep, _ = train_test_split(np.arange(len(labels)), train_size=size, random_state=seed, stratify=stratify)
+    return np.sort(keep)
+
+
+def data_digest(data: ImageData) -> str:
+    """A short content hash of all images and labels: the same data gives the same digest."""
+    h = hashlib.sha256()
+    for tensor in (data.train_images, data.train_labels, data.test_images, data.test_labels):
+        h.update(tensor.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of (N, C, H, W) uint8 images, scaled to [0, 1]."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    total_sq = torch.zeros_like(total)
+    for start in range(0, len(images), chunk):
+        part = images[start:start + chunk].to(torch.float64) / 255.0
+        total += part.sum(dim=(0, 2, 3))
+        total_sq += (part ** 2).sum(dim=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = (total_sq / count - mean ** 2).clamp_min(1e-12).sqrt()
+    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(max(v, 1e-3), 4) for v in std.tolist())
+
+
+def split_data(data: ImageData, *, val_fraction: float, seed: int, max_train_samples: int | None = None,
+               max_eval_samples: int | None = None) -> DataSplits:
+    """Hold out a stratified validation split from the training set; cap splits for quick runs."""
+    labels = data.train_labels.numpy()
+    counts = np.bincount(labels)
+    n_val = int(round(val_fraction * len(labels)))
+    if n_val < 1 or len(labels) - n_val < 1:
+        raise ConfigError(f"val_fraction {val_fraction} leaves an empty split of {len(labels)} training images")
+    stratify = labels if counts[counts > 0].min() >= 2 and n_val >= (counts > 0).sum() else None
+    train_idx, val_idx = train_test_split(np.arange(len(labels)), test_size=n_val, random_state=seed,
+                                          stratify=stratify)
+    train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
+    if max_train_samples:
+        train_idx = train_idx[_stratified_subset(labels[train_idx], max_train_samples, seed)]
+    test_idx = np.arange(len(data.test_labels))
+    if max_eval_samples:
+        val_idx = val_idx[_stratified_subset(labels[val_idx], max_eval_samples, seed)]
+        test_idx = _stratified_subset(data.test_labels.numpy(), max_eval_samples, seed)
+    train = Split(data.train_images[train_idx], data.train_labels[train_idx])
+    mean, std = channel_stats(train.images)
+    return DataSplits(
+        train=train,
+        val=Split(data.train_images[val_idx], data.train_labels[val_idx]),
+        test=Split(data.test_images[test_idx], data.test_labels[test_idx]),
+        classes=list(data.classes), mean=mean, std=std, digest=data_digest(data),
+        hflip_ok=data.hflip_ok, source=data.source,
+    )

@@ -1,0 +1,107 @@
+"""The inner loops: one training epoch and one evaluation pass. Tensors in, numbers out."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from cifar_mlflow.data.loader import DeviceLoader
+from cifar_mlflow.errors import NonFiniteLossError
+from cifar_mlflow.optim import Schedule
+
+# How often (in steps) the loss is read back from the device for the progress bar and the
+# non-finite check; reading it every step would make every step wait for the device.
+_SYNC_EVERY = 20
+
+
+def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA, nothing on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    acc: float
+    images: int
+    seconds: float
+
+
+def _check_finite(loss_value: float, epoch: int, step: int, lr: float) -> None:
+    if not math.isfinite(loss_value):
+        raise NonFiniteLossError(f"training loss became {loss_value} at epoch {epoch}, step {step} "
+                                 f"(lr {lr:.3g}); lower --lr or set --grad-clip")
+
+
+def train_one_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.Optimizer,
+                    schedule: Schedule, loss_fn: nn.Module, *, epoch: int, epochs: int,
+                    grad_clip: float | None = None, progress: bool = True) -> EpochStats:
+    """Train for one pass over `loader`; raises `NonFiniteLossError` as soon as the loss is NaN/inf."""
+    model.train()
+    device = loader.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = 0
+    start = time.perf_counter()
+    bar = tqdm(total=len(loader), desc=f"epoch {epoch}/{epochs}", leave=False, disable=not progress,
+               unit="batch", dynamic_ncols=True)
+    for step, (images, labels) in enumerate(loader, start=1):
+        with autocast_for(device):
+            logits = model(images)
+            loss = loss_fn(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        schedule.step_batch()
+        loss_sum += loss.detach() * len(labels)
+        correct += (logits.argmax(1) == labels).sum()
+        seen += len(labels)
+        bar.update(1)
+        if step % _SYNC_EVERY == 0 or step == len(loader):
+            running = loss_sum.item() / seen
+            _check_finite(running, epoch, step, optimizer.param_groups[0]["lr"])
+            bar.set_postfix(loss=f"{running:.4f}", acc=f"{correct.item() / seen:.4f}", refresh=False)
+    bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    return EpochStats(loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1), seen, seconds)
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    acc: float
+    logits: torch.Tensor  # (N, num_classes) float32, on the CPU
+    labels: torch.Tensor  # (N,) int64, on the CPU
+
+    @property
+    def predictions(self) -> torch.Tensor:
+        return self.logits.argmax(1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DeviceLoader, loss_fn: nn.Module) -> Evaluation:
+    """Loss, accuracy and all logits of `model` on `loader` (no augmentation)."""
+    model.eval()
+    logits_all, labels_all = [], []
+    for images, labels in loader:
+        with autocast_for(loader.device):
+            logits = model(images)
+        logits_all.append(logits.float())
+        labels_all.append(labels)
+    logits = torch.cat(logits_all)
+    labels = torch.cat(labels_all)
+    loss = loss_fn(logits, labels).item()
+    acc = (logits.argmax(1) == labels).float().mean().item()
+    return Evaluation(loss, acc, logits.cpu(), labels.cpu())

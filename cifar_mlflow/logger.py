@@ -1,0 +1,76 @@
+"""The boundary between training and experiment tracking.
+
+Training talks to a `RunLogger`; `NullLogger` makes the engine usable as a library and in tests,
+`cifar_mlflow.tracking.MlflowLogger` is the only code that talks to MLflow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from matplotlib.figure import Figure
+from torch import nn
+
+
+class RunLogger(Protocol):
+    """What the training run reports, in the order it reports it."""
+
+    run_id: str | None
+
+    def start(self, *, params: dict[str, Any], tags: dict[str, str], datasets: list[dict[str, str]]) -> None:
+        """Open the run (nothing is created before this) and record its params, tags and inputs."""
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Per-epoch metrics, with `step=epoch`."""
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        """Final metrics."""
+
+    def log_figure(self, figure: Figure, path: str) -> None:
+        """A figure as an image artifact at `path` (the logger closes it)."""
+
+    def log_text(self, text: str, path: str) -> None:
+        """A text artifact (CSV, YAML, report)."""
+
+    def log_file(self, local_path: Path, artifact_dir: str) -> None:
+        """A local file as an artifact under `artifact_dir`."""
+
+    def log_model(self, model: nn.Module, input_example: np.ndarray, registered_name: str | None) -> None:
+        """The trained model, loadable with `mlflow.pytorch.load_model`."""
+
+    def end(self, status: str) -> None:
+        """Close the run as FINISHED, FAILED or KILLED."""
+
+
+class NullLogger:
+    """Records nothing: the engine as a plain library."""
+
+    run_id: str | None = None
+
+    def start(self, *, params, tags, datasets) -> None:
+        pass
+
+    def log_epoch(self, epoch, metrics) -> None:
+        pass
+
+    def log_metrics(self, metrics) -> None:
+        pass
+
+    def log_figure(self, figure, path) -> None:
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+
+    def log_text(self, text, path) -> None:
+        pass
+
+    def log_file(self, local_path, artifact_dir) -> None:
+        pass
+
+    def log_model(self, model, input_example, registered_name) -> None:
+        pass
+
+    def end(self, status) -> None:
+        pass

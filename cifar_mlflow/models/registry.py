@@ -1,0 +1,113 @@
+"""Models keyed by name: built-ins, `tv:NAME` torchvision classifiers and `module:function` builders."""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import inspect
+import os
+import sys
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from cifar_mlflow.errors import ConfigError
+
+ModelBuilder = Callable[..., nn.Module]
+_REGISTRY: dict[str, ModelBuilder] = {}
+
+
+def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Decorator adding a builder `fn(*, num_classes, in_channels, **kwargs)` under `name`."""
+
+    def add(fn: ModelBuilder) -> ModelBuilder:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = fn
+        return fn
+
+    return add
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered built-in names matching a shell-style pattern, sorted."""
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+
+
+def model_description(name: str) -> str:
+    """The first line of a built-in builder's docstring."""
+    doc = inspect.getdoc(_REGISTRY[name]) or ""
+    return doc.splitlines()[0] if doc else ""
+
+
+class _RepeatChannels(nn.Module):
+    """Feeds 1-channel images to a model that expects 3 (torchvision classifiers)."""
+
+    def __init__(self, model: nn.Module, channels: int = 3) -> None:
+        super().__init__()
+        self.model = model
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, H, W) -> (B, 3, H, W)
+        return self.model(x.expand(-1, self.channels, -1, -1))
+
+
+def _torchvision_model(name: str, num_classes: int, in_channels: int, **kwargs) -> nn.Module:
+    import torchvision
+
+    available = torchvision.models.list_models(module=torchvision.models)
+    if name not in available:
+        raise ConfigError(f"unknown torchvision model tv:{name}; torchvision classifiers include "
+                          f"{', '.join(available[:12])}, ... (torchvision.models.list_models())")
+    if in_channels not in (1, 3):
+        raise ConfigError(f"tv:{name} takes 1- or 3-channel images, got {in_channels} channels")
+    try:
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"tv:{name} does not accept model_args {kwargs}: {exc}") from None
+    return _RepeatChannels(model) if in_channels == 1 else model
+
+
+def _user_model(spec: str, num_classes: int, in_channels: int, **kwargs) -> nn.Module:
+    module_name, _, attr = spec.partition(":")
+    # Like `python -m`, a builder in the working directory is found without installing it.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import {module_name!r} for arch {spec!r}: {exc}") from None
+    builder = getattr(module, attr, None)
+    if not callable(builder):
+        raise ConfigError(f"{module_name} has no callable {attr!r} (arch {spec!r})")
+    try:
+        model = builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{spec} must accept num_classes=, in_channels= and the model_args: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def get_model(name: str, *, num_classes: int = 10, in_channels: int = 3, **model_args) -> nn.Module:
+    """Build a model by name.
+
+    Args:
+        name: a registered name (`list_models()`), `tv:NAME` for a torchvision classifier
+            (random weights, classifier sized to `num_classes`), or `package.module:function`.
+        num_classes: size of the output layer.
+        in_channels: image channels (1 or 3).
+        **model_args: passed to the builder.
+    """
+    if name.startswith("tv:"):
+        return _torchvision_model(name[3:], num_classes, in_channels, **model_args)
+    if ":" in name:
+        return _user_model(name, num_classes, in_channels, **model_args)
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown architecture {name!r}; valid names: {', '.join(list_models())}, "
+                          "tv:NAME (torchvision) or package.module:function")
+    try:
+        return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, **model_args)
+    except TypeError as exc:
+        raise ConfigError(f"bad model_args {model_args} for {name}: {exc}") from None

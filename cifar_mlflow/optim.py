@@ -1,0 +1,91 @@
+"""Optimizers and learning-rate schedules, built from the config by name."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cifar_mlflow.config import TrainConfig
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weights only: biases and normalisation parameters (ndim <= 1) are not decayed."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+_OPTIMIZERS: dict[str, Callable[[list[dict], TrainConfig], torch.optim.Optimizer]] = {
+    "sgd": lambda groups, c: torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum,
+                                             nesterov=c.nesterov and c.momentum > 0),
+    "adam": lambda groups, c: torch.optim.Adam(groups, lr=c.lr),
+    "adamw": lambda groups, c: torch.optim.AdamW(groups, lr=c.lr),
+}
+
+
+def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    return _OPTIMIZERS[config.optimizer](_param_groups(model, config.weight_decay), config)
+
+
+@dataclass
+class Schedule:
+    """A learning-rate scheduler and when to step it."""
+
+    scheduler: object | None
+    per_batch: bool  # step after every batch (onecycle, cosine) or after every epoch
+    needs_metric: bool = False  # plateau: step with the validation loss
+
+    def step_batch(self) -> None:
+        if self.scheduler is not None and self.per_batch:
+            self.scheduler.step()
+
+    def step_epoch(self, val_loss: float) -> None:
+        if self.scheduler is None or self.per_batch:
+            return
+        if self.needs_metric:
+            self.scheduler.step(val_loss)
+        else:
+            self.scheduler.step()
+
+    def state_dict(self) -> dict:
+        return self.scheduler.state_dict() if self.scheduler is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.scheduler is not None and state:
+            self.scheduler.load_state_dict(state)
+
+
+def _warmup_cosine(total: int, warmup: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def build_schedule(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> Schedule:
+    total = config.epochs * steps_per_epoch
+    name = config.scheduler
+    if name == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total,
+                                                    pct_start=0.25, anneal_strategy="linear")
+        return Schedule(sched, per_batch=True)
+    if name == "cosine":
+        warmup = int(round(config.warmup_epochs * steps_per_epoch))
+        return Schedule(torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(total, warmup)), per_batch=True)
+    if name == "step":
+        step_size = config.lr_step_size or max(1, config.epochs // 3)
+        return Schedule(torch.optim.lr_scheduler.StepLR(optimizer, step_size, gamma=config.lr_gamma), per_batch=False)
+    if name == "plateau":
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=config.lr_gamma,
+                                                           patience=config.lr_patience)
+        return Schedule(sched, per_batch=False, needs_metric=True)
+    return Schedule(None, per_batch=False)

@@ -1,0 +1,155 @@
+"""`python -m cifar_mlflow.train`: train one model and track everything in MLflow.
+
+Exit status: 0 done, 1 the run failed (e.g. non-finite loss; marked FAILED), 2 bad input
+(nothing created), 130 interrupted (marked KILLED, resumable with --resume RUN_ID).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from cifar_mlflow.checkpoint import checkpoint_path, load_checkpoint
+from cifar_mlflow.cli import add_config_arguments, collect_values
+from cifar_mlflow.config import RECOMMENDED, TrainConfig, build_config, default_run_name
+from cifar_mlflow.errors import ConfigError, NonFiniteLossError
+from cifar_mlflow.models import list_models, model_description
+
+# Options that may differ from the interrupted run's own config when resuming it.
+RESUME_OVERRIDABLE = {"epochs", "patience", "device", "progress", "tracking_uri", "resume", "checkpoint_dir",
+                      "log_model", "register_model", "compile"}
+
+
+def _recommended_table() -> str:
+    keys = ("optimizer", "lr", "weight_decay", "scheduler", "epochs", "batch_size", "augment", "label_smoothing")
+    lines = ["recommended settings per architecture (used for options you leave unset):",
+             "  " + "arch".ljust(18) + "".join(k.ljust(13) for k in keys)]
+    for arch, rec in RECOMMENDED.items():
+        name = "others" if arch == "_generic" else arch
+        lines.append("  " + name.ljust(18) + "".join(f"{rec[k]:<13g}" if isinstance(rec[k], float)
+                                                     else str(rec[k]).ljust(13) for k in keys))
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cifar_mlflow.train",
+        description="Train an image classifier and log params, per-epoch metrics, plots and the model to MLflow.",
+        epilog=_recommended_table() + "\n\nexamples:\n  python -m cifar_mlflow.train --arch cnn\n"
+               "  python -m cifar_mlflow.train --arch mobilenetv2 --model-args '{\"width_mult\": 0.5}' --epochs 5\n"
+               "  python -m cifar_mlflow.train --config run.yaml --lr 0.02\n"
+               "  python -m cifar_mlflow.train --resume RUN_ID",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="FILE.yaml",
+                        help="read options from a YAML mapping (same names, snake_case); flags given here win")
+    parser.add_argument("--list-models", action="store_true", default=argparse.SUPPRESS,
+                        help="print the built-in architectures and exit")
+    add_config_arguments(parser, TrainConfig)
+    return parser
+
+
+def _resume_values(values: dict[str, Any], given: set[str], uri: str, workdir: Path) -> tuple[dict[str, Any], dict]:
+    """The interrupted run's config (with the allowed overrides) and its checkpoint state."""
+    from cifar_mlflow.tracking import download_checkpoint
+
+    run_id = values["resume"]
+    local = checkpoint_path(values.get("checkpoint_dir", TrainConfig.checkpoint_dir), run_id)
+    path = local if local.is_file() else download_checkpoint(uri, run_id, workdir)
+    state = load_checkpoint(path)
+    base = dict(state["config"])
+    changed = sorted(k for k in given - RESUME_OVERRIDABLE if values[k] != base.get(k))
+    if changed:
+        raise ConfigError(f"cannot change {changed[0]} when resuming run {run_id}; only "
+                          f"{', '.join(sorted(RESUME_OVERRIDABLE - {'resume'}))} may be set with --resume")
+    base.update({k: values[k] for k in given & RESUME_OVERRIDABLE})
+    if base["epochs"] <= state["epoch"]:
+        raise ConfigError(f"run {run_id} already trained {state['epoch']} of {base['epochs']} epochs; "
+                          "pass a larger --epochs to train further")
+    return base, state
+
+
+def _raise_keyboard_interrupt(signum, frame):  # SIGTERM (docker stop, kill) ends a run like Ctrl-C
+    raise KeyboardInterrupt
+
+
+def _close_run(logger, status: str, ckpt: Path | None) -> None:
+    """Upload the checkpoint of an unfinished run, then close it; never leaves it RUNNING."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
+    try:
+        if logger.run_id is None:
+            return
+        if status != "FINISHED" and ckpt is not None and ckpt.is_file():
+            try:
+                logger.log_file(ckpt, "checkpoint")
+            except Exception as exc:  # noqa: BLE001 - keep the local copy, say where it is
+                print(f"warning: could not upload the checkpoint ({exc}); it stays at {ckpt}", file=sys.stderr)
+        try:
+            logger.end(status)
+        except Exception as exc:  # noqa: BLE001
+            print(f"warning: could not mark run {logger.run_id} {status}: {exc}", file=sys.stderr)
+        if status == "FINISHED" and ckpt is not None:
+            shutil.rmtree(ckpt.parent, ignore_errors=True)  # the model is logged; the checkpoint is not needed
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "list_models", False):
+        for name in list_models():
+            print(f"{name:20s} {model_description(name)}")
+        print(f"{'tv:NAME':20s} any torchvision classifier, e.g. tv:resnet50, tv:efficientnet_b0")
+        print(f"{'pkg.module:fn':20s} your own builder fn(num_classes=, in_channels=, **model_args)")
+        return 0
+
+    from cifar_mlflow.tracking import MlflowLogger, tracking_uri
+    from cifar_mlflow.training import prepare, run
+
+    workdir = Path(tempfile.mkdtemp(prefix="cifar_mlflow-"))
+    try:
+        values, given = collect_values(args, TrainConfig, extra=("list_models",))
+        uri = tracking_uri(values.get("tracking_uri"))
+        state = None
+        if values.get("resume"):
+            values, state = _resume_values(values, given, uri, workdir)
+        prepared = prepare(build_config(values))
+        if state is not None and state.get("data_digest") != prepared.data.digest:
+            raise ConfigError(f"the data differs from the data run {values['resume']} was trained on "
+                              f"(digest {prepared.data.digest} vs {state.get('data_digest')})")
+    except ConfigError as exc:
+        shutil.rmtree(workdir, ignore_errors=True)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    config = prepared.config
+    logger = MlflowLogger(uri, experiment_name=config.experiment_name or config.dataset,
+                          run_name=config.run_name or default_run_name(config), run_id=config.resume)
+    previous_term = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    status, code = "FAILED", 1
+    try:
+        run(prepared, logger=logger, checkpoint_dir=config.checkpoint_dir, resume_state=state)
+        status, code = "FINISHED", 0
+    except KeyboardInterrupt:
+        status, code = "KILLED", 130
+        print(f"\ninterrupted: run {logger.run_id} marked KILLED; continue it with "
+              f"python -m cifar_mlflow.train --resume {logger.run_id}", file=sys.stderr)
+    except NonFiniteLossError as exc:
+        print(f"error: {exc}; run {logger.run_id} marked FAILED", file=sys.stderr)
+    finally:
+        ckpt = checkpoint_path(config.checkpoint_dir, logger.run_id) if logger.run_id else None
+        _close_run(logger, status, ckpt)
+        signal.signal(signal.SIGTERM, previous_term)
+        shutil.rmtree(workdir, ignore_errors=True)
+    if status == "FINISHED":
+        print(f"run {logger.run_id} FINISHED in experiment {logger.experiment_name!r} at {uri}; "
+              f"look at it with: mlflow ui --backend-store-uri {uri}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

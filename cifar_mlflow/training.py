@@ -1,0 +1,310 @@
+"""A whole training run: prepare (all validation, nothing created), fit, evaluate, report.
+
+`train(config, logger=..., callbacks=...)` is the one function the command line and the tuner
+call. It knows nothing of MLflow: everything goes through the `RunLogger` it is given.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+import yaml
+from torch import nn
+from tqdm.auto import tqdm
+
+from cifar_mlflow import metrics as M
+from cifar_mlflow import plots
+from cifar_mlflow.checkpoint import checkpoint_path, save_checkpoint
+from cifar_mlflow.config import TrainConfig, config_to_dict, resolve_config
+from cifar_mlflow.data import BatchTransform, DataSplits, DeviceLoader, load_image_data, split_data
+from cifar_mlflow.engine import Evaluation, evaluate, train_one_epoch
+from cifar_mlflow.errors import ConfigError
+from cifar_mlflow.logger import NullLogger, RunLogger
+from cifar_mlflow.models import get_model
+from cifar_mlflow.models.inference import NormalizedClassifier
+from cifar_mlflow.optim import build_optimizer, build_schedule
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name} requested but CUDA is not available here; use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+@dataclass
+class Prepared:
+    """Everything checked and built before a run is opened anywhere."""
+
+    config: TrainConfig  # resolved: recommendations filled in
+    data: DataSplits
+    model: nn.Module  # on `device`, lazy layers materialised
+    device: torch.device
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def prepare(config: TrainConfig, data: DataSplits | None = None) -> Prepared:
+    """Resolve and validate the config, load and split the data, build the model.
+
+    Raises:
+        ConfigError: for any bad input, before anything is created.
+    """
+    config = resolve_config(config)
+    device = select_device(config.device)
+    seed_everything(config.seed, config.deterministic)
+    if data is None:
+        images = load_image_data(config.dataset, config.data_dir, config.image_size, config.seed)
+        data = split_data(images, val_fraction=config.val_fraction, seed=config.seed,
+                          max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples)
+    model = get_model(config.arch, num_classes=data.num_classes, in_channels=data.image_shape[0],
+                      **config.model_args)
+    c, h, w = data.image_shape
+    model.eval()
+    try:
+        with torch.no_grad():  # materialises lazy layers; proves the model takes these images
+            out = model(torch.zeros(2, c, h, w))
+    except Exception as exc:  # noqa: BLE001 - any failure here means the arch does not fit the data
+        raise ConfigError(f"{config.arch} cannot take {c}x{h}x{w} images ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:160]}); try --image-size or another arch") from None
+    if tuple(out.shape) != (2, data.num_classes):
+        raise ConfigError(f"{config.arch} returns shape {tuple(out.shape)[1:]} per image, expected "
+                          f"({data.num_classes},) for {data.num_classes} classes")
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    return Prepared(config, data, model, device)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def run_params(prepared: Prepared) -> dict[str, Any]:
+    """The flattened config plus what the data and model turned out to be."""
+    params: dict[str, Any] = {}
+    for key, value in config_to_dict(prepared.config).items():
+        if key == "model_args":
+            params[key] = yaml.safe_dump(value, default_flow_style=True).strip() if value else "{}"
+            params.update({f"model_args.{k}": v for k, v in value.items()})
+        else:
+            params[key] = value
+    data = prepared.data
+    params.update(num_parameters=prepared.num_parameters, train_size=len(data.train), val_size=len(data.val),
+                  test_size=len(data.test), num_classes=data.num_classes, image_shape="x".join(map(str, data.image_shape)),
+                  data_mean=",".join(f"{v:.4f}" for v in data.mean), data_std=",".join(f"{v:.4f}" for v in data.std))
+    return params
+
+
+def run_tags(prepared: Prepared) -> dict[str, str]:
+    device = prepared.device
+    tags = {"arch": prepared.config.arch, "dataset": prepared.config.dataset, "device": str(device),
+            "torch_version": torch.__version__, "torchvision_version": torchvision.__version__,
+            "cuda_version": str(torch.version.cuda), "data_digest": prepared.data.digest,
+            "python_version": sys.version.split()[0]}
+    if device.type == "cuda":
+        tags["gpu_name"] = torch.cuda.get_device_name(device)
+    commit = _git_commit()
+    if commit:
+        tags["git_commit"] = commit
+    return tags
+
+
+def run_datasets(prepared: Prepared) -> list[dict[str, str]]:
+    data = prepared.data
+    name = prepared.config.dataset
+    return [{"name": f"{name}-{split}", "digest": data.digest, "source": data.source, "context": context}
+            for split, context in (("train", "training"), ("val", "validation"), ("test", "testing"))]
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_val_acc: float
+    test: Evaluation
+    metrics: dict[str, float]  # the final metrics as logged
+    stopped_early: bool = False
+    model: nn.Module | None = field(default=None, repr=False)
+
+
+def _epoch_line(row: dict[str, float], epochs: int) -> str:
+    return (f"epoch {int(row['epoch'])}/{epochs}  train_loss {row['train_loss']:.4f}  train_acc "
+            f"{row['train_acc']:.4f}  val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}  "
+            f"lr {row['lr']:.3g}  {row['epoch_seconds']:.1f}s  {row['train_images_per_second']:.0f} img/s")
+
+
+def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Sequence[EpochCallback] = (),
+        checkpoint_file: Path | None = None, resume_state: dict[str, Any] | None = None) -> TrainResult:
+    """Train with per-epoch validation, then evaluate the best epoch's weights on the test set.
+
+    Args:
+        prepared: from `prepare`.
+        logger: where params, metrics and artifacts go (`start` must have been called).
+        callbacks: called as `callback(epoch, metrics)` after every epoch; may raise to stop
+            (the tuner's pruning).
+        checkpoint_file: where the resumable checkpoint is written after every epoch.
+        resume_state: a checkpoint to continue from.
+    """
+    logger = logger or NullLogger()
+    config, data, device = prepared.config, prepared.data, prepared.device
+    model = prepared.model
+    channels_last = device.type == "cuda"
+    train_loader = DeviceLoader(data.train, config.batch_size, BatchTransform(config.augment, data.mean, data.std, data.hflip_ok),
+                                device, shuffle=True, seed=config.seed, channels_last=channels_last)
+    plain = BatchTransform("none", data.mean, data.std)
+    eval_batch = max(config.batch_size, 256)
+    val_loader = DeviceLoader(data.val, eval_batch, plain, device, shuffle=False, channels_last=channels_last)
+    test_loader = DeviceLoader(data.test, eval_batch, plain, device, shuffle=False, channels_last=channels_last)
+    optimizer = build_optimizer(config, model)
+    schedule = build_schedule(config, optimizer, len(train_loader))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    train_model = torch.compile(model) if config.compile else model
+
+    history: list[dict[str, float]] = []
+    best_epoch, best_val_acc, best_val_loss = 0, -1.0, float("inf")
+    best_state: dict[str, torch.Tensor] | None = None
+    start_epoch = 1
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        schedule.load_state_dict(resume_state["schedule"])
+        history = list(resume_state["history"])
+        best_epoch, best_val_acc, best_val_loss = (resume_state["best"]["epoch"], resume_state["best"]["val_acc"],
+                                                   resume_state["best"]["val_loss"])
+        best_state = resume_state["best"]["state"]
+        torch.set_rng_state(resume_state["rng"]["torch"])
+        train_loader.generator.set_state(resume_state["rng"]["loader"].to(train_loader.generator.get_state().device))
+        start_epoch = resume_state["epoch"] + 1
+
+    stopped_early = False
+    for epoch in range(start_epoch, config.epochs + 1):
+        lr = optimizer.param_groups[0]["lr"]
+        stats = train_one_epoch(train_model, train_loader, optimizer, schedule, loss_fn, epoch=epoch,
+                                epochs=config.epochs, grad_clip=config.grad_clip, progress=config.progress)
+        val = evaluate(train_model, val_loader, loss_fn)
+        schedule.step_epoch(val.loss)
+        row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc, "val_loss": val.loss,
+               "val_acc": val.acc, "lr": lr, "epoch_seconds": stats.seconds,
+               "train_images_per_second": stats.images / max(stats.seconds, 1e-9)}
+        history.append(row)
+        if val.acc > best_val_acc or (val.acc == best_val_acc and val.loss < best_val_loss):
+            best_epoch, best_val_acc, best_val_loss = epoch, val.acc, val.loss
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        if checkpoint_file is not None:
+            save_checkpoint(checkpoint_file, {
+                "config": config_to_dict(config), "epoch": epoch, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "history": history,
+                "best": {"epoch": best_epoch, "val_acc": best_val_acc, "val_loss": best_val_loss, "state": best_state},
+                "rng": {"torch": torch.get_rng_state(), "loader": train_loader.generator.get_state().cpu()},
+                "data_digest": data.digest})
+        logger.log_epoch(epoch, row)
+        tqdm.write(_epoch_line(row, config.epochs), file=sys.stderr)
+        for callback in callbacks:
+            callback(epoch, row)
+        if config.patience and epoch - best_epoch >= config.patience:
+            tqdm.write(f"early stopping: val_acc has not improved for {config.patience} epochs "
+                       f"(best {best_val_acc:.4f} at epoch {best_epoch})", file=sys.stderr)
+            stopped_early = True
+            break
+
+    if best_state is not None:
+        model.load_state_dict(best_state)  # the final test uses the best epoch's weights
+    test = evaluate(model, test_loader, loss_fn)
+    final = {"test_loss": test.loss, "test_acc": test.acc, "best_val_acc": best_val_acc,
+             "best_epoch": float(best_epoch), "epochs_trained": float(len(history)),
+             **M.final_metrics(test.labels, test.predictions, data.classes)}
+    logger.log_metrics(final)
+    tqdm.write(f"test_acc {test.acc:.4f}  test_loss {test.loss:.4f}  (best epoch {best_epoch}, "
+               f"val_acc {best_val_acc:.4f})", file=sys.stderr)
+    return TrainResult(history, best_epoch, best_val_acc, test, final, stopped_early, model)
+
+
+def log_report(prepared: Prepared, result: TrainResult, logger: RunLogger) -> None:
+    """Plots, confusion matrix CSV, classification report and the resolved config as artifacts."""
+    data = prepared.data
+    cm = M.confusion_matrix(result.test.labels, result.test.predictions, data.num_classes)
+    logger.log_figure(plots.learning_curves_figure(result.history, result.best_epoch), "plots/learning_curves.png")
+    logger.log_figure(plots.confusion_matrix_figure(cm, data.classes), "plots/confusion_matrix.png")
+    logger.log_figure(plots.per_class_accuracy_figure(cm, data.classes), "plots/per_class_accuracy.png")
+    logger.log_figure(plots.misclassified_figure(data.test.images, result.test.logits, result.test.labels,
+                                                 data.classes), "plots/misclassified.png")
+    header = "true\\predicted," + ",".join(data.classes)
+    rows = [f"{name}," + ",".join(str(int(v)) for v in row) for name, row in zip(data.classes, cm)]
+    logger.log_text("\n".join([header, *rows]) + "\n", "reports/confusion_matrix.csv")
+    report_dict, report_text = M.report(result.test.labels, result.test.predictions, data.classes)
+    logger.log_text(json.dumps(report_dict, indent=2), "reports/classification_report.json")
+    logger.log_text(report_text, "reports/classification_report.txt")
+    logger.log_text(yaml.safe_dump(config_to_dict(prepared.config), sort_keys=False), "config.yaml")
+
+
+def log_trained_model(prepared: Prepared, result: TrainResult, logger: RunLogger) -> None:
+    """The best weights with normalisation built in, on the CPU, in float32."""
+    data = prepared.data
+    model = copy.deepcopy(result.model or prepared.model).to("cpu", memory_format=torch.contiguous_format).float().eval()
+    exported = NormalizedClassifier(model, data.mean, data.std).eval()
+    example = (data.test.images[:4].float() / 255.0).numpy()  # (4, C, H, W): a batch > 1 keeps N dynamic
+    logger.log_model(exported, example, prepared.config.register_model)
+
+
+def run(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Sequence[EpochCallback] = (),
+        checkpoint_dir: str | None = None, resume_state: dict[str, Any] | None = None) -> TrainResult:
+    """Open the run, fit, evaluate and log the report and the model.
+
+    The caller closes the run (`logger.end`) with the status it saw: FINISHED, FAILED or KILLED.
+    """
+    logger = logger or NullLogger()
+    logger.start(params=run_params(prepared), tags=run_tags(prepared), datasets=run_datasets(prepared))
+    ckpt = checkpoint_path(checkpoint_dir, logger.run_id) if checkpoint_dir and logger.run_id else None
+    result = fit(prepared, logger=logger, callbacks=callbacks, checkpoint_file=ckpt, resume_state=resume_state)
+    log_report(prepared, result, logger)
+    if prepared.config.log_model:
+        log_trained_model(prepared, result, logger)
+    return result
+
+
+def train(config: TrainConfig, *, logger: RunLogger | None = None, callbacks: Sequence[EpochCallback] = (),
+          checkpoint_dir: str | None = None) -> TrainResult:
+    """`prepare` then `run`: the library entry point that the command line and the tuner share.
+
+    Raises:
+        ConfigError: bad input, raised before `logger.start` (nothing is created).
+        NonFiniteLossError: the loss became NaN/inf (the caller marks the run FAILED).
+    """
+    return run(prepare(config), logger=logger, callbacks=callbacks, checkpoint_dir=checkpoint_dir)
