@@ -68,6 +68,8 @@ def parse_value(name: str, raw: Any, annotation: Any) -> Any:
 
             return parse_model_args(str(raw))
         return str(raw)
+    except ConfigError:
+        raise
     except ValueError:
         expected = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, kind.__name__)
         raise ConfigError(f"{name} must be {expected}, got {raw!r}") from None
@@ -91,9 +93,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> N
         help_text = f.metadata.get("help", "")
         choices = f.metadata.get("choices")
         if kind is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS,
-                                help=f"{help_text} (default: {_format_default(default)})")
+            # `--compile`, `--compile false` (MLproject passes values) and `--no-compile` all work.
+            parser.add_argument(flag, dest=f.name, nargs="?", const="true", default=argparse.SUPPRESS,
+                                metavar="BOOL", help=f"{help_text} (default: {_format_default(default)})")
+            parser.add_argument("--no-" + flag[2:], dest=f.name, action="store_const", const="false",
+                                default=argparse.SUPPRESS, help=argparse.SUPPRESS)
             continue
         metavar = "{" + ",".join(choices) + "}" if choices else f.name.upper()
         parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar=metavar,

@@ -65,7 +65,7 @@ class DeviceLoader:
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             images = self.images[idx if self.on_device else idx.cpu()].to(self.device, non_blocking=True)
-            x = self.transform(images, self.generator if self.shuffle else None)
+            x = self.transform(images, self.generator)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, self.labels[idx]

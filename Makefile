@@ -1,0 +1,29 @@
+# `make run` trains the default model; `make test` runs the test suite.
+# Both create .venv and install the project the first time.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: install run test cifar10-jpg clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(PY) -m cifar_mlflow.train $(ARGS)
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The real CIFAR-10 as JPEG images (for offline machines that carry ../shared/data).
+cifar10-jpg:
+	mkdir -p data/cifar10-jpg && tar -xzf ../shared/data/cifar10-jpg.tar.gz -C data/cifar10-jpg
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,129 @@
+"""Shared fixtures: tiny data sets in real on-disk formats, and a real `mlflow server`."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+CLASSES = ["cat", "dog", "ship"]
+
+
+def class_images(rng: np.random.Generator, label: int, n: int, size: int, channels: int = 3) -> np.ndarray:
+    """(n, size, size, channels) uint8 images whose colour depends on the class: easy to learn."""
+    base = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40], [40, 200, 200]])[label % 5]
+    noise = rng.integers(-30, 31, size=(n, size, size, 3))
+    images = np.clip(base + noise, 0, 255).astype(np.uint8)
+    return images[..., :1] if channels == 1 else images
+
+
+def write_imagefolder(root: Path, n_train: int = 24, n_test: int = 9, size: int = 32,
+                      classes: list[str] = CLASSES, fmt: str = "png") -> Path:
+    """train/<class>/*.png and test/<class>/*.png, as an ImageFolder."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for label, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, image in enumerate(class_images(rng, label, n, size)):
+                Image.fromarray(image).save(folder / f"{i:04d}.{fmt}")
+    return root
+
+
+def write_cifar10(root: Path, per_batch: int = 50, n_test: int = 40) -> Path:
+    """cifar-10-batches-py/ with pickled batches laid out exactly as the real download."""
+    rng = np.random.default_rng(0)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+    def batch(n: int) -> dict:
+        labels = rng.integers(0, 10, n)
+        images = np.stack([class_images(rng, int(y), 1, 32)[0] for y in labels])  # (n, 32, 32, 3)
+        data = images.transpose(0, 3, 1, 2).reshape(n, 3072)  # rows: R plane, G plane, B plane
+        return {"data": data, "labels": labels.tolist()}  # keys as the real (latin-1 read) files give them
+
+    for i in range(1, 6):
+        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch(per_batch)))
+    (folder / "test_batch").write_bytes(pickle.dumps(batch(n_test)))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names}))
+    return root
+
+
+def write_mnist(root: Path, n_train: int = 60, n_test: int = 20) -> Path:
+    """MNIST/raw/*-ubyte.gz in the IDX format torchvision reads."""
+    rng = np.random.default_rng(0)
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = rng.integers(0, 256, (n, 28, 28)).astype(np.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.tobytes())
+    return root
+
+
+@pytest.fixture(scope="session")
+def imagefolder(tmp_path_factory) -> Path:
+    return write_imagefolder(tmp_path_factory.mktemp("imagefolder"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def mlflow_bin() -> str:
+    return str(Path(sys.executable).parent / "mlflow")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on a free loopback port (SQLite + proxied artifacts), stopped after."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(
+        [mlflow_bin(), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
+        stdout=log, stderr=subprocess.STDOUT, cwd=root)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
+        time.sleep(0.5)
+    yield uri
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def run_env(**extra: str) -> dict[str, str]:
+    """Environment for subprocess runs: no inherited MLflow run, quiet and CPU-only."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="", **extra)
+    return env
+

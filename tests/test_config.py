@@ -1,0 +1,96 @@
+"""The typed config, its generated command line, YAML files and per-architecture recommendations."""
+
+from __future__ import annotations
+
+import pytest
+
+from cifar_mlflow.cli import collect_values
+from cifar_mlflow.config import RECOMMENDED, TrainConfig, build_config, resolve_config
+from cifar_mlflow.errors import ConfigError
+from cifar_mlflow.train import build_parser
+
+
+def parse(*argv: str) -> TrainConfig:
+    values, _ = collect_values(build_parser().parse_args(list(argv)), TrainConfig, extra=("list_models",))
+    return resolve_config(build_config(values))
+
+
+def test_recommendations_fill_what_the_user_left_unset() -> None:
+    config = parse("--arch", "mlp")
+    assert (config.optimizer, config.lr, config.augment) == ("adamw", 1e-3, "none")
+    config = parse("--arch", "resnet9")
+    assert config.batch_size == RECOMMENDED["resnet9"]["batch_size"]
+
+
+def test_user_values_win_over_recommendations() -> None:
+    config = parse("--arch", "mlp", "--optimizer", "sgd", "--lr", "0.2", "--augment", "strong", "--epochs", "3")
+    assert (config.optimizer, config.lr, config.augment, config.epochs) == ("sgd", 0.2, "strong", 3)
+
+
+def test_generic_recommendation_for_torchvision_models() -> None:
+    assert parse("--arch", "tv:resnet50").optimizer == RECOMMENDED["_generic"]["optimizer"]
+
+
+def test_yaml_config_and_cli_override(tmp_path) -> None:
+    file = tmp_path / "run.yaml"
+    file.write_text("arch: lenet\nlr: 0.01\nepochs: 4\nmodel_args: {}\nnesterov: false\n")
+    config = parse("--config", str(file), "--lr", "0.03")
+    assert (config.arch, config.lr, config.epochs, config.nesterov) == ("lenet", 0.03, 4, False)
+
+
+def test_unknown_yaml_key_is_rejected(tmp_path) -> None:
+    file = tmp_path / "run.yaml"
+    file.write_text("arch: cnn\nlearning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="unknown option 'learning_rate'"):
+        parse("--config", str(file))
+
+
+def test_boolean_flags_take_values_or_no_prefix() -> None:
+    assert parse("--compile").compile is True
+    assert parse("--compile", "false").compile is False
+    assert parse("--no-nesterov").nesterov is False
+    assert parse("--log-model", "no").log_model is False
+
+
+def test_mlproject_style_unset_words() -> None:
+    config = parse("--lr", "auto", "--max-train-samples", "none", "--model-args", "{}")
+    assert config.lr == RECOMMENDED["cnn"]["lr"]
+    assert config.max_train_samples is None
+
+
+def test_model_args_json() -> None:
+    assert parse("--model-args", '{"width_mult": 0.5}').model_args == {"width_mult": 0.5}
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        parse("--model-args", "{width_mult: 0.5")
+    with pytest.raises(ConfigError, match="JSON object"):
+        parse("--model-args", "[1, 2]")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--lr", "0"), "lr must be a positive number"),
+    (("--lr", "-1"), "lr must be a positive number"),
+    (("--batch-size", "0"), "batch_size must be a positive number"),
+    (("--epochs", "0"), "epochs must be a positive number"),
+    (("--epochs", "two"), "epochs must be an integer"),
+    (("--val-fraction", "1.0"), "val_fraction must be between 0 and 1"),
+    (("--val-fraction", "0"), "val_fraction must be between 0 and 1"),
+    (("--optimizer", "rmsprop"), "unknown optimizer 'rmsprop'; choose one of: sgd, adam, adamw"),
+    (("--scheduler", "linear"), "unknown scheduler 'linear'"),
+    (("--dataset", "imagenet"), "unknown dataset 'imagenet'"),
+    (("--device", "tpu"), "unknown device 'tpu'"),
+])
+def test_bad_values_are_config_errors(argv, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse(*argv)
+
+
+def test_help_lists_every_option_with_its_default(capsys) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    import dataclasses
+
+    for f in dataclasses.fields(TrainConfig):
+        assert "--" + f.name.replace("_", "-") in text
+    assert "(default: cnn)" in text and "(default: 0.1)" in text
+    assert "recommended settings per architecture" in text and "mobilenetv2" in text

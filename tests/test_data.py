@@ -1,0 +1,96 @@
+"""Data sets through torchvision's real loaders and file formats, splits and statistics."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from cifar_mlflow.data import load_image_data, split_data
+from cifar_mlflow.errors import ConfigError
+from tests.conftest import CLASSES, write_cifar10, write_imagefolder, write_mnist
+
+
+def test_cifar10_pickled_batches(tmp_path, monkeypatch) -> None:
+    write_cifar10(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    # torchvision checks the MD5 of the real files; point it at the generated ones.
+    def md5(name: str) -> str:
+        return hashlib.md5((folder / name).read_bytes()).hexdigest()
+    cls = torchvision.datasets.CIFAR10
+    monkeypatch.setattr(cls, "train_list", [[n, md5(n)] for n, _ in cls.train_list])
+    monkeypatch.setattr(cls, "test_list", [[n, md5(n)] for n, _ in cls.test_list])
+    monkeypatch.setitem(cls.meta, "md5", md5("batches.meta"))
+    data = load_image_data("cifar10", str(tmp_path))
+    assert data.train_images.shape == (250, 3, 32, 32) and data.train_images.dtype == torch.uint8
+    assert data.test_images.shape == (40, 3, 32, 32)
+    assert data.classes[3] == "cat" and data.hflip_ok
+    # The pixel layout survives: each image's colour is its class's colour (red-ish for class 0).
+    first_zero = int((data.train_labels == 0).nonzero()[0])
+    assert data.train_images[first_zero, 0].float().mean() > data.train_images[first_zero, 1].float().mean() + 100
+
+
+def test_mnist_idx_files(tmp_path) -> None:
+    write_mnist(tmp_path)
+    data = load_image_data("mnist", str(tmp_path))
+    assert data.train_images.shape == (60, 1, 28, 28)
+    assert data.test_images.shape == (20, 1, 28, 28)
+    assert not data.hflip_ok  # mirrored digits are other digits
+    resized = load_image_data("mnist", str(tmp_path), image_size=32)
+    assert resized.train_images.shape == (60, 1, 32, 32)
+
+
+def test_imagefolder(imagefolder) -> None:
+    data = load_image_data("imagefolder", str(imagefolder))
+    assert data.classes == sorted(CLASSES)
+    assert data.train_images.shape == (72, 3, 32, 32)
+    assert torch.bincount(data.test_labels).tolist() == [9, 9, 9]
+
+
+def test_imagefolder_mixed_sizes_need_image_size(tmp_path) -> None:
+    write_imagefolder(tmp_path, n_train=2, n_test=1, size=32)
+    write_imagefolder(tmp_path / "more", n_train=1, n_test=1, size=40, fmt="jpg")
+    (tmp_path / "more" / "train" / "cat" / "0000.jpg").rename(tmp_path / "train" / "cat" / "big.jpg")
+    with pytest.raises(ConfigError, match="--image-size"):
+        load_image_data("imagefolder", str(tmp_path))
+    data = load_image_data("imagefolder", str(tmp_path), image_size=24)
+    assert data.train_images.shape[1:] == (3, 24, 24)
+
+
+def test_missing_imagefolder_says_what_is_expected(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"train/<class>/<image>"):
+        load_image_data("imagefolder", str(tmp_path / "nothing"))
+
+
+def test_offline_download_failure_says_where_to_put_files(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"cifar-10-python\.tar\.gz .* in " + str(tmp_path)):
+        load_image_data("cifar10", str(tmp_path))
+
+
+def test_stratified_seeded_split(imagefolder) -> None:
+    data = load_image_data("imagefolder", str(imagefolder))
+    a = split_data(data, val_fraction=1 / 3, seed=1)
+    b = split_data(data, val_fraction=1 / 3, seed=1)
+    c = split_data(data, val_fraction=1 / 3, seed=2)
+    assert len(a.train) == 48 and len(a.val) == 24 and len(a.test) == 27
+    assert torch.bincount(a.val.labels).tolist() == [8, 8, 8]  # stratified
+    assert torch.equal(a.val.images, b.val.images)  # seeded
+    assert not torch.equal(a.val.images, c.val.images)
+    # No image is in both train and validation.
+    train_rows = {t.numpy().tobytes() for t in a.train.images}
+    assert not any(v.numpy().tobytes() in train_rows for v in a.val.images)
+
+
+def test_caps_and_statistics() -> None:
+    data = load_image_data("synthetic", "unused", seed=0)
+    splits = split_data(data, val_fraction=0.1, seed=0, max_train_samples=1000, max_eval_samples=300)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (1000, 300, 300)
+    counts = torch.bincount(splits.train.labels, minlength=10)
+    assert counts.min() >= 90  # stratified cap keeps classes balanced
+    pixels = splits.train.images.double() / 255
+    assert np.allclose(splits.mean, pixels.mean(dim=(0, 2, 3)).numpy(), atol=1e-3)
+    assert np.allclose(splits.std, pixels.std(dim=(0, 2, 3)).numpy(), atol=1e-3)
+    assert splits.digest == split_data(data, val_fraction=0.2, seed=3).digest  # digest of the data set itself

@@ -1,0 +1,34 @@
+"""MLproject and conda.yaml stay in step with the config and pyproject.toml."""
+
+from __future__ import annotations
+
+import sys
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+import gen_mlproject  # noqa: E402
+
+
+def test_mlproject_is_generated_from_the_config() -> None:
+    assert (ROOT / "MLproject").read_text() == gen_mlproject.render(), \
+        "MLproject is out of date: run python tools/gen_mlproject.py"
+
+
+def test_mlproject_exposes_the_documented_parameters() -> None:
+    params = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]["main"]["parameters"]
+    required = {"arch", "dataset", "data_dir", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
+                "scheduler", "augment", "label_smoothing", "seed", "max_train_samples", "max_eval_samples",
+                "experiment_name", "model_args"}
+    assert required <= set(params)
+
+
+def test_conda_env_installs_the_project_dependencies() -> None:
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    conda = yaml.safe_load((ROOT / "conda.yaml").read_text())
+    pip = next(d for d in conda["dependencies"] if isinstance(d, dict))["pip"]
+    assert set(deps) <= set(pip)
