@@ -33,6 +33,7 @@ from cifar_mlflow.engine import Evaluation, evaluate, train_one_epoch
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.logger import NullLogger, RunLogger
 from cifar_mlflow.models import get_model
+from cifar_mlflow.models.registry import check_model_name
 from cifar_mlflow.models.inference import NormalizedClassifier
 from cifar_mlflow.optim import build_optimizer, build_schedule
 
@@ -80,6 +81,7 @@ def prepare(config: TrainConfig, data: DataSplits | None = None) -> Prepared:
         ConfigError: for any bad input, before anything is created.
     """
     config = resolve_config(config)
+    check_model_name(config.arch)  # before the data set is read
     device = select_device(config.device)
     seed_everything(config.seed, config.deterministic)
     if data is None:
@@ -224,7 +226,7 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
                "val_acc": val.acc, "lr": lr, "epoch_seconds": stats.seconds,
                "train_images_per_second": stats.images / max(stats.seconds, 1e-9)}
         history.append(row)
-        if val.acc > best_val_acc or (val.acc == best_val_acc and val.loss < best_val_loss):
+        if val.acc > best_val_acc:  # strictly better val_acc: what early stopping waits for
             best_epoch, best_val_acc, best_val_loss = epoch, val.acc, val.loss
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         if checkpoint_file is not None:

@@ -90,6 +90,13 @@ def _user_model(spec: str, num_classes: int, in_channels: int, **kwargs) -> nn.M
     return model
 
 
+def check_model_name(name: str) -> None:
+    """Raise `ConfigError` for a plain name that is not registered (cheap: builds nothing)."""
+    if not name.startswith("tv:") and ":" not in name and name not in _REGISTRY:
+        raise ConfigError(f"unknown architecture {name!r}; valid names: {', '.join(list_models())}, "
+                          "tv:NAME (torchvision) or package.module:function")
+
+
 def get_model(name: str, *, num_classes: int = 10, in_channels: int = 3, **model_args) -> nn.Module:
     """Build a model by name.
 
@@ -104,9 +111,7 @@ def get_model(name: str, *, num_classes: int = 10, in_channels: int = 3, **model
         return _torchvision_model(name[3:], num_classes, in_channels, **model_args)
     if ":" in name:
         return _user_model(name, num_classes, in_channels, **model_args)
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown architecture {name!r}; valid names: {', '.join(list_models())}, "
-                          "tv:NAME (torchvision) or package.module:function")
+    check_model_name(name)
     try:
         return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, **model_args)
     except TypeError as exc:

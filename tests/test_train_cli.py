@@ -1,0 +1,112 @@
+"""`python -m cifar_mlflow.train`: exit codes, run statuses, Ctrl-C and --resume."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from cifar_mlflow.train import main
+from tests.conftest import ROOT, run_env
+
+
+def quick_args(imagefolder: Path, *extra: str) -> list[str]:
+    return ["--dataset", "imagefolder", "--data-dir", str(imagefolder), "--arch", "cnn_small", "--epochs", "2",
+            "--batch-size", "16", "--no-progress", "--device", "cpu", *extra]
+
+
+def runs(uri: str) -> list:
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient().search_runs(
+        [e.experiment_id for e in MlflowClient().search_experiments()], max_results=100)
+
+
+BAD_INPUTS = [
+    (["--arch", "alexnet9000"], "unknown architecture 'alexnet9000'; valid names: cnn, cnn_small"),
+    (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["--optimizer", "rmsprop"], "unknown optimizer 'rmsprop'"),
+    (["--scheduler", "linear"], "unknown scheduler 'linear'"),
+    (["--lr", "-0.1"], "lr must be a positive number"),
+    (["--batch-size", "0"], "batch_size must be a positive number"),
+    (["--epochs", "0"], "epochs must be a positive number"),
+    (["--val-fraction", "1.5"], "val_fraction must be between 0 and 1"),
+    (["--model-args", "{dropout: 0.2"], "model_args is not valid JSON"),
+    (["--model-args", '{"no_such_arg": 1}'], "bad model_args"),
+    (["--data-dir", "/nonexistent/images"], "imagefolder needs /nonexistent/images/train"),
+    (["--resume", "0123456789abcdef"], "cannot read checkpoint"),
+]
+
+
+@pytest.mark.parametrize("extra, message", BAD_INPUTS, ids=[m.split()[0] + "-" + a[0] for a, m in BAD_INPUTS])
+def test_bad_input_exits_2_with_one_line_and_creates_nothing(extra, message, imagefolder, tmp_path, monkeypatch,
+                                                             capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    ckpt = tmp_path / "checkpoints" / "0123456789abcdef" / "last.pt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"not a checkpoint")  # for the unreadable-checkpoint case
+    db = tmp_path / "runs.db"
+    code = main(quick_args(imagefolder, "--tracking-uri", f"sqlite:///{db}", *extra))
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err
+    assert not db.exists()  # no store, no experiment, no run
+
+
+def test_exit_status_2_from_the_real_process(tmp_path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "cifar_mlflow.train", "--arch", "nope"], cwd=tmp_path,
+                          env=run_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: unknown architecture 'nope'")
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_non_finite_loss_marks_the_run_failed(imagefolder, tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'runs.db'}"
+    code = main(quick_args(imagefolder, "--tracking-uri", uri, "--arch", "mlp", "--model-args",
+                           '{"batch_norm": false}', "--lr", "1e12", "--optimizer", "sgd", "--scheduler", "none"))
+    assert code == 1
+    assert "training loss became" in capsys.readouterr().err
+    (run,) = runs(uri)
+    assert run.info.status == "FAILED"
+
+
+def test_ctrl_c_marks_killed_and_resume_finishes_the_same_run(imagefolder, tmp_path) -> None:
+    uri = f"sqlite:///{tmp_path / 'runs.db'}"
+    args = quick_args(imagefolder, "--tracking-uri", uri, "--epochs", "60", "--arch", "cnn")
+    proc = subprocess.Popen([sys.executable, "-m", "cifar_mlflow.train", *args], cwd=tmp_path, env=run_env(),
+                            stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stderr:  # wait until two epochs are done and checkpointed
+        lines.append(line)
+        if line.startswith("epoch 2/60"):
+            break
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 130, "".join(lines) + rest
+    assert "marked KILLED" in rest
+    (run,) = runs(uri)
+    assert run.info.status == "KILLED"
+    run_id = run.info.run_id
+    artifacts = [a.path for a in MlflowClient().list_artifacts(run_id, "checkpoint")]
+    assert artifacts == ["checkpoint/last.pt"]
+
+    # Resume from the uploaded checkpoint (the local one removed) with fewer total epochs.
+    for f in (tmp_path / "checkpoints").rglob("*.pt"):
+        f.unlink()
+    code = subprocess.run([sys.executable, "-m", "cifar_mlflow.train", "--resume", run_id, "--epochs", "4",
+                           "--tracking-uri", uri, "--no-progress"], cwd=tmp_path, env=run_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert code.returncode == 0, code.stderr[-3000:]
+    (run,) = runs(uri)
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    history = MlflowClient().get_metric_history(run_id, "val_acc")
+    steps = sorted(m.step for m in history)
+    assert steps[-1] == 4 and set(steps) == {1, 2, 3, 4}
+    assert "test_acc" in run.data.metrics

@@ -1,0 +1,127 @@
+"""The training engine as a library: learning, early stopping, callbacks, resume, non-finite loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cifar_mlflow import NonFiniteLossError, TrainConfig, prepare, train
+from cifar_mlflow.checkpoint import load_checkpoint
+from cifar_mlflow.training import fit
+
+
+class RecordingLogger:
+    """A RunLogger that keeps what it is given, to check what a tracker would receive."""
+
+    def __init__(self) -> None:
+        self.run_id = "local-test-run"
+        self.params, self.tags, self.datasets = {}, {}, []
+        self.epochs: list[tuple[int, dict]] = []
+        self.metrics: dict[str, float] = {}
+        self.artifacts: dict[str, object] = {}
+        self.model = None
+        self.status = None
+
+    def start(self, *, params, tags, datasets) -> None:
+        self.params, self.tags, self.datasets = params, tags, datasets
+
+    def log_epoch(self, epoch, metrics) -> None:
+        self.epochs.append((epoch, dict(metrics)))
+
+    def log_metrics(self, metrics) -> None:
+        self.metrics.update(metrics)
+
+    def log_figure(self, figure, path) -> None:
+        self.artifacts[path] = figure
+
+    def log_text(self, text, path) -> None:
+        self.artifacts[path] = text
+
+    def log_file(self, local_path, artifact_dir) -> None:
+        self.artifacts[f"{artifact_dir}/{Path(local_path).name}"] = local_path
+
+    def log_model(self, model, input_example, registered_name) -> None:
+        self.model = (model, input_example)
+
+    def end(self, status) -> None:
+        self.status = status
+
+
+def quick(imagefolder: Path, **changes) -> TrainConfig:
+    base = dict(arch="cnn_small", dataset="imagefolder", data_dir=str(imagefolder), epochs=3, batch_size=16,
+                lr=0.05, progress=False, device="cpu")
+    return TrainConfig(**{**base, **changes})
+
+
+def test_train_learns_and_reports_everything(imagefolder) -> None:
+    logger = RecordingLogger()
+    result = train(quick(imagefolder), logger=logger)
+    assert [e for e, _ in logger.epochs] == [1, 2, 3]
+    assert set(logger.epochs[0][1]) >= {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds",
+                                        "train_images_per_second"}
+    assert result.test.acc > 0.8  # three colour-coded classes are easy
+    assert logger.metrics["test_acc"] == result.test.acc
+    assert {"test_acc_cat", "test_acc_dog", "test_acc_ship", "test_f1_macro", "best_epoch"} <= set(logger.metrics)
+    assert {"plots/learning_curves.png", "plots/confusion_matrix.png", "plots/per_class_accuracy.png",
+            "plots/misclassified.png", "reports/confusion_matrix.csv", "reports/classification_report.json",
+            "reports/classification_report.txt", "config.yaml"} <= set(logger.artifacts)
+    assert logger.artifacts["reports/confusion_matrix.csv"].startswith("true\\predicted,cat,dog,ship")
+    assert logger.params["num_parameters"] > 0 and logger.params["train_size"] + logger.params["val_size"] == 72
+    assert logger.params["optimizer"] == "sgd" and logger.tags["arch"] == "cnn_small"
+    model, example = logger.model
+    probs = model(torch.as_tensor(example)).softmax(1)  # takes [0, 1] images: normalisation is built in
+    assert probs.shape == (4, 3)
+    assert (probs.argmax(1) == result.test.labels[:4]).float().mean() >= 0.75
+
+
+def test_callbacks_see_every_epoch_and_can_stop_the_run(imagefolder) -> None:
+    seen = []
+
+    def stop_after_two(epoch, metrics):
+        seen.append((epoch, metrics["val_acc"]))
+        if epoch == 2:
+            raise RuntimeError("pruned")
+
+    with pytest.raises(RuntimeError, match="pruned"):
+        train(quick(imagefolder, epochs=5), callbacks=[stop_after_two])
+    assert [e for e, _ in seen] == [1, 2]
+
+
+def test_early_stopping_restores_the_best_epoch(imagefolder) -> None:
+    # lr so small that nothing improves after the first epoch: patience 2 stops at epoch 3.
+    config = quick(imagefolder, epochs=10, patience=2, lr=1e-9, scheduler="none",
+                   arch="mlp", model_args={"batch_norm": False, "dropout": 0.0}, optimizer="sgd")
+    result = train(config)
+    assert result.stopped_early and len(result.history) == 3 and result.best_epoch == 1
+
+
+def test_non_finite_loss_stops_at_once(imagefolder) -> None:
+    config = quick(imagefolder, arch="mlp", model_args={"batch_norm": False}, lr=1e12, optimizer="sgd",
+                   scheduler="none", epochs=5)
+    with pytest.raises(NonFiniteLossError, match="lower --lr"):
+        train(config)
+
+
+def test_resumed_run_ends_where_an_uninterrupted_one_does(imagefolder, tmp_path) -> None:
+    config = quick(imagefolder, epochs=3, augment="standard")
+    straight = fit(prepare(config))
+
+    class Interrupt(Exception):
+        pass
+
+    def interrupt_after_first(epoch, metrics):
+        if epoch == 1:
+            raise Interrupt
+
+    ckpt = tmp_path / "last.pt"
+    with pytest.raises(Interrupt):
+        fit(prepare(config), callbacks=[interrupt_after_first], checkpoint_file=ckpt)
+    state = load_checkpoint(ckpt)
+    assert state["epoch"] == 1
+    resumed = fit(prepare(config), resume_state=state)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6)
+    assert resumed.test.acc == straight.test.acc
