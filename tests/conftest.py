@@ -124,6 +124,8 @@ def mlflow_server(tmp_path_factory):
 def run_env(**extra: str) -> dict[str, str]:
     """Environment for subprocess runs: no inherited MLflow run, quiet and CPU-only."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="", **extra)
+    # As with an activated virtual environment: `python` (used by `mlflow run`) is this one.
+    path = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.update(PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="", PATH=path, **extra)
     return env
 

@@ -32,3 +32,10 @@ def test_conda_env_installs_the_project_dependencies() -> None:
     conda = yaml.safe_load((ROOT / "conda.yaml").read_text())
     pip = next(d for d in conda["dependencies"] if isinstance(d, dict))["pip"]
     assert set(deps) <= set(pip)
+
+
+def test_options_doc_is_generated_from_the_config() -> None:
+    import gen_options_doc
+
+    assert (ROOT / "docs" / "options.md").read_text() == gen_options_doc.render(), \
+        "docs/options.md is out of date: cd tools && python gen_options_doc.py"

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifar_mlflow import NonFiniteLossError, TrainConfig, prepare, train
+from cifar_mlflow import NonFiniteLossError, TrainConfig, prepare
 from cifar_mlflow.checkpoint import load_checkpoint
-from cifar_mlflow.training import fit
+from cifar_mlflow.training import fit, train
 
 
 class RecordingLogger:

@@ -1,0 +1,32 @@
+"""`mlflow run . --env-manager local` end to end: the project's MLproject as users run it."""
+
+from __future__ import annotations
+
+import subprocess
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import ROOT, mlflow_bin, run_env
+
+
+def test_mlflow_run_logs_into_the_run_it_created(imagefolder, tmp_path) -> None:
+    uri = f"sqlite:///{tmp_path / 'runs.db'}"
+    proc = subprocess.run(
+        [mlflow_bin(), "run", str(ROOT), "--env-manager", "local", "--experiment-name", "project-test",
+         "-P", "arch=lenet", "-P", "dataset=imagefolder", "-P", f"data_dir={imagefolder}", "-P", "epochs=2",
+         "-P", "batch_size=16", "-P", "progress=false", "-P", "model_args={}"],
+        cwd=tmp_path, env=run_env(MLFLOW_TRACKING_URI=uri), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("project-test")  # mlflow run's experiment wins
+    (run,) = client.search_runs([experiment.experiment_id])  # one run: ours is the one it created
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.project.entryPoint"] == "main"
+    params = run.data.params
+    assert params["arch"] == "lenet" and params["epochs"] == "2"
+    assert params["lr"] == "auto" and params["resolved.lr"] == "0.05"  # recommendation, recorded as resolved
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc")) == [1, 2]
+    assert "test_acc" in run.data.metrics
+    assert client.list_artifacts(run.info.run_id, "plots")

@@ -1,0 +1,100 @@
+"""A 2-epoch run against a real `mlflow server`, read back through MlflowClient."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from tests.conftest import run_env
+
+EPOCH_KEYS = ["train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "train_images_per_second"]
+ARTIFACTS = ["config.yaml", "plots/confusion_matrix.png", "plots/learning_curves.png", "plots/misclassified.png",
+             "plots/per_class_accuracy.png", "reports/classification_report.json",
+             "reports/classification_report.txt", "reports/confusion_matrix.csv"]
+
+
+def all_artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> list[str]:
+    found = []
+    for item in client.list_artifacts(run_id, path):
+        found += all_artifacts(client, run_id, item.path) if item.is_dir else [item.path]
+    return found
+
+
+@pytest.fixture(scope="module")
+def server_run(mlflow_server, imagefolder, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("server-run")
+    proc = subprocess.run(
+        [sys.executable, "-m", "cifar_mlflow.train", "--dataset", "imagefolder", "--data-dir", str(imagefolder),
+         "--arch", "cnn_small", "--epochs", "2", "--batch-size", "16", "--no-progress", "--experiment-name",
+         "server-test", "--register-model", "server-test-model"],
+        cwd=workdir, env=run_env(MLFLOW_TRACKING_URI=mlflow_server), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    mlflow.set_tracking_uri(mlflow_server)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("server-test")
+    (run,) = client.search_runs([experiment.experiment_id])
+    return client, run
+
+
+def test_run_is_finished_with_readable_name_params_and_tags(server_run) -> None:
+    _, run = server_run
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "cnn_small-sgd-lr0.05-e2-s0"
+    params = run.data.params
+    assert params["arch"] == "cnn_small" and params["epochs"] == "2" and params["optimizer"] == "sgd"
+    assert int(params["num_parameters"]) > 0 and params["train_size"] == "65" and params["val_size"] == "7"
+    assert len(params["data_mean"].split(",")) == 3
+    tags = run.data.tags
+    assert {"arch", "dataset", "device", "torch_version", "torchvision_version", "data_digest"} <= set(tags)
+    assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["imagefolder-train", "imagefolder-val",
+                                                                   "imagefolder-test"]
+
+
+def test_one_metric_point_per_epoch_and_final_metrics(server_run) -> None:
+    client, run = server_run
+    for key in EPOCH_KEYS:
+        history = client.get_metric_history(run.info.run_id, key)
+        assert sorted(m.step for m in history) == [1, 2], key
+    final = run.data.metrics
+    for key in ["test_loss", "test_acc", "test_precision_macro", "test_recall_macro", "test_f1_macro",
+                "best_val_acc", "best_epoch", "test_acc_cat", "test_acc_dog", "test_acc_ship"]:
+        assert key in final, key
+    assert 0.0 <= final["test_acc"] <= 1.0
+
+
+def test_every_artifact_is_there_and_images_decode(server_run, tmp_path) -> None:
+    client, run = server_run
+    assert sorted(all_artifacts(client, run.info.run_id)) == sorted(ARTIFACTS)
+    for path in ARTIFACTS:
+        if path.endswith(".png"):
+            local = client.download_artifacts(run.info.run_id, path, str(tmp_path))
+            with Image.open(local) as image:
+                image.load()
+                assert image.width > 300 and image.height > 100  # a real plot, not an empty image
+    cm = client.download_artifacts(run.info.run_id, "reports/confusion_matrix.csv", str(tmp_path))
+    rows = open(cm).read().strip().splitlines()
+    assert rows[0] == "true\\predicted,cat,dog,ship"
+    assert sum(int(v) for row in rows[1:] for v in row.split(",")[1:]) == 27  # every test image once
+
+
+def test_logged_model_loads_and_predicts(server_run) -> None:
+    _, run = server_run
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    import torch
+
+    assert model(torch.rand(5, 3, 32, 32)).shape == (5, 3)
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    assert np.asarray(pyfunc.predict(np.random.rand(2, 3, 32, 32).astype("float32"))).shape == (2, 3)
+
+
+def test_model_is_registered(server_run) -> None:
+    client, run = server_run
+    (version,) = client.search_model_versions("name='server-test-model'")
+    assert version.run_id == run.info.run_id

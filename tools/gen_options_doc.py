@@ -1,0 +1,45 @@
+"""Write docs/options.md from `TrainConfig` (run after changing the config)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from cifar_mlflow.config import TrainConfig
+from gen_mlproject import EXCLUDED, mlproject_default
+
+
+def render() -> str:
+    lines = [
+        "# Options of the training command",
+        "",
+        "Generated from `cifar_mlflow.config.TrainConfig` by `tools/gen_options_doc.py`; the tests fail",
+        "when this page and the code drift apart. The same names work in three places:",
+        "",
+        "- on the command line as `--kebab-case` flags: `python -m cifar_mlflow.train --batch-size 64`",
+        "  (booleans: `--compile`, `--compile false`, `--no-compile`);",
+        "- in a YAML file given with `--config run.yaml`, as `snake_case` keys (flags given on the",
+        "  command line win over the file);",
+        "- as `mlflow run` parameters: `mlflow run . -P batch_size=64`.",
+        "",
+        "Options marked *recommended* default to the per-architecture settings in",
+        "[architectures.md](architectures.md); `auto` (MLproject) or leaving them out selects them, and",
+        "anything you set wins. Optional numbers take `none` to mean unset.",
+        "",
+        "| option | MLproject default | meaning |",
+        "|---|---|---|",
+    ]
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = "(not a parameter)" if f.name in EXCLUDED else f"`{mlproject_default(f)}`"
+        choices = f.metadata.get("choices")
+        meaning = f.metadata["help"] + (f" (one of: {', '.join(choices)})" if choices else "")
+        lines.append(f"| `{flag}` | {default} | {meaning.replace('|', '/')} |")
+    lines += ["", "Also: `--config FILE.yaml` (read options from YAML) and `--list-models` (print the built-in",
+              "architectures). Exit status: 0 finished, 1 the run failed (marked FAILED), 2 bad input (nothing",
+              "created), 130 interrupted (marked KILLED; continue with `--resume RUN_ID`)."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    Path(__file__).resolve().parent.parent.joinpath("docs", "options.md").write_text(render())
