@@ -7,6 +7,7 @@ Exit status: 0 done, 1 the run failed (e.g. non-finite loss; marked FAILED), 2 b
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import sys
@@ -125,8 +126,15 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # while reading data: nothing was created yet
+        shutil.rmtree(workdir, ignore_errors=True)
+        print("\ninterrupted before the run started; nothing was logged", file=sys.stderr)
+        return 130
 
     config = prepared.config
+    if os.environ.get("MLFLOW_RUN_ID") and config.experiment_name:
+        print(f"note: experiment_name {config.experiment_name!r} is not used: `mlflow run` logs into the run it "
+              "created; choose the experiment with `mlflow run --experiment-name`", file=sys.stderr)
     logger = MlflowLogger(uri, experiment_name=config.experiment_name or config.dataset,
                           run_name=config.run_name or default_run_name(config), run_id=config.resume)
     previous_term = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -146,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous_term)
         shutil.rmtree(workdir, ignore_errors=True)
     if status == "FINISHED":
-        print(f"run {logger.run_id} FINISHED in experiment {logger.experiment_name!r} at {uri}; "
-              f"look at it with: mlflow ui --backend-store-uri {uri}", file=sys.stderr)
+        print(f"run {logger.run_id} FINISHED at {uri}; look at it with: mlflow ui --backend-store-uri {uri}",
+              file=sys.stderr)
     return code
 
 

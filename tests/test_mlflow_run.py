@@ -15,11 +15,13 @@ def test_mlflow_run_logs_into_the_run_it_created(imagefolder, tmp_path) -> None:
     proc = subprocess.run(
         [mlflow_bin(), "run", str(ROOT), "--env-manager", "local", "--experiment-name", "project-test",
          "-P", "arch=lenet", "-P", "dataset=imagefolder", "-P", f"data_dir={imagefolder}", "-P", "epochs=2",
-         "-P", "batch_size=16", "-P", "progress=false", "-P", "model_args={}"],
+         "-P", "batch_size=16", "-P", "progress=false", "-P", "model_args={}", "-P", "experiment_name=not-this-one"],
         cwd=tmp_path, env=run_env(MLFLOW_TRACKING_URI=uri), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "experiment_name 'not-this-one' is not used" in proc.stderr
     mlflow.set_tracking_uri(uri)
     client = MlflowClient()
+    assert client.get_experiment_by_name("not-this-one") is None
     experiment = client.get_experiment_by_name("project-test")  # mlflow run's experiment wins
     (run,) = client.search_runs([experiment.experiment_id])  # one run: ours is the one it created
     assert run.info.status == "FINISHED"
