@@ -75,8 +75,12 @@ def build_schedule(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_
     total = config.epochs * steps_per_epoch
     name = config.scheduler
     if name == "onecycle":
+        if total < 4:  # too few steps for a rise and a fall (OneCycleLR divides by zero): constant lr
+            return Schedule(None, per_batch=False)
+        # A quarter of the run rising, and at least two steps, so each phase has a length.
+        pct_start = min(0.5, max(0.25, 2 / total))
         sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total,
-                                                    pct_start=0.25, anneal_strategy="linear")
+                                                    pct_start=pct_start, anneal_strategy="linear")
         return Schedule(sched, per_batch=True)
     if name == "cosine":
         warmup = int(round(config.warmup_epochs * steps_per_epoch))

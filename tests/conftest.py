@@ -61,10 +61,10 @@ def write_cifar10(root: Path, per_batch: int = 50, n_test: int = 40) -> Path:
     return root
 
 
-def write_mnist(root: Path, n_train: int = 60, n_test: int = 20) -> Path:
-    """MNIST/raw/*-ubyte.gz in the IDX format torchvision reads."""
+def write_mnist(root: Path, n_train: int = 60, n_test: int = 20, folder: str = "MNIST") -> Path:
+    """<folder>/raw/*-ubyte in the IDX format torchvision reads (MNIST, FashionMNIST)."""
     rng = np.random.default_rng(0)
-    raw = root / "MNIST" / "raw"
+    raw = root / folder / "raw"
     raw.mkdir(parents=True)
     for prefix, n in (("train", n_train), ("t10k", n_test)):
         labels = rng.integers(0, 10, n).astype(np.uint8)

@@ -43,6 +43,13 @@ def test_mnist_idx_files(tmp_path) -> None:
     assert resized.train_images.shape == (60, 1, 32, 32)
 
 
+def test_fashion_mnist_idx_files(tmp_path) -> None:
+    write_mnist(tmp_path, folder="FashionMNIST")
+    data = load_image_data("fashion_mnist", str(tmp_path))
+    assert data.train_images.shape == (60, 1, 28, 28)
+    assert data.classes[0] == "T-shirt/top" and data.hflip_ok  # a mirrored shirt is still a shirt
+
+
 def test_imagefolder(imagefolder) -> None:
     data = load_image_data("imagefolder", str(imagefolder))
     assert data.classes == sorted(CLASSES)

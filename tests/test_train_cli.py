@@ -40,6 +40,7 @@ BAD_INPUTS = [
     (["--model-args", '{"no_such_arg": 1}'], "bad model_args"),
     (["--data-dir", "/nonexistent/images"], "imagefolder needs /nonexistent/images/train"),
     (["--resume", "0123456789abcdef"], "cannot read checkpoint"),
+    (["--device", "cuda:99"], "cuda:99"),  # no CUDA here; on a GPU machine: no 100th GPU
 ]
 
 
@@ -110,3 +111,13 @@ def test_ctrl_c_marks_killed_and_resume_finishes_the_same_run(imagefolder, tmp_p
     steps = sorted(m.step for m in history)
     assert steps[-1] == 4 and set(steps) == {1, 2, 3, 4}
     assert "test_acc" in run.data.metrics
+
+
+def test_embedded_default_store_in_the_working_directory(imagefolder, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    assert main(quick_args(imagefolder, "--epochs", "1", "--log-model", "false")) == 0
+    (run,) = runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert run.info.status == "FINISHED" and run.data.params["epochs"] == "1"
+    assert (tmp_path / "mlruns").is_dir()  # artifacts beside it, where `mlflow ui` finds them

@@ -125,3 +125,15 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(imagefolder, tmp_path)
     for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6)
     assert resumed.test.acc == straight.test.acc
+
+
+def test_gradient_clipping_bounds_each_step(imagefolder) -> None:
+    base = dict(arch="mlp", model_args={"batch_norm": False, "dropout": 0.0}, optimizer="sgd", momentum=0.0,
+                scheduler="none", lr=1.0, epochs=1, augment="none", log_model=False,
+                weight_decay=0.0)  # decay is applied after clipping; keep it out
+    before = prepare(quick(imagefolder, **base)).model
+    start = torch.cat([p.detach().flatten() for p in before.parameters()])
+    clipped = fit(prepare(quick(imagefolder, grad_clip=1e-6, **base))).model
+    moved = torch.cat([p.detach().flatten() for p in clipped.parameters()]) - start
+    steps = 65 // 16  # full batches in the epoch; each moves the weights by at most lr * grad_clip
+    assert 0 < moved.norm() <= steps * 1e-6 * 1.01
