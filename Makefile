@@ -21,9 +21,11 @@ run: install
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# The real CIFAR-10 as JPEG images (for offline machines that carry ../shared/data).
+# The real CIFAR-10 as JPEG images, for offline machines: make cifar10-jpg [SHARED=/path/to/shared]
+SHARED ?= ../shared
 cifar10-jpg:
-	mkdir -p data/cifar10-jpg && tar -xzf ../shared/data/cifar10-jpg.tar.gz -C data/cifar10-jpg
+	@test -f $(SHARED)/data/cifar10-jpg.tar.gz || { echo "no $(SHARED)/data/cifar10-jpg.tar.gz: pass SHARED=/path/to/shared"; exit 2; }
+	mkdir -p data/cifar10-jpg && tar -xzf $(SHARED)/data/cifar10-jpg.tar.gz -C data/cifar10-jpg
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
