@@ -56,6 +56,20 @@ def download_checkpoint(uri: str, run_id: str, dest: Path) -> Path:
     return Path(local)
 
 
+def log_params_once(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    """Log params a run does not have yet; a different existing value gets a `resolved.` twin."""
+    existing = client.get_run(run_id).data.params
+    batch = []
+    for key, value in params.items():
+        text = str(value)
+        if key not in existing:
+            batch.append(Param(key, text))
+        elif not _same_value(existing[key], text) and RESOLVED_PREFIX + key not in existing:
+            batch.append(Param(RESOLVED_PREFIX + key, text))
+    for start in range(0, len(batch), 100):
+        client.log_batch(run_id, params=batch[start:start + 100])
+
+
 class MlflowLogger:
     """Logs one training run to MLflow.
 
@@ -63,49 +77,45 @@ class MlflowLogger:
         uri: tracking URI.
         experiment_name: experiment for new runs (ignored when attaching to an existing run).
         run_name: name for new runs.
-        run_id: attach to this existing run (resume); under `mlflow run`, the run it created
-            (MLFLOW_RUN_ID) is used automatically.
-        nested: start the run nested under the active run (tuning trials).
+        run_id: attach to this existing run (resume, or the run `mlflow run` created).
+        parent_run_id: create the run nested under this one (tuning trials).
+        tags: extra tags set when the run starts.
     """
 
     def __init__(self, uri: str, experiment_name: str, run_name: str, run_id: str | None = None,
-                 nested: bool = False) -> None:
+                 parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> None:
         self.uri = uri
         self.experiment_name = experiment_name
         self.run_name = run_name
         self.run_id = run_id
-        self.nested = nested
-        self.attached = run_id is not None or bool(os.environ.get("MLFLOW_RUN_ID"))
-        self._client: MlflowClient | None = None
+        self.parent_run_id = parent_run_id
+        self.extra_tags = dict(tags or {})
+        self._started = False
 
     def start(self, *, params: dict[str, Any], tags: dict[str, str], datasets: list[dict[str, str]]) -> None:
+        """Open the run; a second call does nothing (the tuner starts a trial's run before `run` does)."""
+        if self._started:
+            return
+        self._started = True
         mlflow.set_tracking_uri(self.uri)
         if self.run_id is not None:
             run = mlflow.start_run(run_id=self.run_id)
-        elif os.environ.get("MLFLOW_RUN_ID"):
-            run = mlflow.start_run()  # the run `mlflow run` created: its experiment and id win
         else:
             mlflow.set_experiment(self.experiment_name)
-            run = mlflow.start_run(run_name=self.run_name, nested=self.nested)
+            run = mlflow.start_run(run_name=self.run_name, parent_run_id=self.parent_run_id)
         self.run_id = run.info.run_id
-        self._client = MlflowClient()
-        self._log_params(params)
-        mlflow.set_tags(tags)
+        log_params_once(MlflowClient(), self.run_id, params)
+        mlflow.set_tags({**tags, **self.extra_tags})
         for d in datasets:
             source = LocalArtifactDatasetSource(d["source"])
             mlflow.log_input(MetaDataset(source, name=d["name"], digest=d["digest"]), context=d["context"])
 
-    def _log_params(self, params: dict[str, Any]) -> None:
-        existing = self._client.get_run(self.run_id).data.params
-        batch = []
-        for key, value in params.items():
-            text = str(value)
-            if key not in existing:
-                batch.append(Param(key, text))
-            elif not _same_value(existing[key], text) and RESOLVED_PREFIX + key not in existing:
-                batch.append(Param(RESOLVED_PREFIX + key, text))
-        for start in range(0, len(batch), 100):
-            self._client.log_batch(self.run_id, params=batch[start:start + 100])
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Tags on a run that has started (the tuner's trial outcome)."""
+        if self.run_id is not None:
+            client = MlflowClient()
+            for key, value in tags.items():
+                client.set_tag(self.run_id, key, str(value))
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k != "epoch"}, step=epoch)
@@ -145,5 +155,72 @@ class MlflowLogger:
                                      registered_model_name=registered_name)
 
     def end(self, status: str) -> None:
-        if mlflow.active_run() is not None:
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == self.run_id:
             mlflow.end_run(status=status)
+
+
+class StudyTracker:
+    """The parent run of a tuning study: created once, reused when the study is resumed.
+
+    Written through `MlflowClient` (not the fluent, per-thread active run), so trials running
+    in parallel threads can nest their own runs under it.
+    """
+
+    def __init__(self, uri: str, experiment_name: str, study_name: str) -> None:
+        self.uri = uri
+        self.experiment_name = experiment_name
+        self.study_name = study_name
+        self.run_id: str | None = None
+        mlflow.set_tracking_uri(uri)
+        self.client = MlflowClient(uri)
+
+    def open(self, known_run_id: str | None) -> str:
+        """Reopen the study's parent run (`known_run_id`, or the run `mlflow run` created), else create it."""
+        env_run = os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run -e tune`: that run is the parent
+        run_id = env_run or known_run_id
+        if run_id is not None:
+            try:
+                run = self.client.get_run(run_id)
+            except mlflow.exceptions.MlflowException:
+                run = None
+            if run is not None and run.info.lifecycle_stage == "active":
+                self.client.update_run(run_id, status="RUNNING")
+                self.run_id = run_id
+        if self.run_id is None:
+            experiment = mlflow.set_experiment(self.experiment_name)
+            run = self.client.create_run(experiment.experiment_id, run_name=self.study_name)
+            self.run_id = run.info.run_id
+        self.client.set_tag(self.run_id, "optuna.study_name", self.study_name)
+        self.client.set_tag(self.run_id, "cifar_mlflow.kind", "study")
+        return self.run_id
+
+    def discard(self) -> None:
+        """Delete a parent run that lost the race to another worker's."""
+        self.client.delete_run(self.run_id)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        log_params_once(self.client, self.run_id, params)
+
+    def log_progress(self, metrics: dict[str, float], params: dict[str, Any], step: int) -> None:
+        """Study-level metrics (step = finished trials) and the best params so far (as tags: they change)."""
+        from mlflow.entities import Metric
+        import time
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        for key, value in params.items():
+            self.client.set_tag(self.run_id, key, str(value))
+
+    def mark_best(self, best_run_id: str | None, previous_run_id: str | None) -> None:
+        if previous_run_id and previous_run_id != best_run_id:
+            self.client.set_tag(previous_run_id, "best_trial", "false")
+        if best_run_id:
+            self.client.set_tag(best_run_id, "best_trial", "true")
+
+    def log_artifact_dir(self, local_dir: Path) -> None:
+        self.client.log_artifacts(self.run_id, str(local_dir))
+
+    def close(self, status: str) -> None:
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, status=status)

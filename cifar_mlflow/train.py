@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: experiment_name {config.experiment_name!r} is not used: `mlflow run` logs into the run it "
               "created; choose the experiment with `mlflow run --experiment-name`", file=sys.stderr)
     logger = MlflowLogger(uri, experiment_name=config.experiment_name or config.dataset,
-                          run_name=config.run_name or default_run_name(config), run_id=config.resume)
+                          run_name=config.run_name or default_run_name(config),
+                          run_id=config.resume or os.environ.get("MLFLOW_RUN_ID"))  # resume, or `mlflow run`'s run
     previous_term = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     status, code = "FAILED", 1
     try:

@@ -1,0 +1,306 @@
+"""Optuna at the edge: the only module that talks to Optuna.
+
+Every trial calls the same `prepare` and `run` as the training command, with a per-epoch callback
+that reports the validation metric and prunes. Each trial is an MLflow run nested under the
+study's parent run (`cifar_mlflow.tracking.StudyTracker`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import warnings
+
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable in practice
+from optuna.trial import TrialState
+
+from cifar_mlflow.config import TrainConfig, config_to_dict
+from cifar_mlflow.data import DataSplits, load_image_data, split_data
+from cifar_mlflow.errors import ConfigError
+from cifar_mlflow.search_space import ParamSpec, sample_config
+from cifar_mlflow.tracking import MlflowLogger, StudyTracker
+from cifar_mlflow.training import prepare, run, run_datasets, run_params, run_tags
+from cifar_mlflow.tune_config import TuneConfig
+
+PARENT_ATTR = "mlflow_parent_run_id"
+RUN_ATTR = "mlflow_run_id"
+
+
+def build_sampler(tune: TuneConfig, space: list[ParamSpec], seed: int) -> optuna.samplers.BaseSampler:
+    if tune.sampler == "grid":
+        grid = {}
+        for spec in space:
+            if spec.kind == "categorical":
+                grid[spec.name] = list(spec.choices)
+            elif spec.kind == "int" and spec.step:
+                grid[spec.name] = list(range(spec.low, spec.high + 1, spec.step))
+            else:
+                raise ConfigError(f"grid sampler needs categorical or stepped int parameters; "
+                                  f"{spec.name!r} is a {spec.kind} range")
+            if spec.when:
+                raise ConfigError(f"grid sampler cannot search conditional parameters ({spec.name!r} has when:)")
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    samplers = {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
+        "gp": lambda: optuna.samplers.GPSampler(seed=seed),
+    }
+    return samplers[tune.sampler]()
+
+
+def build_pruner(tune: TuneConfig, epochs: int) -> optuna.pruners.BasePruner:
+    pruners = {
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=tune.pruner_startup_trials,
+                                                      n_warmup_steps=tune.pruner_warmup_epochs),
+        "percentile": lambda: optuna.pruners.PercentilePruner(tune.pruner_percentile,
+                                                              n_startup_trials=tune.pruner_startup_trials,
+                                                              n_warmup_steps=tune.pruner_warmup_epochs),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs),
+        "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1),
+        "none": lambda: optuna.pruners.NopPruner(),
+    }
+    return pruners[tune.pruner]()
+
+
+def build_storage(tune: TuneConfig) -> optuna.storages.RDBStorage:
+    """A database storage with heartbeats, so a trial whose worker died is failed (and retried)."""
+    retry = optuna.storages.RetryFailedTrialCallback(max_retry=tune.retry_failed) if tune.retry_failed else None
+    try:
+        return optuna.storages.RDBStorage(tune.storage, heartbeat_interval=tune.heartbeat_interval,
+                                          grace_period=3 * tune.heartbeat_interval, failed_trial_callback=retry)
+    except Exception as exc:  # noqa: BLE001 - bad URL, unreachable server, missing driver
+        raise ConfigError(f"cannot open Optuna storage {tune.storage}: {str(exc).splitlines()[0][:200]}") from None
+
+
+def suggest(trial: optuna.Trial, spec: ParamSpec) -> Any:
+    if spec.kind == "categorical":
+        return trial.suggest_categorical(spec.name, list(spec.choices))
+    if spec.kind == "int":
+        return trial.suggest_int(spec.name, spec.low, spec.high, step=spec.step or 1, log=spec.log)
+    if spec.step:
+        return trial.suggest_float(spec.name, spec.low, spec.high, step=spec.step)
+    return trial.suggest_float(spec.name, spec.low, spec.high, log=spec.log)
+
+
+@dataclass
+class StudyContext:
+    """What every trial of this worker shares."""
+
+    tune: TuneConfig
+    base: TrainConfig
+    space: list[ParamSpec]
+    uri: str
+    experiment_name: str
+    tracker: StudyTracker
+    data_cache: dict[tuple, DataSplits] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    best_run_id: str | None = None
+
+    def data_for(self, config: TrainConfig) -> DataSplits:
+        """The split data set, read once per worker (trials differ in hyperparameters, not data)."""
+        key = (config.dataset, config.data_dir, config.image_size, config.val_fraction, config.seed,
+               config.max_train_samples, config.max_eval_samples)
+        with self.lock:
+            if key not in self.data_cache:
+                images = load_image_data(config.dataset, config.data_dir, config.image_size, config.seed)
+                self.data_cache[key] = split_data(images, val_fraction=config.val_fraction, seed=config.seed,
+                                                  max_train_samples=config.max_train_samples,
+                                                  max_eval_samples=config.max_eval_samples)
+            return self.data_cache[key]
+
+
+def best_value(history: list[dict[str, float]], metric: str) -> float:
+    values = [h[metric] for h in history]
+    return max(values) if metric == "val_acc" else min(values)
+
+
+def make_objective(ctx: StudyContext):
+    def objective(trial: optuna.Trial) -> float:
+        config, sampled = sample_config(ctx.space, ctx.base, lambda spec: suggest(trial, spec))
+        config = dataclasses.replace(config, run_name=f"trial-{trial.number}", log_model=ctx.tune.log_models,
+                                     register_model=None, progress=ctx.tune.n_jobs == 1 and ctx.base.progress)
+        logger = MlflowLogger(ctx.uri, ctx.experiment_name, f"trial-{trial.number}",
+                              parent_run_id=ctx.tracker.run_id,
+                              tags={"trial_number": str(trial.number), "optuna.study_name": ctx.tracker.study_name,
+                                    "mlflow.runName": f"trial-{trial.number}"})
+        reported: list[int] = []
+
+        def report(epoch: int, metrics: dict[str, float]) -> None:
+            value = metrics[ctx.tune.metric]
+            if not math.isfinite(value):
+                raise FloatingPointError(f"{ctx.tune.metric} is {value} at epoch {epoch}")
+            trial.report(value, epoch)
+            reported.append(epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch} ({ctx.tune.metric} {value:.4f})")
+
+        status = "FAILED"
+        try:
+            prepared = prepare(config, data=ctx.data_for(config))
+            # Started here for its run id; `run` finds it started.
+            logger.start(params={"trial_number": trial.number, **run_params(prepared)},
+                         tags=run_tags(prepared), datasets=run_datasets(prepared))
+            trial.set_user_attr(RUN_ATTR, logger.run_id)
+            result = run(prepared, logger=logger, callbacks=[report])
+            value = best_value(result.history, ctx.tune.metric)
+            logger.set_tags({"optuna.state": "COMPLETE", "objective": f"{value:.6g}"})
+            status = "FINISHED"
+            return value
+        except optuna.TrialPruned:
+            epoch = reported[-1] if reported else 0
+            trial.set_user_attr("pruned_at_epoch", epoch)
+            logger.set_tags({"optuna.state": "PRUNED", "pruned_at_epoch": str(epoch)})
+            status = "FINISHED"
+            raise
+        except KeyboardInterrupt:
+            logger.set_tags({"optuna.state": "FAIL", "optuna.fail_reason": "interrupted (Ctrl-C)"})
+            status = "KILLED"
+            raise
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            trial.set_user_attr("fail_reason", reason)
+            logger.set_tags({"optuna.state": "FAIL", "optuna.fail_reason": reason})
+            print(f"trial {trial.number} failed: {reason}", file=sys.stderr)
+            raise
+        finally:
+            logger.end(status)
+
+    return objective
+
+
+def study_summary(study: optuna.Study, epochs: int) -> tuple[dict[str, float], dict[str, Any]]:
+    """Counts, best value and trial, epochs saved by pruning; and the best params as `best_<name>`."""
+    trials = study.get_trials(deepcopy=False)
+    states = [t.state for t in trials]
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    saved = sum(max(0, epochs - int(t.user_attrs.get("pruned_at_epoch", t.last_step or 0))) for t in pruned)
+    metrics = {"trials_complete": states.count(TrialState.COMPLETE), "trials_pruned": len(pruned),
+               "trials_failed": states.count(TrialState.FAIL), "epochs_saved_by_pruning": saved}
+    params: dict[str, Any] = {}
+    if metrics["trials_complete"]:
+        best = study.best_trial
+        metrics.update(best_value=best.value, best_trial=best.number)
+        params = {f"best_{k}": v for k, v in best.params.items()}
+        metrics.update({k: float(v) for k, v in params.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    return metrics, params
+
+
+def trials_table(study: optuna.Study):
+    """All trials as a pandas DataFrame (number, state, value, params, pruned epoch, MLflow run)."""
+    return study.trials_dataframe(attrs=("number", "state", "value", "params", "user_attrs", "duration"))
+
+
+def study_figures(study: optuna.Study) -> dict[str, Any]:
+    """Optuna's matplotlib plots of the study; those that need more trials than exist are left out."""
+    import warnings
+
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    from optuna.visualization import matplotlib as ovm
+
+    plots = {"optimization_history": ovm.plot_optimization_history,
+             "param_importances": ovm.plot_param_importances,
+             "parallel_coordinate": ovm.plot_parallel_coordinate,
+             "intermediate_values": ovm.plot_intermediate_values,
+             "slice": ovm.plot_slice}
+    figures = {}
+    for name, plot in plots.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                axes = plot(study)
+        except Exception:  # noqa: BLE001 - e.g. importances need two complete trials
+            continue
+        figure = np.ravel(axes)[0].figure
+        figure.set_size_inches(max(figure.get_size_inches()[0], 9), max(figure.get_size_inches()[1], 5))
+        figures[name] = figure
+    return figures
+
+
+def publish(ctx: StudyContext, study: optuna.Study, with_artifacts: bool) -> None:
+    """Parent-run metrics and best params; with artifacts: the trials table and the plots."""
+    import matplotlib.pyplot as plt
+
+    metrics, best_params = study_summary(study, ctx.base.epochs)
+    finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+    with ctx.lock:
+        ctx.tracker.log_progress(metrics, best_params, step=finished)
+        if metrics.get("trials_complete"):
+            best_run = study.best_trial.user_attrs.get(RUN_ATTR)
+            ctx.tracker.mark_best(best_run, ctx.best_run_id)
+            ctx.best_run_id = best_run
+    if not with_artifacts:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        trials_table(study).to_csv(out / "trials.csv", index=False)
+        (out / "plots").mkdir()
+        for name, figure in study_figures(study).items():
+            figure.savefig(out / "plots" / f"{name}.png", dpi=110, bbox_inches="tight")
+            plt.close(figure)
+        ctx.tracker.log_artifact_dir(out)
+
+
+def open_parent(ctx: StudyContext, study: optuna.Study) -> None:
+    """The parent run for this study: the one recorded in the study, else a new one (race-safe)."""
+    ctx.tracker.open(study.user_attrs.get(PARENT_ATTR))
+    if study.user_attrs.get(PARENT_ATTR) == ctx.tracker.run_id:
+        return
+    study.set_user_attr(PARENT_ATTR, ctx.tracker.run_id)
+    time.sleep(2.0)  # workers starting together: the last one to write wins, the others adopt its run
+    winner = study.user_attrs.get(PARENT_ATTR)  # read from the storage again
+    if winner != ctx.tracker.run_id:
+        ctx.tracker.discard()
+        ctx.tracker.run_id = None
+        ctx.tracker.open(winner)
+
+
+def optimize(ctx: StudyContext, study: optuna.Study) -> None:
+    """Run `ctx.tune.trials` new trials (or until the timeout), publishing progress after each."""
+
+    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        publish(ctx, study, with_artifacts=False)
+        value = "" if trial.value is None else f" {ctx.tune.metric} {trial.value:.4f}"
+        extra = f" at epoch {trial.user_attrs['pruned_at_epoch']}" if "pruned_at_epoch" in trial.user_attrs else ""
+        best = ""
+        if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+            best = f"  (best {study.best_value:.4f}, trial {study.best_trial.number})"
+        print(f"trial {trial.number} {trial.state.name}{extra}{value}{best}", file=sys.stderr)
+
+    study.optimize(make_objective(ctx), n_trials=ctx.tune.trials, timeout=ctx.tune.timeout,
+                   n_jobs=ctx.tune.n_jobs, catch=(Exception,), callbacks=[after_trial], gc_after_trial=True)
+
+
+def top_trials_text(study: optuna.Study, k: int = 10) -> str:
+    """A console table of the best trials and the counts."""
+    df = trials_table(study)
+    if df.empty:
+        return "no trials"
+    metrics, _ = study_summary(study, 0)
+    ascending = study.direction == optuna.study.StudyDirection.MINIMIZE
+    done = df[df["state"] == "COMPLETE"].sort_values("value", ascending=ascending).head(k)
+    keep = ["number", "value"] + [c for c in df.columns if c.startswith("params_")]
+    table = done[keep].rename(columns=lambda c: c.removeprefix("params_")).to_string(index=False) if len(done) else "(none complete)"
+    counts = (f"{metrics['trials_complete']} complete, {metrics['trials_pruned']} pruned, "
+              f"{metrics['trials_failed']} failed")
+    return f"top trials ({study.direction.name.lower()} {study.user_attrs.get('metric', '')}):\n{table}\n{counts}"
+
+
+def base_params(base: TrainConfig, tune: TuneConfig) -> dict[str, Any]:
+    """The parent run's params: the fixed training options and the study's options."""
+    params = {k: v for k, v in config_to_dict(base).items() if k != "model_args"}
+    params["model_args"] = str(base.model_args)
+    params.update({f"tune.{k}": v for k, v in dataclasses.asdict(tune).items()})
+    return params

@@ -1,0 +1,108 @@
+"""`python -m cifar_mlflow.tune`: an Optuna study whose every trial is a nested MLflow run.
+
+Exit status: 0 done, 2 bad input (nothing created), 130 interrupted (the study and its parent run
+stay consistent; the same command resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from cifar_mlflow.cli import add_config_arguments, collect_values
+from cifar_mlflow.config import TrainConfig, build_config, resolve_config
+from cifar_mlflow.errors import ConfigError
+from cifar_mlflow.tune_config import TuneConfig, validate_tune_config
+
+TRAIN_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
+TUNE_NAMES = tuple(f.name for f in dataclasses.fields(TuneConfig))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cifar_mlflow.tune",
+        description="Search hyperparameters with Optuna: bad trials are pruned early, every trial is an MLflow "
+                    "run nested under the study's parent run. Running the same command again resumes the study.",
+        epilog="examples:\n  python -m cifar_mlflow.tune --trials 50\n"
+               "  python -m cifar_mlflow.tune --arch mobilenetv2 --epochs 10 --trials 30 --pruner hyperband\n"
+               "  python -m cifar_mlflow.tune --search-space my_space.yaml --storage postgresql://u:p@db/optuna "
+               "--study-name shared   # on every worker\n\nsearch-space format and shipped defaults: docs/tuning.md",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="FILE.yaml", help="training options (the fixed base) from a YAML file")
+    add_config_arguments(parser.add_argument_group("study options"), TuneConfig)
+    add_config_arguments(parser.add_argument_group("training options: the fixed base of every trial"), TrainConfig)
+    return parser
+
+
+def parse_configs(argv: list[str] | None) -> tuple[TuneConfig, TrainConfig]:
+    args = build_parser().parse_args(argv)
+    train_values, _ = collect_values(args, TrainConfig, extra=TUNE_NAMES)
+    tune_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k in TUNE_NAMES})
+    tune_values, _ = collect_values(tune_args, TuneConfig)
+    tune = TuneConfig(**tune_values)
+    validate_tune_config(tune)
+    return tune, resolve_config(build_config(train_values))
+
+
+def main(argv: list[str] | None = None) -> int:
+    import optuna
+
+    from cifar_mlflow import study as S
+    from cifar_mlflow.models.registry import check_model_name
+    from cifar_mlflow.search_space import default_search_space, load_search_space
+    from cifar_mlflow.tracking import StudyTracker, tracking_uri
+
+    try:
+        tune, base = parse_configs(argv)
+        space = load_search_space(tune.search_space) if tune.search_space else default_search_space()
+        check_model_name(base.arch)
+        for spec in space:
+            if spec.name == "arch":
+                for choice in spec.choices:
+                    check_model_name(str(choice))
+        sampler = S.build_sampler(tune, space, base.seed)
+        pruner = S.build_pruner(tune, base.epochs)
+        study_name = tune.study_name or f"{base.arch.replace(':', '-')}-{base.dataset}"
+        uri = tracking_uri(base.tracking_uri)
+        tracker = StudyTracker(uri, base.experiment_name or base.dataset, study_name)
+        ctx = S.StudyContext(tune, base, space, uri, tracker.experiment_name, tracker)
+        ctx.data_for(base)  # a missing data set fails here, before the study exists
+        storage = S.build_storage(tune)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
+                                direction=tune.direction, load_if_exists=True)
+    if study.direction.name.lower() != tune.direction:
+        print(f"error: study {study_name!r} {study.direction.name.lower()}s; --metric {tune.metric} "
+              f"{tune.direction}s: use another --study-name", file=sys.stderr)
+        return 2
+    study.set_user_attr("metric", tune.metric)
+    before = len(study.trials)
+    S.open_parent(ctx, study)
+    tracker.log_params(S.base_params(base, tune))
+    print(f"study {study_name!r}: {before} earlier trials; running {tune.trials} more "
+          f"(MLflow parent run {tracker.run_id} at {uri})", file=sys.stderr)
+    status, code = "FAILED", 1
+    try:
+        S.optimize(ctx, study)
+        status, code = "FINISHED", 0
+    except KeyboardInterrupt:
+        status, code = "KILLED", 130
+        print("\ninterrupted: the current trial is marked failed; run the same command to resume the study",
+              file=sys.stderr)
+    finally:
+        try:
+            S.publish(ctx, study, with_artifacts=True)
+        except Exception as exc:  # noqa: BLE001 - the study itself is safe in its storage
+            print(f"warning: could not update the parent run's report: {exc}", file=sys.stderr)
+        tracker.close(status)
+    print(S.top_trials_text(study))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
