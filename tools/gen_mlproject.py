@@ -1,4 +1,4 @@
-"""Write MLproject's `main` entry point from `TrainConfig` (run after changing the config)."""
+"""Write MLproject's entry points from `TrainConfig` and `TuneConfig` (run after changing them)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cifar_mlflow.cli import _base_type
 from cifar_mlflow.config import TrainConfig
+from cifar_mlflow.tune_config import TuneConfig
 
 # Set by `mlflow run` itself (tracking URI, run name) or meaningless under it (resume).
 EXCLUDED = ("tracking_uri", "resume", "run_name")
@@ -25,28 +26,30 @@ def mlproject_default(f: dataclasses.Field) -> str | float:
     return default
 
 
-def main_entry_point() -> tuple[list[str], list[str]]:
-    hints = typing.get_type_hints(TrainConfig)
-    params, command = [], ["python -m cifar_mlflow.train"]
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in EXCLUDED:
-            continue
-        kind, optional = _base_type(hints[f.name])
-        default = mlproject_default(f)
-        kind_name = "float" if kind is float and not optional else "string"
-        shown = json.dumps(default) if isinstance(default, str) else default
-        params.append(f"      {f.name}: {{type: {kind_name}, default: {shown}}}")
-        command.append(f"--{f.name.replace('_', '-')} {{{f.name}}}")
-    return params, command
+def entry_point(module: str, *config_classes: type) -> list[str]:
+    """The YAML lines of one entry point: a parameter per config field, a flag per parameter."""
+    params, command = [], [f"python -m {module}"]
+    for config_cls in config_classes:
+        hints = typing.get_type_hints(config_cls)
+        for f in dataclasses.fields(config_cls):
+            if f.name in EXCLUDED:
+                continue
+            kind, optional = _base_type(hints[f.name])
+            default = mlproject_default(f)
+            kind_name = "float" if kind is float and not optional else "string"
+            shown = json.dumps(default) if isinstance(default, str) else default
+            params.append(f"      {f.name}: {{type: {kind_name}, default: {shown}}}")
+            command.append(f"--{f.name.replace('_', '-')} {{{f.name}}}")
+    return ["    parameters:", *params, "    command: >-", *("      " + c for c in command)]
 
 
 def render() -> str:
-    params, command = main_entry_point()
-    head = ["# The `main` entry point is generated from cifar_mlflow.config.TrainConfig by",
-            "# tools/gen_mlproject.py; tests/test_project_files.py fails when they drift apart.",
+    head = ["# Entry points generated from cifar_mlflow.config.TrainConfig and cifar_mlflow.tune_config.TuneConfig",
+            "# by tools/gen_mlproject.py; tests/test_project_files.py fails when they drift apart.",
             "# Unset options take `auto` (the per-architecture recommendation) or `none`.",
-            "name: cifar_mlflow", "", "conda_env: conda.yaml", "", "entry_points:", "  main:", "    parameters:"]
-    return "\n".join(head + params + ["    command: >-"] + ["      " + c for c in command]) + "\n"
+            "name: cifar_mlflow", "", "conda_env: conda.yaml", "", "entry_points:"]
+    return "\n".join(head + ["  main:", *entry_point("cifar_mlflow.train", TrainConfig),
+                             "  tune:", *entry_point("cifar_mlflow.tune", TuneConfig, TrainConfig)]) + "\n"
 
 
 if __name__ == "__main__":

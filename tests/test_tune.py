@@ -1,0 +1,159 @@
+"""The tuner: search spaces, a pruned study as nested MLflow runs, resume, failed trials."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from cifar_mlflow.config import TrainConfig
+from cifar_mlflow.errors import ConfigError
+from cifar_mlflow.search_space import default_search_space, parse_search_space, sample_config
+from cifar_mlflow.tune import main
+
+BAD_SPACES = [
+    ({"lr": {"type": "floaty", "low": 0.1, "high": 1}}, "lr.type"),
+    ({"lr": {"type": "float", "low": 1.0, "high": 0.1}}, "lr.low (1.0) is greater than lr.high"),
+    ({"lr": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}, "lr.low must be > 0 with log"),
+    ({"learning_rate": {"type": "float", "low": 0.01, "high": 0.1}}, "'learning_rate' is not a training option"),
+    ({"batch_size": {"type": "categorical", "choices": []}}, "batch_size.choices"),
+    ({"epochs": {"type": "int", "low": 1.5, "high": 4}}, "epochs is an int parameter"),
+    ({"momentum": {"type": "float", "low": 0.8, "high": 0.9, "when": {"optimiser": "sgd"}}}, "momentum.when"),
+    ({"lr": {"type": "float", "high": 0.1}}, "lr.low is missing"),
+    ({"tracking_uri": {"type": "categorical", "choices": ["x"]}}, "'tracking_uri' cannot be tuned"),
+]
+
+
+@pytest.mark.parametrize("space, message", BAD_SPACES, ids=[m.split()[0] for _, m in BAD_SPACES])
+def test_malformed_search_spaces_name_the_key(space, message) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_search_space(space)
+
+
+def test_conditional_parameters_and_model_args() -> None:
+    space = parse_search_space({
+        "optimizer": {"type": "categorical", "choices": ["sgd", "adamw"]},
+        "momentum": {"type": "float", "low": 0.8, "high": 0.99, "when": {"optimizer": "sgd"}},
+        "model_args.width_mult": {"type": "categorical", "choices": [0.5], "when": {"arch": ["mobilenetv2"]}},
+        "model_args.dropout": {"type": "float", "low": 0.0, "high": 0.5},
+    })
+
+    def chooser(pick_optimizer: str):
+        def suggest(spec):  # a deterministic chooser standing in for the sampler
+            if spec.name == "optimizer":
+                return pick_optimizer
+            return spec.choices[0] if spec.kind == "categorical" else spec.low
+        return suggest
+
+    config, sampled = sample_config(space, TrainConfig(arch="mobilenetv2"), chooser("sgd"))
+    assert sampled == {"optimizer": "sgd", "momentum": 0.8, "model_args.width_mult": 0.5, "model_args.dropout": 0.0}
+    assert config.optimizer == "sgd" and config.model_args == {"width_mult": 0.5, "dropout": 0.0}
+    config, sampled = sample_config(space, TrainConfig(arch="cnn"), chooser("adamw"))
+    assert "momentum" not in sampled and "model_args.width_mult" not in sampled
+    assert config.model_args == {"dropout": 0.0}
+
+
+def test_shipped_default_space_is_valid() -> None:
+    names = [spec.name for spec in default_search_space()]
+    assert {"lr", "weight_decay", "optimizer", "batch_size", "label_smoothing", "augment",
+            "model_args.dropout"} <= set(names)
+
+
+def tune_args(imagefolder: Path, tmp_path: Path, *extra: str) -> list[str]:
+    return ["--dataset", "imagefolder", "--data-dir", str(imagefolder), "--arch", "cnn_small", "--epochs", "3",
+            "--batch-size", "16", "--no-progress", "--device", "cpu", "--study-name", "s",
+            "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--experiment-name", "tuning", *extra]
+
+
+def test_bad_search_space_file_exits_2_and_creates_nothing(imagefolder, tmp_path, capsys) -> None:
+    bad = tmp_path / "space.yaml"
+    bad.write_text("lr: {type: float, low: 0.5, high: 0.1}\n")
+    assert main(tune_args(imagefolder, tmp_path, "--search-space", str(bad))) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: search space") and "lr.low" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlflow.db").exists()
+    bad.write_text("lr: {type: float, low: [0.1\n")
+    assert main(tune_args(imagefolder, tmp_path, "--search-space", str(bad))) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+
+
+def children_of(client: MlflowClient, experiment_id: str, parent_id: str) -> list:
+    runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+                              max_results=100)
+    return sorted(runs, key=lambda r: int(r.data.params["trial_number"]))
+
+
+def test_pruned_study_nested_runs_and_resume(imagefolder, tmp_path) -> None:
+    space = tmp_path / "space.yaml"
+    # A learning rate that learns nothing next to one that learns: once one good trial finished,
+    # the median pruner stops the hopeless ones after their first epoch.
+    space.write_text("lr: {type: categorical, choices: [0.05, 1.0e-9]}\n"
+                     "label_smoothing: {type: float, low: 0.0, high: 0.1}\n")
+    args = tune_args(imagefolder, tmp_path, "--trials", "6", "--sampler", "random", "--seed", "2",  # lr order: good, good, then 4 hopeless
+                     "--pruner", "median", "--pruner-startup-trials", "1", "--pruner-warmup-epochs", "0",
+                     "--search-space", str(space))
+    assert main(args) == 0
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    states = [t.state.name for t in study.trials]
+    assert len(states) == 6 and "PRUNED" in states and "COMPLETE" in states
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("tuning")
+    (parent,) = client.search_runs([experiment.experiment_id], filter_string="tags.`optuna.study_name` = 's' "
+                                   "and tags.`cifar_mlflow.kind` = 'study'")
+    assert parent.info.status == "FINISHED"
+    children = children_of(client, experiment.experiment_id, parent.info.run_id)
+    assert [c.info.run_name for c in children] == [f"trial-{i}" for i in range(6)]
+    for child, trial in zip(children, study.trials):
+        assert child.data.tags["optuna.state"] == trial.state.name
+        assert child.data.params["lr"] in ("0.05", "1e-09")  # the trial's hyperparameters are params
+        history = client.get_metric_history(child.info.run_id, "val_acc")
+        if trial.state.name == "PRUNED":
+            assert child.data.tags["pruned_at_epoch"] == str(len(history)) and len(history) < 3
+            assert child.info.status == "FINISHED"
+        else:
+            assert len(history) == 3
+            assert "plots/confusion_matrix.png" in [a.path for a in client.list_artifacts(child.info.run_id, "plots")]
+    best = [c for c in children if c.data.tags.get("best_trial") == "true"]
+    assert [int(b.data.params["trial_number"]) for b in best] == [study.best_trial.number]
+
+    metrics = parent.data.metrics
+    assert metrics["trials_complete"] + metrics["trials_pruned"] == 6
+    assert metrics["best_value"] == study.best_value and metrics["epochs_saved_by_pruning"] > 0
+    assert parent.data.tags["best_lr"] == "0.05"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)} | \
+        {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert {"trials.csv", "plots/optimization_history.png", "plots/intermediate_values.png",
+            "plots/parallel_coordinate.png", "plots/slice.png"} <= artifacts
+
+    # Resume: the same command with --trials 2 adds two trials under the same parent.
+    assert main(args[:args.index("--trials")] + ["--trials", "2"] + args[args.index("--trials") + 2:]) == 0
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert len(study.trials) == 8
+    parents = client.search_runs([experiment.experiment_id], filter_string="tags.`cifar_mlflow.kind` = 'study'")
+    assert [p.info.run_id for p in parents] == [parent.info.run_id]
+    assert len(children_of(client, experiment.experiment_id, parent.info.run_id)) == 8
+
+
+def test_failed_trials_are_recorded_and_the_study_goes_on(imagefolder, tmp_path) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {type: categorical, choices: [0.05, 1.0e+12]}\n")
+    args = tune_args(imagefolder, tmp_path, "--trials", "2", "--sampler", "grid", "--pruner", "none",
+                     "--search-space", str(space), "--arch", "mlp", "--model-args", '{"batch_norm": false}',
+                     "--optimizer", "sgd", "--scheduler", "none")
+    assert main(args) == 0
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "FAIL"]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("tuning")
+    failed = client.search_runs([experiment.experiment_id], filter_string="tags.`optuna.state` = 'FAIL'")
+    assert len(failed) == 1 and failed[0].info.status == "FAILED"
+    assert "NonFiniteLossError" in failed[0].data.tags["optuna.fail_reason"]
+    (parent,) = client.search_runs([experiment.experiment_id], filter_string="tags.`cifar_mlflow.kind` = 'study'")
+    assert parent.data.metrics["trials_failed"] == 1 and parent.data.metrics["trials_complete"] == 1
