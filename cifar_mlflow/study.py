@@ -100,7 +100,6 @@ class StudyContext:
     base: TrainConfig
     space: list[ParamSpec]
     uri: str
-    experiment_name: str
     tracker: StudyTracker
     data_cache: dict[tuple, DataSplits] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -129,7 +128,7 @@ def make_objective(ctx: StudyContext):
         config, sampled = sample_config(ctx.space, ctx.base, lambda spec: suggest(trial, spec))
         config = dataclasses.replace(config, run_name=f"trial-{trial.number}", log_model=ctx.tune.log_models,
                                      register_model=None, progress=ctx.tune.n_jobs == 1 and ctx.base.progress)
-        logger = MlflowLogger(ctx.uri, ctx.experiment_name, f"trial-{trial.number}",
+        logger = MlflowLogger(ctx.uri, ctx.tracker.experiment_name, f"trial-{trial.number}",
                               parent_run_id=ctx.tracker.run_id,
                               tags={"trial_number": str(trial.number), "optuna.study_name": ctx.tracker.study_name,
                                     "mlflow.runName": f"trial-{trial.number}"})

@@ -193,6 +193,9 @@ class StudyTracker:
             self.run_id = run.info.run_id
         self.client.set_tag(self.run_id, "optuna.study_name", self.study_name)
         self.client.set_tag(self.run_id, "cifar_mlflow.kind", "study")
+        # Trials go where the parent is (under `mlflow run`, that run's experiment).
+        experiment_id = self.client.get_run(self.run_id).info.experiment_id
+        self.experiment_name = self.client.get_experiment(experiment_id).name
         return self.run_id
 
     def discard(self) -> None:

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         study_name = tune.study_name or f"{base.arch.replace(':', '-')}-{base.dataset}"
         uri = tracking_uri(base.tracking_uri)
         tracker = StudyTracker(uri, base.experiment_name or base.dataset, study_name)
-        ctx = S.StudyContext(tune, base, space, uri, tracker.experiment_name, tracker)
+        ctx = S.StudyContext(tune, base, space, uri, tracker)
         ctx.data_for(base)  # a missing data set fails here, before the study exists
         storage = S.build_storage(tune)
     except ConfigError as exc:

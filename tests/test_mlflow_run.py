@@ -32,3 +32,23 @@ def test_mlflow_run_logs_into_the_run_it_created(imagefolder, tmp_path) -> None:
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc")) == [1, 2]
     assert "test_acc" in run.data.metrics
     assert client.list_artifacts(run.info.run_id, "plots")
+
+
+def test_mlflow_run_tune_entry_point_nests_trials_under_its_run(imagefolder, tmp_path) -> None:
+    uri = f"sqlite:///{tmp_path / 'runs.db'}"
+    proc = subprocess.run(
+        [mlflow_bin(), "run", str(ROOT), "-e", "tune", "--env-manager", "local", "--experiment-name", "tune-project",
+         "-P", "trials=2", "-P", "arch=cnn_small", "-P", "dataset=imagefolder", "-P", f"data_dir={imagefolder}",
+         "-P", "epochs=1", "-P", "batch_size=16", "-P", "progress=false",
+         "-P", f"storage=sqlite:///{tmp_path / 'optuna.db'}"],
+        cwd=tmp_path, env=run_env(MLFLOW_TRACKING_URI=uri), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("tune-project")
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("mlflow.project.entryPoint") == "tune"]
+    assert parent.data.tags["cifar_mlflow.kind"] == "study" and parent.info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.info.run_name for r in children) == ["trial-0", "trial-1"]
+    assert len(runs) == 3
