@@ -129,3 +129,42 @@ def run_env(**extra: str) -> dict[str, str]:
     env.update(PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="", PATH=path, **extra)
     return env
 
+
+
+def _postgres_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server (Debian's package) on a free loopback port; its URL, stopped after."""
+    import shutil
+
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries not found (.ci/run installs Debian's postgresql package)")
+    import tempfile
+
+    # Not under pytest's temporary folder: that is private to root, and the server runs as postgres.
+    root = Path(tempfile.mkdtemp(prefix="cifar-mlflow-pg-"))
+    data = root / "data"
+    port = free_port()
+    as_postgres: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(root, "postgres")
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+
+    def pg(*cmd: str) -> None:
+        subprocess.run([*as_postgres, *cmd], check=True, capture_output=True, timeout=120)
+
+    pg(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "test")
+    pg(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60", "-o",
+       f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start")
+    try:
+        pg(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "test", "optuna")
+        yield f"postgresql://test@127.0.0.1:{port}/optuna"
+    finally:
+        subprocess.run([*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                       capture_output=True, timeout=120)
+        shutil.rmtree(root, ignore_errors=True)
