@@ -27,7 +27,7 @@ from cifar_mlflow.config import TrainConfig, config_to_dict
 from cifar_mlflow.data import DataSplits, load_image_data, split_data
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.search_space import ParamSpec, sample_config
-from cifar_mlflow.tracking import MlflowLogger, StudyTracker
+from cifar_mlflow.tracking import MlflowLogger, StudyTracker, fail_stale_run
 from cifar_mlflow.training import prepare, run, run_datasets, run_params, run_tags
 from cifar_mlflow.tune_config import TuneConfig
 
@@ -72,12 +72,23 @@ def build_pruner(tune: TuneConfig, epochs: int) -> optuna.pruners.BasePruner:
     return pruners[tune.pruner]()
 
 
-def build_storage(tune: TuneConfig) -> optuna.storages.RDBStorage:
-    """A database storage with heartbeats, so a trial whose worker died is failed (and retried)."""
+def build_storage(tune: TuneConfig, uri: str) -> optuna.storages.RDBStorage:
+    """A database storage with heartbeats: a trial whose worker died is failed, its MLflow run too,
+    and it is retried when `--retry-failed` allows."""
     retry = optuna.storages.RetryFailedTrialCallback(max_retry=tune.retry_failed) if tune.retry_failed else None
+
+    def on_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        run_id = trial.user_attrs.get(RUN_ATTR)
+        if run_id:
+            fail_stale_run(uri, run_id)
+        print(f"trial {trial.number} failed: its worker stopped sending heartbeats", file=sys.stderr)
+        if retry is not None:
+            retry(study, trial)
+
     try:
         return optuna.storages.RDBStorage(tune.storage, heartbeat_interval=tune.heartbeat_interval,
-                                          grace_period=3 * tune.heartbeat_interval, failed_trial_callback=retry)
+                                          grace_period=3 * tune.heartbeat_interval,
+                                          failed_trial_callback=on_stale_trial)
     except Exception as exc:  # noqa: BLE001 - bad URL, unreachable server, missing driver
         raise ConfigError(f"cannot open Optuna storage {tune.storage}: {str(exc).splitlines()[0][:200]}") from None
 

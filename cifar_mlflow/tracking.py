@@ -160,6 +160,15 @@ class MlflowLogger:
             mlflow.end_run(status=status)
 
 
+def fail_stale_run(uri: str, run_id: str) -> None:
+    """Close the MLflow run of a trial whose worker died, so it is not left RUNNING."""
+    client = MlflowClient(uri)
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_tag(run_id, "optuna.state", "FAIL")
+        client.set_tag(run_id, "optuna.fail_reason", "worker stopped sending heartbeats (killed or crashed)")
+        client.set_terminated(run_id, status="FAILED")
+
+
 class StudyTracker:
     """The parent run of a tuning study: created once, reused when the study is resumed.
 

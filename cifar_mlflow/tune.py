@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         tracker = StudyTracker(uri, base.experiment_name or base.dataset, study_name)
         ctx = S.StudyContext(tune, base, space, uri, tracker)
         ctx.data_for(base)  # a missing data set fails here, before the study exists
-        storage = S.build_storage(tune)
+        storage = S.build_storage(tune, uri)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

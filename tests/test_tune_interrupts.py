@@ -1,0 +1,82 @@
+"""A study survives Ctrl-C and a worker killed mid-trial: nothing stays RUNNING, it resumes."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import optuna
+from mlflow.tracking import MlflowClient
+from optuna.storages import RetryFailedTrialCallback
+
+from tests.conftest import run_env
+
+
+def start_worker(imagefolder, tmp_path, *extra: str) -> subprocess.Popen:
+    args = [sys.executable, "-m", "cifar_mlflow.tune", "--study-name", "s", "--storage",
+            f"sqlite:///{tmp_path / 'optuna.db'}", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--experiment-name", "tuning", "--dataset", "imagefolder", "--data-dir", str(imagefolder),
+            "--arch", "lenet", "--batch-size", "16", "--no-progress", "--pruner", "none", *extra]
+    return subprocess.Popen(args, cwd=tmp_path, env=run_env(), stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_first_epoch(worker: subprocess.Popen) -> None:
+    for line in worker.stderr:
+        if line.startswith("epoch 1/"):
+            return
+    raise AssertionError("the worker ended before its first epoch")
+
+
+def runs(tmp_path) -> list:
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient()
+    return client.search_runs([client.get_experiment_by_name("tuning").experiment_id])
+
+
+def test_ctrl_c_marks_the_trial_and_the_study_resumes(imagefolder, tmp_path) -> None:
+    worker = start_worker(imagefolder, tmp_path, "--trials", "20", "--epochs", "200")
+    wait_for_first_epoch(worker)
+    worker.send_signal(signal.SIGINT)
+    rest = worker.stderr.read()
+    assert worker.wait(timeout=120) == 130, rest[-3000:]
+    assert "run the same command to resume" in rest
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["FAIL"]
+    (parent,) = [r for r in runs(tmp_path) if r.data.tags.get("cifar_mlflow.kind") == "study"]
+    (child,) = [r for r in runs(tmp_path) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "KILLED" and child.info.status == "KILLED"
+    assert child.data.tags["optuna.state"] == "FAIL"
+
+    resumed = start_worker(imagefolder, tmp_path, "--trials", "1", "--epochs", "1")
+    resumed.stderr.read()
+    assert resumed.wait(timeout=300) == 0
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+    all_runs = runs(tmp_path)
+    assert [r.info.run_id for r in all_runs if r.data.tags.get("cifar_mlflow.kind") == "study"] == [parent.info.run_id]
+    assert not [r for r in all_runs if r.info.status == "RUNNING"]
+
+
+def test_killed_worker_trial_is_failed_and_retried(imagefolder, tmp_path) -> None:
+    worker = start_worker(imagefolder, tmp_path, "--trials", "5", "--epochs", "200", "--heartbeat-interval", "1",
+                          "--retry-failed", "1")
+    wait_for_first_epoch(worker)
+    worker.kill()  # no handler runs: the trial and its MLflow run stay RUNNING
+    worker.wait(timeout=60)
+    (stale,) = [r for r in runs(tmp_path) if r.data.tags.get("trial_number") == "0"]
+    assert stale.info.status == "RUNNING"
+    time.sleep(4)  # past the grace period of three missed heartbeats
+
+    resumed = start_worker(imagefolder, tmp_path, "--trials", "1", "--epochs", "1", "--heartbeat-interval", "1",
+                           "--retry-failed", "1")
+    err = resumed.stderr.read()
+    assert resumed.wait(timeout=300) == 0, err[-3000:]
+    assert "trial 0 failed: its worker stopped sending heartbeats" in err
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+    assert RetryFailedTrialCallback.retried_trial_number(study.trials[1]) == 0
+    (stale,) = [r for r in runs(tmp_path) if r.info.run_id == stale.info.run_id]
+    assert stale.info.status == "FAILED" and "heartbeats" in stale.data.tags["optuna.fail_reason"]
