@@ -15,12 +15,13 @@ from cifar_mlflow.metrics import per_class_accuracy, row_normalised  # noqa: E40
 
 
 def learning_curves_figure(history: list[dict[str, float]], best_epoch: int | None = None) -> Figure:
-    """Loss and accuracy per epoch, train vs validation."""
+    """Loss and accuracy per epoch, train vs validation (train only when there was no validation split)."""
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
         ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train", ms=3)
-        ax.plot(epochs, [h[f"val_{key}"] for h in history], "o-", label="validation", ms=3)
+        if all(f"val_{key}" in h for h in history):
+            ax.plot(epochs, [h[f"val_{key}"] for h in history], "o-", label="validation", ms=3)
         if best_epoch is not None:
             ax.axvline(best_epoch, color="grey", ls="--", lw=1, label=f"best epoch ({best_epoch})")
         ax.set_xlabel("epoch")

@@ -27,7 +27,7 @@ from cifar_mlflow.config import TrainConfig, config_to_dict
 from cifar_mlflow.data import DataSplits, load_image_data, split_data
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.search_space import ParamSpec, sample_config
-from cifar_mlflow.tracking import MlflowLogger, StudyTracker, fail_stale_run
+from cifar_mlflow.tracking import MlflowLogger, StudyTracker, fail_stale_run, set_model_alias
 from cifar_mlflow.training import prepare, run, run_datasets, run_params, run_tags
 from cifar_mlflow.tune_config import TuneConfig
 
@@ -314,3 +314,55 @@ def base_params(base: TrainConfig, tune: TuneConfig) -> dict[str, Any]:
     params["model_args"] = str(base.model_args)
     params.update({f"tune.{k}": v for k, v in dataclasses.asdict(tune).items()})
     return params
+
+
+def train_plus_validation(data: DataSplits) -> DataSplits:
+    """The training and validation splits merged into one training split; no validation split."""
+    import torch
+
+    from cifar_mlflow.data.splits import Split, channel_stats
+
+    images = torch.cat([data.train.images, data.val.images])
+    labels = torch.cat([data.train.labels, data.val.labels])
+    mean, std = channel_stats(images)
+    return dataclasses.replace(data, train=Split(images, labels), val=Split(images[:0], labels[:0]), mean=mean, std=std)
+
+
+def retrain_best(ctx: StudyContext, study: optuna.Study) -> str | None:
+    """Train the best trial's configuration on train + validation and log it as a run linked to the study.
+
+    Returns:
+        The new run's id, or None when no trial completed.
+    """
+    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        print("no complete trial: nothing to retrain", file=sys.stderr)
+        return None
+    best = study.best_trial
+    fixed = optuna.trial.FixedTrial(best.params)
+    try:
+        config, _ = sample_config(ctx.space, ctx.base, lambda spec: suggest(fixed, spec))
+    except ValueError as exc:  # the search space changed since the best trial ran
+        raise ConfigError(f"cannot rebuild trial {best.number}'s configuration from this search space: {exc}") from None
+    name = f"{ctx.tracker.study_name}-best"
+    config = dataclasses.replace(config, run_name=name, log_model=True, register_model=ctx.base.register_model)
+    prepared = prepare(config, data=train_plus_validation(ctx.data_for(config)))
+    logger = MlflowLogger(ctx.uri, ctx.tracker.experiment_name, name,
+                          tags={"optuna.study_name": ctx.tracker.study_name, "cifar_mlflow.kind": "retrained_best",
+                                "cifar_mlflow.study_run_id": ctx.tracker.run_id,
+                                "retrained_from_trial": str(best.number)})
+    print(f"retraining trial {best.number}'s configuration on train + validation", file=sys.stderr)
+    status = "FAILED"
+    try:
+        run(prepared, logger=logger)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        logger.end(status)
+    if ctx.base.register_model and logger.registered_version is not None:
+        set_model_alias(ctx.uri, ctx.base.register_model, logger.registered_version, "champion")
+        print(f"registered {ctx.base.register_model} version {logger.registered_version} as champion",
+              file=sys.stderr)
+    ctx.tracker.client.set_tag(ctx.tracker.run_id, "retrained_run_id", logger.run_id)
+    return logger.run_id

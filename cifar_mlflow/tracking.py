@@ -91,6 +91,7 @@ class MlflowLogger:
         self.parent_run_id = parent_run_id
         self.extra_tags = dict(tags or {})
         self._started = False
+        self.registered_version: int | None = None  # set by log_model when it registers
 
     def start(self, *, params: dict[str, Any], tags: dict[str, str], datasets: list[dict[str, str]]) -> None:
         """Open the run; a second call does nothing (the tuner starts a trial's run before `run` does)."""
@@ -145,19 +146,25 @@ class MlflowLogger:
                         f"torchvision=={torchvision.__version__.split('+')[0]}"]
         try:
             # Default "pt2" (torch.export): loads without this package's code.
-            mlflow.pytorch.log_model(model, name="model", input_example=input_example,
-                                     pip_requirements=requirements, registered_model_name=registered_name)
+            info = mlflow.pytorch.log_model(model, name="model", input_example=input_example,
+                                            pip_requirements=requirements, registered_model_name=registered_name)
         except Exception as exc:  # noqa: BLE001 - e.g. a user model torch.export cannot trace
             warnings.warn(f"torch.export could not export the model ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:200]}); logging it as a pickle instead", stacklevel=2)
-            mlflow.pytorch.log_model(model, name="model", input_example=input_example,
-                                     serialization_format="pickle", pip_requirements=requirements,
-                                     registered_model_name=registered_name)
+            info = mlflow.pytorch.log_model(model, name="model", input_example=input_example,
+                                            serialization_format="pickle", pip_requirements=requirements,
+                                            registered_model_name=registered_name)
+        self.registered_version = info.registered_model_version
 
     def end(self, status: str) -> None:
         active = mlflow.active_run()
         if active is not None and active.info.run_id == self.run_id:
             mlflow.end_run(status=status)
+
+
+def set_model_alias(uri: str, name: str, version: int, alias: str) -> None:
+    """Point `alias` (e.g. champion) of registered model `name` at `version`."""
+    MlflowClient(uri).set_registered_model_alias(name, alias, str(version))
 
 
 def fail_stale_run(uri: str, run_id: str) -> None:

@@ -167,9 +167,10 @@ class TrainResult:
 
 
 def _epoch_line(row: dict[str, float], epochs: int) -> str:
+    val = f"val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}  " if "val_acc" in row else ""
     return (f"epoch {int(row['epoch'])}/{epochs}  train_loss {row['train_loss']:.4f}  train_acc "
-            f"{row['train_acc']:.4f}  val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}  "
-            f"lr {row['lr']:.3g}  {row['epoch_seconds']:.1f}s  {row['train_images_per_second']:.0f} img/s")
+            f"{row['train_acc']:.4f}  {val}lr {row['lr']:.3g}  {row['epoch_seconds']:.1f}s  "
+            f"{row['train_images_per_second']:.0f} img/s")
 
 
 def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Sequence[EpochCallback] = (),
@@ -192,7 +193,11 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
                                 device, shuffle=True, seed=config.seed, channels_last=channels_last)
     plain = BatchTransform("none", data.mean, data.std)
     eval_batch = max(config.batch_size, 256)
-    val_loader = DeviceLoader(data.val, eval_batch, plain, device, shuffle=False, channels_last=channels_last)
+    # No validation split (the tuner's retraining on train + validation): no val metrics, no early
+    # stopping, and the last epoch's weights are final.
+    has_val = len(data.val) > 0
+    val_loader = (DeviceLoader(data.val, eval_batch, plain, device, shuffle=False, channels_last=channels_last)
+                  if has_val else None)
     test_loader = DeviceLoader(data.test, eval_batch, plain, device, shuffle=False, channels_last=channels_last)
     optimizer = build_optimizer(config, model)
     schedule = build_schedule(config, optimizer, len(train_loader))
@@ -220,13 +225,17 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
         lr = optimizer.param_groups[0]["lr"]
         stats = train_one_epoch(train_model, train_loader, optimizer, schedule, loss_fn, epoch=epoch,
                                 epochs=config.epochs, grad_clip=config.grad_clip, progress=config.progress)
-        val = evaluate(train_model, val_loader, loss_fn)
-        schedule.step_epoch(val.loss)
-        row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc, "val_loss": val.loss,
-               "val_acc": val.acc, "lr": lr, "epoch_seconds": stats.seconds,
-               "train_images_per_second": stats.images / max(stats.seconds, 1e-9)}
+        row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc, "lr": lr,
+               "epoch_seconds": stats.seconds, "train_images_per_second": stats.images / max(stats.seconds, 1e-9)}
+        if not has_val:
+            schedule.step_epoch(stats.loss)
+            best_epoch = epoch
+        else:
+            val = evaluate(train_model, val_loader, loss_fn)
+            schedule.step_epoch(val.loss)
+            row.update(val_loss=val.loss, val_acc=val.acc)
         history.append(row)
-        if val.acc > best_val_acc:  # strictly better val_acc: what early stopping waits for
+        if has_val and val.acc > best_val_acc:  # strictly better val_acc: what early stopping waits for
             best_epoch, best_val_acc, best_val_loss = epoch, val.acc, val.loss
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         if checkpoint_file is not None:
@@ -240,7 +249,7 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
         tqdm.write(_epoch_line(row, config.epochs), file=sys.stderr)
         for callback in callbacks:
             callback(epoch, row)
-        if config.patience and epoch - best_epoch >= config.patience:
+        if has_val and config.patience and epoch - best_epoch >= config.patience:
             tqdm.write(f"early stopping: val_acc has not improved for {config.patience} epochs "
                        f"(best {best_val_acc:.4f} at epoch {best_epoch})", file=sys.stderr)
             stopped_early = True
@@ -249,12 +258,13 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
     if best_state is not None:
         model.load_state_dict(best_state)  # the final test uses the best epoch's weights
     test = evaluate(model, test_loader, loss_fn)
-    final = {"test_loss": test.loss, "test_acc": test.acc, "best_val_acc": best_val_acc,
-             "best_epoch": float(best_epoch), "epochs_trained": float(len(history)),
-             **M.final_metrics(test.labels, test.predictions, data.classes)}
+    final = {"test_loss": test.loss, "test_acc": test.acc, "best_epoch": float(best_epoch),
+             "epochs_trained": float(len(history)), **M.final_metrics(test.labels, test.predictions, data.classes)}
+    if has_val:
+        final["best_val_acc"] = best_val_acc
     logger.log_metrics(final)
-    tqdm.write(f"test_acc {test.acc:.4f}  test_loss {test.loss:.4f}  (best epoch {best_epoch}, "
-               f"val_acc {best_val_acc:.4f})", file=sys.stderr)
+    chosen = f"best epoch {best_epoch}, val_acc {best_val_acc:.4f}" if has_val else f"last epoch {best_epoch}"
+    tqdm.write(f"test_acc {test.acc:.4f}  test_loss {test.loss:.4f}  ({chosen})", file=sys.stderr)
     return TrainResult(history, best_epoch, best_val_acc, test, final, stopped_early, model)
 
 

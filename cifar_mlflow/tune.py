@@ -89,7 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     status, code = "FAILED", 1
     try:
         S.optimize(ctx, study)
+        if tune.retrain_best:
+            S.retrain_best(ctx, study)
         status, code = "FINISHED", 0
+    except ConfigError as exc:  # retraining the best trial could not rebuild its configuration
+        status, code = "FINISHED", 1
+        print(f"error: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         status, code = "KILLED", 130
         print("\ninterrupted: the current trial is marked failed; run the same command to resume the study",

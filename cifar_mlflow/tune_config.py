@@ -32,6 +32,9 @@ class TuneConfig:
                                       "docs/tuning.md)")
     n_jobs: int = _field(1, "trials run in parallel in this process (threads)")
     log_models: bool = _field(False, "log each completed trial's model (off: only metrics and plots)")
+    retrain_best: bool = _field(False, "after the study: train the best configuration on train + validation, "
+                                "evaluate on test, log it as a run linked to the study (registered with "
+                                "--register-model NAME, alias champion)")
     retry_failed: int = _field(0, "re-run a trial whose worker died (stale heartbeat) up to this many times")
     heartbeat_interval: int = _field(60, "seconds between a running trial's heartbeats; a trial silent for "
                                      "three intervals is failed as stale")

@@ -157,3 +157,28 @@ def test_failed_trials_are_recorded_and_the_study_goes_on(imagefolder, tmp_path)
     assert "NonFiniteLossError" in failed[0].data.tags["optuna.fail_reason"]
     (parent,) = client.search_runs([experiment.experiment_id], filter_string="tags.`cifar_mlflow.kind` = 'study'")
     assert parent.data.metrics["trials_failed"] == 1 and parent.data.metrics["trials_complete"] == 1
+
+
+def test_retrain_best_on_train_plus_validation_and_register_champion(imagefolder, tmp_path) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {type: categorical, choices: [0.05, 1.0e-9]}\n")
+    args = tune_args(imagefolder, tmp_path, "--trials", "2", "--sampler", "grid", "--pruner", "none",
+                     "--search-space", str(space), "--retrain-best", "--register-model", "cifar-champion")
+    assert main(args) == 0
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("tuning")
+    (retrained,) = client.search_runs([experiment.experiment_id],
+                                      filter_string="tags.`cifar_mlflow.kind` = 'retrained_best'")
+    (parent,) = client.search_runs([experiment.experiment_id], filter_string="tags.`cifar_mlflow.kind` = 'study'")
+    assert retrained.info.status == "FINISHED" and retrained.info.run_name == "s-best"
+    assert "mlflow.parentRunId" not in retrained.data.tags  # a normal run, linked by tags
+    assert retrained.data.tags["cifar_mlflow.study_run_id"] == parent.info.run_id
+    assert parent.data.tags["retrained_run_id"] == retrained.info.run_id
+    assert retrained.data.tags["retrained_from_trial"] == str(study.best_trial.number)
+    assert retrained.data.params["lr"] == str(study.best_params["lr"])
+    assert retrained.data.params["train_size"] == "72" and retrained.data.params["val_size"] == "0"
+    assert "test_acc" in retrained.data.metrics and "val_acc" not in retrained.data.metrics
+    champion = client.get_model_version_by_alias("cifar-champion", "champion")
+    assert champion.run_id == retrained.info.run_id
