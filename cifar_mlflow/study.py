@@ -88,7 +88,7 @@ def build_storage(tune: TuneConfig, uri: str) -> optuna.storages.RDBStorage:
     try:
         return optuna.storages.RDBStorage(tune.storage, heartbeat_interval=tune.heartbeat_interval,
                                           grace_period=3 * tune.heartbeat_interval,
-                                          failed_trial_callback=on_stale_trial)
+                                          heartbeat_stale_trial_callback=on_stale_trial)
     except Exception as exc:  # noqa: BLE001 - bad URL, unreachable server, missing driver
         raise ConfigError(f"cannot open Optuna storage {tune.storage}: {str(exc).splitlines()[0][:200]}") from None
 

@@ -182,3 +182,18 @@ def test_retrain_best_on_train_plus_validation_and_register_champion(imagefolder
     assert "test_acc" in retrained.data.metrics and "val_acc" not in retrained.data.metrics
     champion = client.get_model_version_by_alias("cifar-champion", "champion")
     assert champion.run_id == retrained.info.run_id
+
+
+def test_parallel_trials_in_threads_keep_their_own_runs(imagefolder, tmp_path) -> None:
+    args = tune_args(imagefolder, tmp_path, "--trials", "2", "--n-jobs", "2", "--pruner", "none", "--epochs", "2",
+                     "--arch", "lenet")
+    assert main(args) == 0
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("tuning")
+    (parent,) = client.search_runs([experiment.experiment_id], filter_string="tags.`cifar_mlflow.kind` = 'study'")
+    children = children_of(client, experiment.experiment_id, parent.info.run_id)
+    assert [c.info.run_name for c in children] == ["trial-0", "trial-1"]
+    for child in children:  # each thread logged into its own run only
+        assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "val_acc")) == [1, 2]
+        assert child.info.status == "FINISHED"

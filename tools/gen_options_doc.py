@@ -1,4 +1,4 @@
-"""Write docs/options.md from `TrainConfig` (run after changing the config)."""
+"""Write docs/options.md from `TrainConfig` and `TuneConfig` (run after changing them)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from cifar_mlflow.config import TrainConfig
+from cifar_mlflow.tune_config import TuneConfig
 from gen_mlproject import EXCLUDED, mlproject_default
 
 
@@ -26,19 +27,27 @@ def render() -> str:
         "[architectures.md](architectures.md); `auto` (MLproject) or leaving them out selects them, and",
         "anything you set wins. Optional numbers take `none` to mean unset.",
         "",
-        "| option | MLproject default | meaning |",
-        "|---|---|---|",
     ]
-    for f in dataclasses.fields(TrainConfig):
+    lines += option_table(TrainConfig)
+    lines += ["", "Also: `--config FILE.yaml` (read options from YAML) and `--list-models` (print the built-in",
+              "architectures). Exit status: 0 finished, 1 the run failed (marked FAILED), 2 bad input (nothing",
+              "created), 130 interrupted (marked KILLED; continue with `--resume RUN_ID`)."]
+    lines += ["", "## Options of the tuning command", "",
+              "`python -m cifar_mlflow.tune` (MLproject entry point `tune`) takes these, and every training",
+              "option above as the fixed base of all trials; see [tuning.md](tuning.md).", ""]
+    lines += option_table(TuneConfig)
+    return "\n".join(lines) + "\n"
+
+
+def option_table(config_cls: type) -> list[str]:
+    lines = ["| option | MLproject default | meaning |", "|---|---|---|"]
+    for f in dataclasses.fields(config_cls):
         flag = "--" + f.name.replace("_", "-")
         default = "(not a parameter)" if f.name in EXCLUDED else f"`{mlproject_default(f)}`"
         choices = f.metadata.get("choices")
         meaning = f.metadata["help"] + (f" (one of: {', '.join(choices)})" if choices else "")
         lines.append(f"| `{flag}` | {default} | {meaning.replace('|', '/')} |")
-    lines += ["", "Also: `--config FILE.yaml` (read options from YAML) and `--list-models` (print the built-in",
-              "architectures). Exit status: 0 finished, 1 the run failed (marked FAILED), 2 bad input (nothing",
-              "created), 130 interrupted (marked KILLED; continue with `--resume RUN_ID`)."]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":
