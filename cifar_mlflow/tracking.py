@@ -70,6 +70,23 @@ def log_params_once(client: MlflowClient, run_id: str, params: dict[str, Any]) -
         client.log_batch(run_id, params=batch[start:start + 100])
 
 
+def _log_dataset(dataset: MetaDataset, context: str) -> None:
+    """`mlflow.log_input`, retried once: runs starting together (parallel trials, workers) race to create
+    the same dataset row in the SQL store; the second attempt finds it and only links it."""
+    import time
+
+    for attempt in range(3):
+        try:
+            mlflow.log_input(dataset, context=context)
+            return
+        except mlflow.exceptions.MlflowException as exc:
+            if attempt == 2:
+                warnings.warn(f"could not record dataset {dataset.name} as a run input: {str(exc)[:200]}",
+                              stacklevel=2)
+                return
+            time.sleep(0.2 * (attempt + 1))
+
+
 class MlflowLogger:
     """Logs one training run to MLflow.
 
@@ -108,8 +125,8 @@ class MlflowLogger:
         log_params_once(MlflowClient(), self.run_id, params)
         mlflow.set_tags({**tags, **self.extra_tags})
         for d in datasets:
-            source = LocalArtifactDatasetSource(d["source"])
-            mlflow.log_input(MetaDataset(source, name=d["name"], digest=d["digest"]), context=d["context"])
+            _log_dataset(MetaDataset(LocalArtifactDatasetSource(d["source"]), name=d["name"], digest=d["digest"]),
+                         d["context"])
 
     def set_tags(self, tags: dict[str, str]) -> None:
         """Tags on a run that has started (the tuner's trial outcome)."""
