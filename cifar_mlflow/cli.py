@@ -25,9 +25,7 @@ _FALSE = {"0", "false", "no", "off"}
 
 
 def _base_type(annotation: Any) -> tuple[type, bool]:
-    """(the type, whether None is allowed) of a field annotation such as `int | None`."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, {**vars(typing), "types": types})  # noqa: S307 - our own annotations
+    """(the type, whether None is allowed) of a resolved annotation (`typing.get_type_hints`) such as `int | None`."""
     args = get_args(annotation)
     if get_origin(annotation) in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import LocalArtifactDatasetSource
-from mlflow.entities import Param
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from torch import nn
 
@@ -73,8 +74,6 @@ def log_params_once(client: MlflowClient, run_id: str, params: dict[str, Any]) -
 def _log_dataset(dataset: MetaDataset, context: str) -> None:
     """`mlflow.log_input`, retried once: runs starting together (parallel trials, workers) race to create
     the same dataset row in the SQL store; the second attempt finds it and only links it."""
-    import time
-
     for attempt in range(3):
         try:
             mlflow.log_input(dataset, context=context)
@@ -240,9 +239,6 @@ class StudyTracker:
 
     def log_progress(self, metrics: dict[str, float], params: dict[str, Any], step: int) -> None:
         """Study-level metrics (step = finished trials) and the best params so far (as tags: they change)."""
-        from mlflow.entities import Metric
-        import time
-
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
         for key, value in params.items():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -13,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cifar_mlflow.train import main
-from tests.conftest import ROOT, run_env
+from tests.conftest import run_env
 
 
 def quick_args(imagefolder: Path, *extra: str) -> list[str]:
