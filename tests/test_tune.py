@@ -197,3 +197,50 @@ def test_parallel_trials_in_threads_keep_their_own_runs(imagefolder, tmp_path) -
     for child in children:  # each thread logged into its own run only
         assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "val_acc")) == [1, 2]
         assert child.info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("name, cls", [("tpe", optuna.samplers.TPESampler), ("random", optuna.samplers.RandomSampler),
+                                       ("cmaes", optuna.samplers.CmaEsSampler), ("gp", optuna.samplers.GPSampler),
+                                       ("grid", optuna.samplers.GridSampler)])
+def test_every_sampler_name_builds_its_sampler(name, cls) -> None:
+    from cifar_mlflow.study import build_sampler
+    from cifar_mlflow.tune_config import TuneConfig
+
+    space = parse_search_space({"batch_size": {"type": "categorical", "choices": [64, 128]},
+                                "epochs": {"type": "int", "low": 2, "high": 6, "step": 2}})
+    assert isinstance(build_sampler(TuneConfig(sampler=name), space, seed=0), cls)
+
+
+def test_grid_sampler_refuses_continuous_ranges() -> None:
+    from cifar_mlflow.study import build_sampler
+    from cifar_mlflow.tune_config import TuneConfig
+
+    space = parse_search_space({"lr": {"type": "float", "low": 0.01, "high": 0.1}})
+    with pytest.raises(ConfigError, match="grid sampler .* 'lr' is a float range"):
+        build_sampler(TuneConfig(sampler="grid"), space, seed=0)
+
+
+@pytest.mark.parametrize("name, cls", [("median", optuna.pruners.MedianPruner),
+                                       ("percentile", optuna.pruners.PercentilePruner),
+                                       ("hyperband", optuna.pruners.HyperbandPruner),
+                                       ("successive_halving", optuna.pruners.SuccessiveHalvingPruner),
+                                       ("none", optuna.pruners.NopPruner)])
+def test_every_pruner_name_builds_its_pruner(name, cls) -> None:
+    from cifar_mlflow.study import build_pruner
+    from cifar_mlflow.tune_config import TuneConfig
+
+    assert isinstance(build_pruner(TuneConfig(pruner=name), epochs=10), cls)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--trials", "0"], "trials must be at least 1"),
+    (["--sampler", "bayes"], "unknown sampler 'bayes'"),
+    (["--pruner-percentile", "150"], "pruner_percentile must be between 0 and 100"),
+    (["--storage", "optuna.db"], "storage must be a database URL"),
+    (["--arch", "nope"], "unknown architecture 'nope'"),
+])
+def test_bad_tune_options_exit_2_before_anything_exists(argv, message, imagefolder, tmp_path, capsys) -> None:
+    assert main(tune_args(imagefolder, tmp_path, *argv)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err
+    assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlflow.db").exists()
