@@ -81,6 +81,13 @@ def _format_default(value: Any) -> str:
     return str(value)
 
 
+class _JoinValues(argparse.Action):
+    """`--runs A B C` into the one string field "A B C" (the same value MLproject passes)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, " ".join(values))
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
     """One `--kebab-case` flag per dataclass field; defaults are SUPPRESSed to detect what was set."""
     hints = typing.get_type_hints(config_cls)
@@ -98,8 +105,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> N
                                 default=argparse.SUPPRESS, help=argparse.SUPPRESS)
             continue
         metavar = "{" + ",".join(choices) + "}" if choices else f.name.upper()
+        many = {"nargs": "+", "action": _JoinValues} if f.metadata.get("nargs") == "+" else {}
         parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar=metavar,
-                            help=f"{help_text} (default: {_format_default(default)})")
+                            help=f"{help_text} (default: {_format_default(default)})", **many)
 
 
 def load_yaml_config(path: str) -> dict[str, Any]:

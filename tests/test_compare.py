@@ -1,0 +1,78 @@
+"""`python -m cifar_mlflow.compare` against a real `mlflow server`."""
+
+from __future__ import annotations
+
+import re
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from cifar_mlflow import compare, train
+
+FIGURES = ["learning_curves.png", "per_class_accuracy.png", "pareto.png", "time.png"]
+
+
+@pytest.fixture(scope="module")
+def two_runs(mlflow_server, imagefolder, tmp_path_factory) -> tuple[str, str]:
+    """Two short runs of different architectures in experiment `compare-test`; their ids."""
+    workdir = tmp_path_factory.mktemp("compare-runs")
+    ids = []
+    for arch in ("cnn_small", "lenet"):
+        code = train.main(["--dataset", "imagefolder", "--data-dir", str(imagefolder), "--arch", arch,
+                           "--epochs", "2", "--batch-size", "16", "--no-progress", "--log-model", "false",
+                           "--experiment-name", "compare-test", "--tracking-uri", mlflow_server,
+                           "--checkpoint-dir", str(workdir)])
+        assert code == 0
+        mlflow.set_tracking_uri(mlflow_server)
+        client = MlflowClient()
+        experiment = client.get_experiment_by_name("compare-test")
+        (run,) = client.search_runs([experiment.experiment_id], filter_string=f"params.arch = '{arch}'")
+        ids.append(run.info.run_id)
+    return ids[0], ids[1]
+
+
+def test_compare_two_runs_writes_and_logs_the_report(two_runs, mlflow_server, tmp_path) -> None:
+    a, b = two_runs
+    out = tmp_path / "report"
+    assert compare.main(["--runs", a, b, "--output", str(out), "--tracking-uri", mlflow_server]) == 0
+    page = (out / "report.html").read_text()
+    assert "cnn_small-sgd-lr0.05-e2-s0" in page and "lenet-sgd-lr0.05-e2-s0" in page
+    pair = f"confusion_difference_{a[:7]}_{b[:7]}.png"
+    for figure in FIGURES + [pair]:
+        assert (out / figure).stat().st_size > 5000
+        assert f"alt='{figure[:-4]}'" in page
+    assert len(re.findall(r"->.*?: \d+\.\d% -&gt; \d+\.\d%|-&gt;.*?: \d+\.\d% -&gt; \d+\.\d%", page)) >= 1
+
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("compare-test")
+    (logged,) = client.search_runs([experiment.experiment_id], filter_string="tags.`cifar_mlflow.kind` = 'comparison'")
+    assert logged.info.status == "FINISHED" and logged.data.tags["compared_runs"] == f"{a},{b}"
+    artifacts = {x.path for x in client.list_artifacts(logged.info.run_id, "comparison")}
+    assert {"comparison/report.html", f"comparison/{pair}"} | {f"comparison/{f}" for f in FIGURES} <= artifacts
+
+
+def test_selection_by_experiment_filter_and_top(two_runs, mlflow_server, tmp_path) -> None:
+    out = tmp_path / "r"
+    assert compare.main(["--experiment", "compare-test", "--filter", "params.arch = 'lenet'", "--output", str(out),
+                         "--tracking-uri", mlflow_server, "--log-comparison", "false"]) == 0
+    page = (out / "report.html").read_text()
+    assert "lenet-sgd" in page and "cnn_small-sgd" not in page
+    out = tmp_path / "top"
+    assert compare.main(["--experiment", "compare-test", "--top", "2", "--output", str(out),
+                         "--tracking-uri", mlflow_server, "--log-comparison", "false"]) == 0
+    assert "Comparison of 2 runs" in (out / "report.html").read_text()  # comparison runs are not picked
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--runs", "0" * 32], "no run '00000000000000000000000000000000'"),
+    (["--experiment", "no-such-experiment"], "no experiment 'no-such-experiment'"),
+    (["--experiment", "compare-test", "--filter", "params.arch = 'resnet50'"], "no runs match"),
+    ([], "say which runs to compare"),
+])
+def test_bad_selection_exits_2_and_logs_nothing(argv, message, two_runs, mlflow_server, capsys) -> None:
+    client = MlflowClient(mlflow_server)
+    before = len(client.search_runs([client.get_experiment_by_name("compare-test").experiment_id]))
+    assert compare.main([*argv, "--tracking-uri", mlflow_server]) == 2
+    assert message in capsys.readouterr().err
+    assert len(client.search_runs([client.get_experiment_by_name("compare-test").experiment_id])) == before

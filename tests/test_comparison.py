@@ -1,0 +1,70 @@
+"""Comparison maths and the report, on hand-made runs."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cifar_mlflow.comparison import (RunRecord, best_per_column, confusion_difference, largest_confusion_changes,
+                                     params_table, per_class_accuracy)
+from cifar_mlflow.comparison_report import build_report
+
+CLASSES = ["cat", "dog", "ship"]
+# Run A confuses cats with dogs a lot; run B mostly fixed that but confuses ships with cats a little.
+CM_A = np.array([[60, 35, 5], [10, 85, 5], [0, 5, 95]])
+CM_B = np.array([[85, 10, 5], [10, 85, 5], [8, 2, 90]])
+
+
+def record(run_id: str, name: str, cm=CM_A, **metrics) -> RunRecord:
+    history = {"val_acc": [(1, 0.5), (2, 0.6)], "val_loss": [(1, 1.0), (2, 0.8)],
+               "train_images_per_second": [(1, 1000.0), (2, 1200.0)]}
+    return RunRecord(run_id, name, {"arch": name, "lr": "0.05", "seed": "0", "num_parameters": "1000"},
+                     {"test_acc": 0.8, "test_loss": 0.5, "epochs_trained": 2.0, **metrics}, history, cm, CLASSES, 90.0)
+
+
+def test_largest_changes_are_the_right_cells_in_words() -> None:
+    changes = largest_confusion_changes(CM_A, CM_B, CLASSES, k=2)
+    assert [c.describe() for c in changes] == ["cat->dog: 35.0% -> 10.0%", "ship->cat: 0.0% -> 8.0%"]
+
+
+def test_difference_is_b_minus_a_row_normalised() -> None:
+    diff = confusion_difference(CM_A, CM_B)
+    assert diff[0, 0] == pytest.approx(0.25) and diff[0, 1] == pytest.approx(-0.25)
+    assert np.allclose(diff.sum(axis=1), 0)  # shares move between cells of a row
+    assert np.allclose(diff[1], 0)  # dogs unchanged
+
+
+def test_params_table_keeps_differing_params_and_marks_the_best() -> None:
+    runs = [record("a" * 32, "cnn", test_acc=0.7, test_loss=0.9), record("b" * 32, "mlp", test_acc=0.9, test_loss=0.4)]
+    table = params_table(runs)
+    assert "arch" in table.columns and "lr" not in table.columns and "seed" not in table.columns
+    best = best_per_column(table)
+    assert best["test_acc"] == 1 and best["test_loss"] == 1
+
+
+def test_per_class_accuracy_from_metrics_with_gaps() -> None:
+    a = record("a" * 32, "cnn", test_acc_cat=0.6, test_acc_dog=0.85)
+    b = record("b" * 32, "mlp", test_acc_cat=0.85)
+    table = per_class_accuracy([a, b])
+    assert list(table.columns) == ["cat", "dog"]
+    assert table.loc[b.label, "cat"] == 0.85 and np.isnan(table.loc[b.label, "dog"])
+
+
+def test_report_embeds_every_figure_and_notes_what_is_missing() -> None:
+    a = record("a" * 32, "cnn", test_acc_cat=0.6)
+    b = record("b" * 32, "mlp", cm=CM_B, test_acc_cat=0.85)
+    bare = RunRecord("c" * 32, "old-run", {"arch": "lenet"}, {})  # no history, metrics or confusion matrix
+    report = build_report([a, b, bare], title="t")
+    assert set(report.pngs) == {"learning_curves.png", "per_class_accuracy.png", "pareto.png", "time.png",
+                                "confusion_difference_aaaaaaa_bbbbbbb.png"}
+    for png in report.pngs.values():
+        assert Image.open(__import__("io").BytesIO(png)).size[0] > 300
+    embedded = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", report.html)
+    assert sorted(base64.b64decode(e) for e in embedded) == sorted(report.pngs.values())  # self-contained
+    assert "cat-&gt;dog: 35.0% -&gt; 10.0%" in report.html
+    assert "old-run (ccccccc) has no per-epoch history, test metrics, confusion matrix" in report.html
+    assert "src='http" not in report.html and 'src="http' not in report.html  # opens offline
