@@ -85,12 +85,20 @@ def build_storage(tune: TuneConfig, uri: str) -> optuna.storages.RDBStorage:
         if retry is not None:
             retry(study, trial)
 
-    try:
-        return optuna.storages.RDBStorage(tune.storage, heartbeat_interval=tune.heartbeat_interval,
-                                          grace_period=3 * tune.heartbeat_interval,
-                                          heartbeat_stale_trial_callback=on_stale_trial)
-    except Exception as exc:  # noqa: BLE001 - bad URL, unreachable server, missing driver
-        raise ConfigError(f"cannot open Optuna storage {tune.storage}: {str(exc).splitlines()[0][:200]}") from None
+    # Workers started together on an empty database race to create Optuna's tables (PostgreSQL then
+    # rejects the loser's CREATE TABLE): try again, and the tables are there.
+    for attempt in range(4):
+        try:
+            return optuna.storages.RDBStorage(tune.storage, heartbeat_interval=tune.heartbeat_interval,
+                                              grace_period=3 * tune.heartbeat_interval,
+                                              heartbeat_stale_trial_callback=on_stale_trial)
+        except ImportError as exc:  # no driver for this URL: trying again will not help
+            raise ConfigError(f"cannot open Optuna storage {tune.storage}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - bad URL, unreachable server, the table race
+            if attempt == 3:
+                raise ConfigError(f"cannot open Optuna storage {tune.storage}: "
+                                  f"{str(exc).splitlines()[0][:200]}") from None
+            time.sleep(0.5 + attempt)
 
 
 def suggest(trial: optuna.Trial, spec: ParamSpec) -> Any:

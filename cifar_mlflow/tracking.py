@@ -330,14 +330,20 @@ def fetch_run_records(uri: str, runs: list, workdir: Path) -> list:
 
 
 def log_comparison(uri: str, experiment_id: str, name: str, compared: list[str], out_dir: Path) -> str:
-    """A run tagged `cifar_mlflow.kind=comparison` holding the report; returns its id."""
+    """A run tagged `cifar_mlflow.kind=comparison` holding the report (under `mlflow run -e compare`,
+    the run it created, which it also closes); returns its id."""
     client = MlflowClient(uri)
-    run = client.create_run(experiment_id, run_name=name,
-                            tags={"cifar_mlflow.kind": "comparison", "compared_runs": ",".join(compared)})
+    tags = {"cifar_mlflow.kind": "comparison", "compared_runs": ",".join(compared)}
+    attached = os.environ.get("MLFLOW_RUN_ID")
+    run_id = attached or client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
     try:
-        client.log_artifacts(run.info.run_id, str(out_dir), "comparison")
-        client.set_terminated(run.info.run_id, "FINISHED")
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
+        client.log_artifacts(run_id, str(out_dir), "comparison")
+        if not attached:
+            client.set_terminated(run_id, "FINISHED")
     except BaseException:
-        client.set_terminated(run.info.run_id, "FAILED")
+        if not attached:
+            client.set_terminated(run_id, "FAILED")
         raise
-    return run.info.run_id
+    return run_id

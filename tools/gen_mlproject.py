@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cifar_mlflow.cli import _base_type
 from cifar_mlflow.config import TrainConfig
+from cifar_mlflow.compare import CompareConfig
 from cifar_mlflow.tune_config import TuneConfig
 
 # Set by `mlflow run` itself (tracking URI, run name) or meaningless under it (resume).
@@ -44,12 +45,13 @@ def entry_point(module: str, *config_classes: type) -> list[str]:
 
 
 def render() -> str:
-    head = ["# Entry points generated from cifar_mlflow.config.TrainConfig and cifar_mlflow.tune_config.TuneConfig",
+    head = ["# Entry points generated from TrainConfig, TuneConfig and CompareConfig",
             "# by tools/gen_mlproject.py; tests/test_project_files.py fails when they drift apart.",
             "# Unset options take `auto` (the per-architecture recommendation) or `none`.",
             "name: cifar_mlflow", "", "conda_env: conda.yaml", "", "entry_points:"]
     return "\n".join(head + ["  main:", *entry_point("cifar_mlflow.train", TrainConfig),
-                             "  tune:", *entry_point("cifar_mlflow.tune", TuneConfig, TrainConfig)]) + "\n"
+                             "  tune:", *entry_point("cifar_mlflow.tune", TuneConfig, TrainConfig),
+                             "  compare:", *entry_point("cifar_mlflow.compare", CompareConfig)]) + "\n"
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from cifar_mlflow.config import TrainConfig
+from cifar_mlflow.compare import CompareConfig
 from cifar_mlflow.tune_config import TuneConfig
 from gen_mlproject import EXCLUDED, mlproject_default
 
@@ -36,6 +37,9 @@ def render() -> str:
               "`python -m cifar_mlflow.tune` (MLproject entry point `tune`) takes these, and every training",
               "option above as the fixed base of all trials; see [tuning.md](tuning.md).", ""]
     lines += option_table(TuneConfig)
+    lines += ["", "## Options of the comparison command", "",
+              "`python -m cifar_mlflow.compare` (MLproject entry point `compare`); see [comparing.md](comparing.md).", ""]
+    lines += option_table(CompareConfig)
     return "\n".join(lines) + "\n"
 
 
