@@ -168,3 +168,27 @@ def postgres_url():
         subprocess.run([*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
                        capture_output=True, timeout=120)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def two_runs(mlflow_server, imagefolder, tmp_path_factory) -> tuple[str, str]:
+    """Two short runs of different architectures in experiment `compare-test` on the server; their ids."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from cifar_mlflow import train
+
+    workdir = tmp_path_factory.mktemp("compare-runs")
+    ids = []
+    for arch in ("cnn_small", "lenet"):
+        code = train.main(["--dataset", "imagefolder", "--data-dir", str(imagefolder), "--arch", arch,
+                           "--epochs", "2", "--batch-size", "16", "--no-progress", "--log-model", "false",
+                           "--experiment-name", "compare-test", "--tracking-uri", mlflow_server,
+                           "--checkpoint-dir", str(workdir)])
+        assert code == 0
+        mlflow.set_tracking_uri(mlflow_server)
+        client = MlflowClient()
+        experiment = client.get_experiment_by_name("compare-test")
+        (run,) = client.search_runs([experiment.experiment_id], filter_string=f"params.arch = '{arch}'")
+        ids.append(run.info.run_id)
+    return ids[0], ids[1]

@@ -8,28 +8,9 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cifar_mlflow import compare, train
+from cifar_mlflow import compare
 
 FIGURES = ["learning_curves.png", "per_class_accuracy.png", "pareto.png", "time.png"]
-
-
-@pytest.fixture(scope="module")
-def two_runs(mlflow_server, imagefolder, tmp_path_factory) -> tuple[str, str]:
-    """Two short runs of different architectures in experiment `compare-test`; their ids."""
-    workdir = tmp_path_factory.mktemp("compare-runs")
-    ids = []
-    for arch in ("cnn_small", "lenet"):
-        code = train.main(["--dataset", "imagefolder", "--data-dir", str(imagefolder), "--arch", arch,
-                           "--epochs", "2", "--batch-size", "16", "--no-progress", "--log-model", "false",
-                           "--experiment-name", "compare-test", "--tracking-uri", mlflow_server,
-                           "--checkpoint-dir", str(workdir)])
-        assert code == 0
-        mlflow.set_tracking_uri(mlflow_server)
-        client = MlflowClient()
-        experiment = client.get_experiment_by_name("compare-test")
-        (run,) = client.search_runs([experiment.experiment_id], filter_string=f"params.arch = '{arch}'")
-        ids.append(run.info.run_id)
-    return ids[0], ids[1]
 
 
 def test_compare_two_runs_writes_and_logs_the_report(two_runs, mlflow_server, tmp_path) -> None:
