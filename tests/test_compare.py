@@ -13,7 +13,7 @@ from cifar_mlflow import compare
 FIGURES = ["learning_curves.png", "per_class_accuracy.png", "pareto.png", "time.png"]
 
 
-def test_compare_two_runs_writes_and_logs_the_report(two_runs, mlflow_server, tmp_path) -> None:
+def test_compare_two_runs_writes_and_logs_the_report(two_runs, mlflow_server, tmp_path, capsys) -> None:
     a, b = two_runs
     out = tmp_path / "report"
     assert compare.main(["--runs", a, b, "--output", str(out), "--tracking-uri", mlflow_server]) == 0
@@ -26,8 +26,10 @@ def test_compare_two_runs_writes_and_logs_the_report(two_runs, mlflow_server, tm
     assert len(re.findall(r"->.*?: \d+\.\d% -&gt; \d+\.\d%|-&gt;.*?: \d+\.\d% -&gt; \d+\.\d%", page)) >= 1
 
     client = MlflowClient(mlflow_server)
-    experiment = client.get_experiment_by_name("compare-test")
-    (logged,) = client.search_runs([experiment.experiment_id], filter_string="tags.`cifar_mlflow.kind` = 'comparison'")
+    logged_id = re.search(r"comparison logged as run (\w+)", capsys.readouterr().err).group(1)
+    logged = client.get_run(logged_id)
+    assert logged.info.experiment_id == client.get_run(a).info.experiment_id
+    assert logged.data.tags["cifar_mlflow.kind"] == "comparison"
     assert logged.info.status == "FINISHED" and logged.data.tags["compared_runs"] == f"{a},{b}"
     artifacts = {x.path for x in client.list_artifacts(logged.info.run_id, "comparison")}
     assert {"comparison/report.html", f"comparison/{pair}"} | {f"comparison/{f}" for f in FIGURES} <= artifacts

@@ -52,3 +52,18 @@ def test_mlflow_run_tune_entry_point_nests_trials_under_its_run(imagefolder, tmp
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(r.info.run_name for r in children) == ["trial-0", "trial-1"]
     assert len(runs) == 3
+
+
+def test_mlflow_run_compare_entry_point_logs_into_its_run(two_runs, mlflow_server, tmp_path) -> None:
+    proc = subprocess.run(
+        [mlflow_bin(), "run", str(ROOT), "-e", "compare", "--env-manager", "local", "--experiment-name", "compare-test",
+         "-P", f"runs={two_runs[0]} {two_runs[1]}"],
+        cwd=tmp_path, env=run_env(MLFLOW_TRACKING_URI=mlflow_server), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("compare-test")
+    (run,) = client.search_runs([experiment.experiment_id],
+                                filter_string="tags.`mlflow.project.entryPoint` = 'compare'")
+    assert run.data.tags["cifar_mlflow.kind"] == "comparison" and run.info.status == "FINISHED"
+    assert run.data.tags["compared_runs"] == ",".join(two_runs)
+    assert "comparison/report.html" in {a.path for a in client.list_artifacts(run.info.run_id, "comparison")}
