@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
