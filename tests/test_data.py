@@ -14,16 +14,22 @@ from cifar_mlflow.errors import ConfigError
 from tests.conftest import CLASSES, write_cifar10, write_imagefolder, write_mnist
 
 
-def test_cifar10_pickled_batches(tmp_path, monkeypatch) -> None:
-    write_cifar10(tmp_path)
-    folder = tmp_path / "cifar-10-batches-py"
-    # torchvision checks the MD5 of the real files; point it at the generated ones.
+def point_md5s_at_generated_files(monkeypatch, cls, folder) -> None:
+    """torchvision checks the MD5 of the real files; point its list at the generated ones."""
     def md5(name: str) -> str:
         return hashlib.md5((folder / name).read_bytes()).hexdigest()
-    cls = torchvision.datasets.CIFAR10
-    monkeypatch.setattr(cls, "train_list", [[n, md5(n)] for n, _ in cls.train_list])
-    monkeypatch.setattr(cls, "test_list", [[n, md5(n)] for n, _ in cls.test_list])
-    monkeypatch.setitem(cls.meta, "md5", md5("batches.meta"))
+    if hasattr(cls, "train_list"):
+        monkeypatch.setattr(cls, "train_list", [[n, md5(n)] for n, _ in cls.train_list])
+        monkeypatch.setattr(cls, "test_list", [[n, md5(n)] for n, _ in cls.test_list])
+        monkeypatch.setitem(cls.meta, "md5", md5(cls.meta["filename"]))
+    else:  # SVHN: split -> [url, filename, md5]
+        monkeypatch.setattr(cls, "split_list", {k: [u, f, md5(f) if (folder / f).exists() else m]
+                                                for k, (u, f, m) in cls.split_list.items()})
+
+
+def test_cifar10_pickled_batches(tmp_path, monkeypatch) -> None:
+    write_cifar10(tmp_path)
+    point_md5s_at_generated_files(monkeypatch, torchvision.datasets.CIFAR10, tmp_path / "cifar-10-batches-py")
     data = load_image_data("cifar10", str(tmp_path))
     assert data.train_images.shape == (250, 3, 32, 32) and data.train_images.dtype == torch.uint8
     assert data.test_images.shape == (40, 3, 32, 32)
@@ -31,6 +37,36 @@ def test_cifar10_pickled_batches(tmp_path, monkeypatch) -> None:
     # The pixel layout survives: each image's colour is its class's colour (red-ish for class 0).
     first_zero = int((data.train_labels == 0).nonzero()[0])
     assert data.train_images[first_zero, 0].float().mean() > data.train_images[first_zero, 1].float().mean() + 100
+
+
+def test_cifar100_pickled_files(tmp_path, monkeypatch) -> None:
+    import pickle
+
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in (("train", 30), ("test", 10)):
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        (folder / name).write_bytes(pickle.dumps({"data": data, "fine_labels": rng.integers(0, 100, n).tolist()}))
+    (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": [f"c{i}" for i in range(100)]}))
+    point_md5s_at_generated_files(monkeypatch, torchvision.datasets.CIFAR100, folder)
+    data = load_image_data("cifar100", str(tmp_path))
+    assert data.train_images.shape == (30, 3, 32, 32) and len(data.classes) == 100 and data.hflip_ok
+
+
+def test_svhn_mat_files(tmp_path, monkeypatch) -> None:
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 20), ("test", 8)):
+        images = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)  # SVHN's (H, W, C, N) layout
+        labels = rng.integers(1, 11, (n, 1))  # 10 stands for the digit 0
+        savemat(tmp_path / f"{split}_32x32.mat", {"X": images, "y": labels})
+    point_md5s_at_generated_files(monkeypatch, torchvision.datasets.SVHN, tmp_path)
+    data = load_image_data("svhn", str(tmp_path))
+    assert data.train_images.shape == (20, 3, 32, 32) and data.test_images.shape == (8, 3, 32, 32)
+    assert data.train_labels.min() >= 0 and data.train_labels.max() <= 9  # torchvision maps 10 -> 0
+    assert data.classes == [str(i) for i in range(10)] and not data.hflip_ok
 
 
 def test_mnist_idx_files(tmp_path) -> None:
