@@ -120,3 +120,19 @@ def test_embedded_default_store_in_the_working_directory(imagefolder, tmp_path, 
     (run,) = runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert run.info.status == "FINISHED" and run.data.params["epochs"] == "1"
     assert (tmp_path / "mlruns").is_dir()  # artifacts beside it, where `mlflow ui` finds them
+
+
+def test_sigterm_marks_the_run_killed(imagefolder, tmp_path) -> None:
+    uri = f"sqlite:///{tmp_path / 'runs.db'}"
+    proc = subprocess.Popen([sys.executable, "-m", "cifar_mlflow.train",
+                             *quick_args(imagefolder, "--tracking-uri", uri, "--epochs", "200", "--arch", "lenet")],
+                            cwd=tmp_path, env=run_env(), stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if line.startswith("epoch 1/200"):
+            break
+    proc.send_signal(signal.SIGTERM)  # docker stop, kill, a scheduler's preemption
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 130, rest[-3000:]
+    (run,) = runs(uri)
+    assert run.info.status == "KILLED"
+    assert [a.path for a in MlflowClient().list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/last.pt"]
