@@ -138,7 +138,8 @@ def _postgres_bin() -> Path | None:
 
 @pytest.fixture(scope="session")
 def postgres_url():
-    """A real PostgreSQL server (Debian's package) on a free loopback port; its URL, stopped after."""
+    """A real PostgreSQL server (Debian's package) on a free loopback port with databases `optuna` and
+    `mlflow`; the URL of `optuna`, stopped after."""
     import shutil
 
     bindir = _postgres_bin()
@@ -162,7 +163,8 @@ def postgres_url():
     pg(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60", "-o",
        f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start")
     try:
-        pg(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "test", "optuna")
+        for database in ("optuna", "mlflow"):  # the two databases of docker/docker-compose.yml
+            pg(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "test", database)
         yield f"postgresql://test@127.0.0.1:{port}/optuna"
     finally:
         subprocess.run([*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],

@@ -1,0 +1,137 @@
+"""The docker stack, proven natively: the compose file's own server command on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import ROOT, free_port, mlflow_bin, run_env
+
+COMPOSE = ROOT / "docker" / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / "docker" / ".env.example"
+
+
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's ${VAR}, ${VAR:-default} and ${VAR:?message}, from `env`."""
+    def value(match: re.Match) -> str:
+        name, op, rest = match.group(1), match.group(2), match.group(3)
+        if env.get(name):
+            return env[name]
+        if op == ":-":
+            return rest
+        if op == ":?":
+            raise KeyError(f"{name}: {rest}")
+        return env.get(name, "")
+    return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", value, text)
+
+
+def test_compose_services_and_settings() -> None:
+    services = compose()["services"]
+    assert {"postgres", "mlflow", "trainer", "tuner", "minio"} <= set(services)
+    server = services["mlflow"]["entrypoint"]
+    assert server[:2] == ["mlflow", "server"]
+    backend = server[server.index("--backend-store-uri") + 1]
+    assert backend.startswith("postgresql://") and "@postgres:5432/${MLFLOW_DB}" in backend
+    assert "--serve-artifacts" in server and "--artifacts-destination" in server
+    assert "mlflow" in server[server.index("--allowed-hosts") + 1].split(",")  # in-network host name accepted
+    assert "healthcheck" in services["mlflow"] and "healthcheck" in services["postgres"]
+    for name in ("trainer", "tuner"):
+        env = services[name]["environment"]
+        assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+        assert env["OPTUNA_STORAGE"].startswith("postgresql://") and env["OPTUNA_STORAGE"].endswith("/${OPTUNA_DB}")
+        devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["capabilities"] == ["gpu"]
+    assert services["minio"]["profiles"] == ["s3"]
+
+
+def test_no_secret_is_committed_and_every_variable_is_documented() -> None:
+    text = COMPOSE.read_text()
+    used = set(re.findall(r"\$\{(\w+)", text))
+    documented = set(re.findall(r"^#?\s*(\w+)=", ENV_EXAMPLE.read_text(), flags=re.M))
+    assert used <= documented, f"not in docker/.env.example: {sorted(used - documented)}"
+    assert "${POSTGRES_PASSWORD:?" in text  # the stack refuses to start without a password
+    for service in compose()["services"].values():
+        for key, value in (service.get("environment") or {}).items():
+            if "PASSWORD" in key or "SECRET" in key:
+                assert str(value).startswith("${"), f"{key} has a literal value"  # only from docker/.env
+    assert "docker/.env" in (ROOT / ".gitignore").read_text()
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    assert "USER trainer" in dockerfile and "PASSWORD" not in dockerfile
+
+
+@pytest.fixture(scope="module")
+def compose_server(postgres_url, tmp_path_factory):
+    """The compose file's `mlflow` command, run natively against the test PostgreSQL."""
+    host_port = postgres_url.split("@")[1].split("/")[0]  # 127.0.0.1:PORT
+    port = free_port()
+    artifacts = tmp_path_factory.mktemp("mlartifacts")
+    env = {"POSTGRES_USER": "test", "POSTGRES_PASSWORD": "", "MLFLOW_DB": "mlflow", "OPTUNA_DB": "optuna",
+           "MLFLOW_PORT": str(port)}
+    command = [interpolate(arg, env) for arg in compose()["services"]["mlflow"]["entrypoint"]]
+    replacements = {"0.0.0.0": "127.0.0.1", "5000": str(port), "/mlartifacts": str(artifacts)}
+    command = [replacements.get(arg, arg).replace("@postgres:5432", f"@{host_port}") for arg in command]
+    command[0] = mlflow_bin()
+    log = open(artifacts.parent / "compose-server.log", "w")
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=run_env())
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail(f"server did not start: {(artifacts.parent / 'compose-server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+    yield uri, artifacts
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
+
+
+def test_training_and_two_tuning_workers_against_the_compose_server(compose_server, postgres_url, imagefolder,
+                                                                     tmp_path) -> None:
+    uri, artifacts = compose_server
+    env = run_env(MLFLOW_TRACKING_URI=uri)
+    common = ["--dataset", "imagefolder", "--data-dir", str(imagefolder), "--arch", "lenet", "--epochs", "2",
+              "--batch-size", "16", "--no-progress", "--experiment-name", "team"]
+    train = subprocess.run([sys.executable, "-m", "cifar_mlflow.train", *common], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert train.returncode == 0, train.stderr[-3000:]
+    tune = [sys.executable, "-m", "cifar_mlflow.tune", *common, "--trials", "2", "--study-name", "team-study",
+            "--storage", postgres_url, "--pruner", "none"]
+    workers = [subprocess.Popen(tune, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for worker in workers:
+        err = worker.communicate(timeout=600)[1]
+        assert worker.returncode == 0, err[-3000:]
+
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("team")
+    runs = client.search_runs([experiment.experiment_id])
+    (trained,) = [r for r in runs if r.info.run_name == "lenet-sgd-lr0.05-e2-s0"]
+    assert trained.info.status == "FINISHED" and trained.info.artifact_uri.startswith("mlflow-artifacts:")
+    assert sorted(m.step for m in client.get_metric_history(trained.info.run_id, "val_acc")) == [1, 2]
+    assert (artifacts / experiment.experiment_id / trained.info.run_id / "artifacts" / "plots" /
+            "confusion_matrix.png").is_file()  # proxied: the server wrote it into its artifact store
+    assert mlflow.pytorch.load_model(f"runs:/{trained.info.run_id}/model") is not None
+    (parent,) = [r for r in runs if r.data.tags.get("cifar_mlflow.kind") == "study"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    study = optuna.load_study(study_name="team-study", storage=postgres_url)
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+    assert sorted(int(c.data.params["trial_number"]) for c in children) == [0, 1, 2, 3]
