@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from cifar_mlflow import distributed as D
 from cifar_mlflow.data.loader import DeviceLoader
 from cifar_mlflow.errors import NonFiniteLossError
 from cifar_mlflow.optim import Schedule
@@ -47,6 +48,7 @@ def train_one_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.opt
     """Train for one pass over `loader`; raises `NonFiniteLossError` as soon as the loss is NaN/inf."""
     model.train()
     device = loader.device
+    distributed = D.world_size() > 1
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
@@ -69,13 +71,16 @@ def train_one_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.opt
         bar.update(1)
         if step % _SYNC_EVERY == 0 or step == len(loader):
             running = loss_sum.item() / seen
-            _check_finite(running, epoch, step, optimizer.param_groups[0]["lr"])
+            if not distributed:  # under torchrun, all ranks check the summed loss together, below
+                _check_finite(running, epoch, step, optimizer.param_groups[0]["lr"])
             bar.set_postfix(loss=f"{running:.4f}", acc=f"{correct.item() / seen:.4f}", refresh=False)
     bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    return EpochStats(loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1), seen, seconds)
+    total_loss, total_correct, total_seen = D.sum_across_ranks([loss_sum.item(), correct.item(), seen], device)
+    _check_finite(total_loss / max(total_seen, 1), epoch, len(loader), optimizer.param_groups[0]["lr"])
+    return EpochStats(total_loss / max(total_seen, 1), total_correct / max(total_seen, 1), int(total_seen), seconds)
 
 
 @dataclass
@@ -92,7 +97,11 @@ class Evaluation:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DeviceLoader, loss_fn: nn.Module) -> Evaluation:
-    """Loss, accuracy and all logits of `model` on `loader` (no augmentation)."""
+    """Loss, accuracy and the logits of `model` on `loader` (no augmentation).
+
+    Under torchrun, call it on every rank: loss and accuracy are over all ranks' shards of the split,
+    the logits are this rank's.
+    """
     model.eval()
     logits_all, labels_all = [], []
     for images, labels in loader:
@@ -102,6 +111,8 @@ def evaluate(model: nn.Module, loader: DeviceLoader, loss_fn: nn.Module) -> Eval
         labels_all.append(labels)
     logits = torch.cat(logits_all)
     labels = torch.cat(labels_all)
-    loss = loss_fn(logits, labels).item()
-    acc = (logits.argmax(1) == labels).float().mean().item()
-    return Evaluation(loss, acc, logits.cpu(), labels.cpu())
+    # Sums, so shards of a split evaluated by several ranks add up to the whole split's numbers.
+    loss_sum, correct, count = D.sum_across_ranks(
+        [loss_fn(logits, labels).item() * len(labels), (logits.argmax(1) == labels).sum().item(), len(labels)],
+        loader.device)
+    return Evaluation(loss_sum / max(count, 1), correct / max(count, 1), logits.cpu(), labels.cpu())

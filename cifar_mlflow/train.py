@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from cifar_mlflow import distributed as D
 from cifar_mlflow.checkpoint import checkpoint_path, load_checkpoint
 from cifar_mlflow.cli import add_config_arguments, collect_values
 from cifar_mlflow.config import RECOMMENDED, TrainConfig, build_config, default_run_name
@@ -99,6 +100,21 @@ def _close_run(logger, status: str, ckpt: Path | None) -> None:
         signal.signal(signal.SIGINT, previous)
 
 
+def _follow(prepared) -> int:
+    """A torchrun rank other than 0: train its shard; rank 0 logs and checkpoints for everyone."""
+    from cifar_mlflow.training import fit
+
+    try:
+        fit(prepared)
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    except NonFiniteLossError:
+        return 1
+    finally:
+        D.shutdown()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "list_models", False):
@@ -116,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         values, given = collect_values(args, TrainConfig, extra=("list_models",))
         uri = tracking_uri(values.get("tracking_uri"))
         state = None
+        if D.launched_by_torchrun():
+            if values.get("resume"):
+                raise ConfigError("--resume is not supported under torchrun yet; resume with a single process")
+            import torch
+
+            D.init("cuda" if values.get("device", "auto") != "cpu" and torch.cuda.is_available() else "cpu")
         if values.get("resume"):
             values, state = _resume_values(values, given, uri, workdir)
         prepared = prepare(build_config(values))
@@ -132,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
     config = prepared.config
+    if not D.is_main():
+        return _follow(prepared)
     if os.environ.get("MLFLOW_RUN_ID") and config.experiment_name:
         print(f"note: experiment_name {config.experiment_name!r} is not used: `mlflow run` logs into the run it "
               "created; choose the experiment with `mlflow run --experiment-name`", file=sys.stderr)
@@ -154,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         _close_run(logger, status, ckpt)
         signal.signal(signal.SIGTERM, previous_term)
         shutil.rmtree(workdir, ignore_errors=True)
+        D.shutdown()
     if status == "FINISHED":
         print(f"run {logger.run_id} FINISHED at {uri}; look at it with: mlflow ui --backend-store-uri {uri}",
               file=sys.stderr)

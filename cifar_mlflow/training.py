@@ -23,6 +23,7 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
+from cifar_mlflow import distributed as D
 from cifar_mlflow import metrics as M
 from cifar_mlflow import plots
 from cifar_mlflow.checkpoint import checkpoint_path, save_checkpoint
@@ -82,6 +83,8 @@ def prepare(config: TrainConfig, data: DataSplits | None = None) -> Prepared:
     config = resolve_config(config)
     check_model_name(config.arch)  # before the data set is read
     device = select_device(config.device)
+    if device.type == "cuda" and D.world_size() > 1 and device.index is None:
+        device = torch.device("cuda", D.local_rank())  # one GPU per torchrun process
     seed_everything(config.seed, config.deterministic)
     if data is None:
         images = load_image_data(config.dataset, config.data_dir, config.image_size, config.seed)
@@ -127,7 +130,8 @@ def run_params(prepared: Prepared) -> dict[str, Any]:
     data = prepared.data
     params.update(num_parameters=prepared.num_parameters, train_size=len(data.train), val_size=len(data.val),
                   test_size=len(data.test), num_classes=data.num_classes, image_shape="x".join(map(str, data.image_shape)),
-                  data_mean=",".join(f"{v:.4f}" for v in data.mean), data_std=",".join(f"{v:.4f}" for v in data.std))
+                  data_mean=",".join(f"{v:.4f}" for v in data.mean), data_std=",".join(f"{v:.4f}" for v in data.std),
+                  world_size=D.world_size())
     return params
 
 
@@ -188,20 +192,28 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
     config, data, device = prepared.config, prepared.data, prepared.device
     model = prepared.model
     channels_last = device.type == "cuda"
+    shard = {"rank": D.rank(), "world_size": D.world_size()}  # under torchrun: this process's part
     train_loader = DeviceLoader(data.train, config.batch_size, BatchTransform(config.augment, data.mean, data.std, data.hflip_ok),
-                                device, shuffle=True, seed=config.seed, channels_last=channels_last)
+                                device, shuffle=True, seed=config.seed, channels_last=channels_last, **shard)
     plain = BatchTransform("none", data.mean, data.std)
     eval_batch = max(config.batch_size, 256)
     # No validation split (the tuner's retraining on train + validation): no val metrics, no early
     # stopping, and the last epoch's weights are final.
     has_val = len(data.val) > 0
-    val_loader = (DeviceLoader(data.val, eval_batch, plain, device, shuffle=False, channels_last=channels_last)
+    val_loader = (DeviceLoader(data.val, eval_batch, plain, device, shuffle=False, channels_last=channels_last, **shard)
                   if has_val else None)
     test_loader = DeviceLoader(data.test, eval_batch, plain, device, shuffle=False, channels_last=channels_last)
     optimizer = build_optimizer(config, model)
     schedule = build_schedule(config, optimizer, len(train_loader))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    train_model = torch.compile(model) if config.compile else model
+    train_model = model
+    if D.world_size() > 1:  # gradients averaged across ranks; buffers follow rank 0
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        train_model = torch.compile(train_model)
+    main_process = D.is_main()
 
     history: list[dict[str, float]] = []
     best_epoch, best_val_acc, best_val_loss = 0, -1.0, float("inf")
@@ -223,9 +235,11 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
     for epoch in range(start_epoch, config.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         stats = train_one_epoch(train_model, train_loader, optimizer, schedule, loss_fn, epoch=epoch,
-                                epochs=config.epochs, grad_clip=config.grad_clip, progress=config.progress)
+                                epochs=config.epochs, grad_clip=config.grad_clip,
+                                progress=config.progress and main_process)
         row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc, "lr": lr,
-               "epoch_seconds": stats.seconds, "train_images_per_second": stats.images / max(stats.seconds, 1e-9)}
+               "epoch_seconds": stats.seconds, "epoch_images": stats.images,
+               "train_images_per_second": stats.images / max(stats.seconds, 1e-9)}
         if not has_val:
             schedule.step_epoch(stats.loss)
             best_epoch = epoch
@@ -237,7 +251,7 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
         if has_val and val.acc > best_val_acc:  # strictly better val_acc: what early stopping waits for
             best_epoch, best_val_acc, best_val_loss = epoch, val.acc, val.loss
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        if checkpoint_file is not None:
+        if checkpoint_file is not None and main_process:
             save_checkpoint(checkpoint_file, {
                 "config": config_to_dict(config), "epoch": epoch, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "history": history,
@@ -245,7 +259,8 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
                 "rng": {"torch": torch.get_rng_state(), "loader": train_loader.generator.get_state().cpu()},
                 "data_digest": data.digest})
         logger.log_epoch(epoch, row)
-        tqdm.write(_epoch_line(row, config.epochs), file=sys.stderr)
+        if main_process:
+            tqdm.write(_epoch_line(row, config.epochs), file=sys.stderr)
         for callback in callbacks:
             callback(epoch, row)
         if has_val and config.patience and epoch - best_epoch >= config.patience:
@@ -263,7 +278,8 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
         final["best_val_acc"] = best_val_acc
     logger.log_metrics(final)
     chosen = f"best epoch {best_epoch}, val_acc {best_val_acc:.4f}" if has_val else f"last epoch {best_epoch}"
-    tqdm.write(f"test_acc {test.acc:.4f}  test_loss {test.loss:.4f}  ({chosen})", file=sys.stderr)
+    if main_process:
+        tqdm.write(f"test_acc {test.acc:.4f}  test_loss {test.loss:.4f}  ({chosen})", file=sys.stderr)
     return TrainResult(history, best_epoch, best_val_acc, test, final, stopped_early, model)
 
 

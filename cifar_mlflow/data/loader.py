@@ -31,10 +31,13 @@ class DeviceLoader:
         shuffle: reshuffle every epoch (training).
         seed: seeds the generator of shuffling and augmentation.
         channels_last: yield channels-last tensors (faster convolutions on CUDA).
+        rank, world_size: under torchrun, this process takes every `world_size`-th item of each
+            epoch's order, starting at `rank` (training: the same number on every rank).
     """
 
     def __init__(self, split: Split, batch_size: int, transform: BatchTransform, device: torch.device, *,
-                 shuffle: bool, seed: int = 0, channels_last: bool = False) -> None:
+                 shuffle: bool, seed: int = 0, channels_last: bool = False, rank: int = 0,
+                 world_size: int = 1) -> None:
         nbytes = split.images.numel() * split.images.element_size()
         self.on_device = _fits_on(device, nbytes)
         storage = device if self.on_device else torch.device("cpu")
@@ -48,20 +51,28 @@ class DeviceLoader:
         self.shuffle = shuffle
         self.channels_last = channels_last
         self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.rank, self.world_size = rank, world_size
         # Training drops the last partial batch (stable batch-norm statistics, static shapes),
         # unless the split is smaller than one batch.
-        self.drop_last = shuffle and len(self.labels) >= batch_size
+        self.drop_last = shuffle and self._local_count() >= batch_size
+
+    def _local_count(self) -> int:
+        n = len(self.labels)
+        if self.shuffle:  # every rank the same number of items, so every rank takes the same steps
+            return n // self.world_size
+        return len(range(self.rank, n, self.world_size))
 
     def __len__(self) -> int:
-        n = len(self.labels)
+        n = self._local_count()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
-        if self.shuffle:
+        if self.shuffle:  # the same seed on every rank: the same order, split between them
             order = torch.randperm(n, generator=self.generator, device=self.device)
         else:
             order = torch.arange(n, device=self.device)
+        order = order[self.rank::self.world_size][:self._local_count()]
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             images = self.images[idx if self.on_device else idx.cpu()].to(self.device, non_blocking=True)
