@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
     config = prepared.config
     if not D.is_main():
+        shutil.rmtree(workdir, ignore_errors=True)
         return _follow(prepared)
     if os.environ.get("MLFLOW_RUN_ID") and config.experiment_name:
         print(f"note: experiment_name {config.experiment_name!r} is not used: `mlflow run` logs into the run it "
