@@ -6,7 +6,6 @@ import base64
 import json
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 from mlflow.server import get_app_client
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, free_port, mlflow_bin, run_env
+from tests.conftest import ROOT, free_port, mlflow_bin, run_env, running_server
 from tests.test_deployment import compose, interpolate
 
 ADMIN, ADMIN_PASSWORD = "ci-admin-7f3a", "Adm1n-Pw-91c2e"
@@ -59,23 +58,8 @@ def auth_server(tmp_path_factory):
     port = free_port()
     command, env = auth_server_command(tmp, port)
     env["MLFLOW_AUTH_ADMIN_PASSWORD"] = ADMIN_PASSWORD
-    log = open(tmp / "server.log", "w")
-    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                pytest.fail(f"auth server did not start: {(tmp / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-    yield uri
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+    with running_server(command, f"http://127.0.0.1:{port}", tmp / "server.log", env=env) as uri:
+        yield uri
 
 
 def status_of(uri: str, path: str, user: str | None = None, password: str | None = None,

@@ -5,8 +5,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
-import urllib.request
 
 import mlflow
 import optuna
@@ -14,7 +12,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, free_port, mlflow_bin, run_env
+from tests.conftest import ROOT, free_port, mlflow_bin, run_env, running_server
 
 COMPOSE = ROOT / "docker" / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / "docker" / ".env.example"
@@ -84,23 +82,9 @@ def compose_server(postgres_url, tmp_path_factory):
     replacements = {"0.0.0.0": "127.0.0.1", "5000": str(port), "/mlartifacts": str(artifacts)}
     command = [replacements.get(arg, arg).replace("@postgres:5432", f"@{host_port}") for arg in command]
     command[0] = mlflow_bin()
-    log = open(artifacts.parent / "compose-server.log", "w")
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=run_env())
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                pytest.fail(f"server did not start: {(artifacts.parent / 'compose-server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-    yield uri, artifacts
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+    with running_server(command, f"http://127.0.0.1:{port}", artifacts.parent / "compose-server.log",
+                        env=run_env()) as uri:
+        yield uri, artifacts
 
 
 def test_training_and_two_tuning_workers_against_the_compose_server(compose_server, postgres_url, imagefolder,
