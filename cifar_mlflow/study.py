@@ -24,11 +24,11 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 from optuna.trial import TrialState
 
 from cifar_mlflow.config import TrainConfig, config_to_dict
-from cifar_mlflow.data import DataSplits, load_image_data, split_data
+from cifar_mlflow.data import DataSplits
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.search_space import ParamSpec, sample_config
 from cifar_mlflow.tracking import MlflowLogger, StudyTracker, fail_stale_run, set_model_alias
-from cifar_mlflow.training import prepare, run, run_datasets, run_params, run_tags
+from cifar_mlflow.training import load_splits, prepare, run, run_datasets, run_params, run_tags
 from cifar_mlflow.tune_config import TuneConfig
 
 PARENT_ATTR = "mlflow_parent_run_id"
@@ -130,10 +130,7 @@ class StudyContext:
                config.max_train_samples, config.max_eval_samples)
         with self.lock:
             if key not in self.data_cache:
-                images = load_image_data(config.dataset, config.data_dir, config.image_size, config.seed)
-                self.data_cache[key] = split_data(images, val_fraction=config.val_fraction, seed=config.seed,
-                                                  max_train_samples=config.max_train_samples,
-                                                  max_eval_samples=config.max_eval_samples)
+                self.data_cache[key] = load_splits(config)
             return self.data_cache[key]
 
 

@@ -74,6 +74,13 @@ class Prepared:
         return sum(p.numel() for p in self.model.parameters())
 
 
+def load_splits(config: TrainConfig) -> DataSplits:
+    """The data set `config` names, read and split into train, validation and test."""
+    images = load_image_data(config.dataset, config.data_dir, config.image_size, config.seed)
+    return split_data(images, val_fraction=config.val_fraction, seed=config.seed,
+                      max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples)
+
+
 def prepare(config: TrainConfig, data: DataSplits | None = None) -> Prepared:
     """Resolve and validate the config, load and split the data, build the model.
 
@@ -87,9 +94,7 @@ def prepare(config: TrainConfig, data: DataSplits | None = None) -> Prepared:
         device = torch.device("cuda", D.local_rank())  # one GPU per torchrun process
     seed_everything(config.seed, config.deterministic)
     if data is None:
-        images = load_image_data(config.dataset, config.data_dir, config.image_size, config.seed)
-        data = split_data(images, val_fraction=config.val_fraction, seed=config.seed,
-                          max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples)
+        data = load_splits(config)
     model = get_model(config.arch, num_classes=data.num_classes, in_channels=data.image_shape[0],
                       **config.model_args)
     c, h, w = data.image_shape
