@@ -141,13 +141,12 @@ def best_value(history: list[dict[str, float]], metric: str) -> float:
 
 def make_objective(ctx: StudyContext):
     def objective(trial: optuna.Trial) -> float:
-        config, sampled = sample_config(ctx.space, ctx.base, lambda spec: suggest(trial, spec))
+        config, _ = sample_config(ctx.space, ctx.base, lambda spec: suggest(trial, spec))
         config = dataclasses.replace(config, run_name=f"trial-{trial.number}", log_model=ctx.tune.log_models,
                                      register_model=None, progress=ctx.tune.n_jobs == 1 and ctx.base.progress)
         logger = MlflowLogger(ctx.uri, ctx.tracker.experiment_name, f"trial-{trial.number}",
                               parent_run_id=ctx.tracker.run_id,
-                              tags={"trial_number": str(trial.number), "optuna.study_name": ctx.tracker.study_name,
-                                    "mlflow.runName": f"trial-{trial.number}"})
+                              tags={"trial_number": str(trial.number), "optuna.study_name": ctx.tracker.study_name})
         reported: list[int] = []
 
         def report(epoch: int, metrics: dict[str, float]) -> None:

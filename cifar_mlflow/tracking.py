@@ -72,8 +72,8 @@ def log_params_once(client: MlflowClient, run_id: str, params: dict[str, Any]) -
 
 
 def _log_dataset(dataset: MetaDataset, context: str) -> None:
-    """`mlflow.log_input`, retried once: runs starting together (parallel trials, workers) race to create
-    the same dataset row in the SQL store; the second attempt finds it and only links it."""
+    """`mlflow.log_input`, tried up to three times: runs starting together (parallel trials, workers) race
+    to create the same dataset row in the SQL store; a later attempt finds it and only links it."""
     for attempt in range(3):
         try:
             mlflow.log_input(dataset, context=context)
@@ -335,7 +335,7 @@ def log_comparison(uri: str, experiment_id: str, name: str, compared: list[str],
     client = MlflowClient(uri)
     tags = {"cifar_mlflow.kind": "comparison", "compared_runs": ",".join(compared)}
     attached = os.environ.get("MLFLOW_RUN_ID")
-    run_id = attached or client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    run_id = attached or client.create_run(experiment_id, run_name=name).info.run_id
     try:
         for key, value in tags.items():
             client.set_tag(run_id, key, value)
