@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,52 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+def _snapshot(value: Any) -> Any:
+    """A copy of `value` whose tensors are on the CPU and no longer shared with training."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _snapshot(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_snapshot(v) for v in value)
+    return value
+
+
+class CheckpointWriter:
+    """Writes checkpoints on a background thread, so the next epoch starts while the file is written.
+
+    `submit` copies the state first (training goes on changing the tensors); a write still under
+    way is finished before the next begins, and `close` waits for the last one.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def _write(self, state: dict[str, Any]) -> None:
+        try:
+            save_checkpoint(self.path, state)
+        except BaseException as exc:  # noqa: BLE001 - raised in the training thread by `wait`
+            self._error = exc
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def submit(self, state: dict[str, Any]) -> None:
+        snapshot = _snapshot(state)
+        self.wait()
+        self._thread = threading.Thread(target=self._write, args=(snapshot,), name="checkpoint-writer", daemon=True)
+        self._thread.start()
+
+    close = wait
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

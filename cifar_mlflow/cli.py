@@ -33,9 +33,14 @@ def _base_type(annotation: Any) -> tuple[type, bool]:
     return annotation, False
 
 
-def parse_value(name: str, raw: Any, annotation: Any) -> Any:
-    """Convert a CLI/YAML/MLproject value to the field's type, or raise `ConfigError`."""
+def parse_value(name: str, raw: Any, annotation: Any, choices: tuple[str, ...] = ()) -> Any:
+    """Convert a CLI/YAML/MLproject value to the field's type, or raise `ConfigError`.
+
+    A word such as "none" means unset, unless it is one of the field's `choices` (`--scheduler none`).
+    """
     kind, optional = _base_type(annotation)
+    if isinstance(raw, str) and raw in choices:
+        return raw
     if isinstance(raw, str) and optional and raw.strip().lower() in _UNSET_WORDS:
         return None
     if raw is None:
@@ -95,19 +100,21 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> N
         flag = "--" + f.name.replace("_", "-")
         kind, _ = _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse %-formats help
+        if "default:" not in help_text:  # unless the help says it in its own words
+            help_text += f" (default: {_format_default(default)})"
         choices = f.metadata.get("choices")
         if kind is bool:
             # `--compile`, `--compile false` (MLproject passes values) and `--no-compile` all work.
             parser.add_argument(flag, dest=f.name, nargs="?", const="true", default=argparse.SUPPRESS,
-                                metavar="BOOL", help=f"{help_text} (default: {_format_default(default)})")
+                                metavar="BOOL", help=help_text)
             parser.add_argument("--no-" + flag[2:], dest=f.name, action="store_const", const="false",
                                 default=argparse.SUPPRESS, help=argparse.SUPPRESS)
             continue
         metavar = "{" + ",".join(choices) + "}" if choices else f.name.upper()
         many = {"nargs": "+", "action": _JoinValues} if f.metadata.get("nargs") == "+" else {}
         parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar=metavar,
-                            help=f"{help_text} (default: {_format_default(default)})", **many)
+                            help=help_text, **many)
 
 
 def load_yaml_config(path: str) -> dict[str, Any]:
@@ -132,6 +139,7 @@ def collect_values(args: argparse.Namespace, config_cls: type,
     """
     hints = typing.get_type_hints(config_cls)
     names = {f.name for f in dataclasses.fields(config_cls)}
+    choices = {f.name: tuple(f.metadata.get("choices") or ()) for f in dataclasses.fields(config_cls)}
     given = {k: v for k, v in vars(args).items() if k not in extra and k != "config"}
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
@@ -140,6 +148,6 @@ def collect_values(args: argparse.Namespace, config_cls: type,
         if unknown:
             raise ConfigError(f"unknown option {unknown[0]!r} in {args.config}; valid options: "
                               f"{', '.join(sorted(names))}")
-        values.update({k: parse_value(k, v, hints[k]) for k, v in from_file.items()})
-    values.update({k: parse_value(k, v, hints[k]) for k, v in given.items()})
+        values.update({k: parse_value(k, v, hints[k], choices[k]) for k, v in from_file.items()})
+    values.update({k: parse_value(k, v, hints[k], choices[k]) for k, v in given.items()})
     return values, set(values)

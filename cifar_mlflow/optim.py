@@ -12,13 +12,17 @@ from torch import nn
 from cifar_mlflow.config import TrainConfig
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on weights only: biases and normalisation parameters (ndim <= 1) are not decayed."""
-    decay, no_decay = [], []
+def _param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+    """Weight decay on weights only: biases and normalisation parameters (ndim <= 1) are not decayed.
+
+    A parameter with an `lr_scale` attribute (airbench's batch-norm biases) trains at `lr * lr_scale`.
+    """
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for p in model.parameters():
         if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            groups.setdefault((p.ndim > 1, float(getattr(p, "lr_scale", 1.0))), []).append(p)
+    return [{"params": params, "lr": lr * scale, "weight_decay": weight_decay if decay else 0.0}
+            for (decay, scale), params in sorted(groups.items(), key=lambda item: (not item[0][0], item[0][1]))]
 
 
 _OPTIMIZERS: dict[str, Callable[[list[dict], TrainConfig], torch.optim.Optimizer]] = {
@@ -30,7 +34,7 @@ _OPTIMIZERS: dict[str, Callable[[list[dict], TrainConfig], torch.optim.Optimizer
 
 
 def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    return _OPTIMIZERS[config.optimizer](_param_groups(model, config.weight_decay), config)
+    return _OPTIMIZERS[config.optimizer](_param_groups(model, config.lr, config.weight_decay), config)
 
 
 @dataclass
@@ -71,6 +75,20 @@ def _warmup_cosine(total: int, warmup: int) -> Callable[[int], float]:
     return factor
 
 
+# The linear schedule (airbench's): from 0.2x up to the peak, then straight down to 0.07x.
+LINEAR_START, LINEAR_END = 0.2, 0.07
+
+
+def _warmup_linear(total: int, warmup: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return LINEAR_START + (1.0 - LINEAR_START) * step / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 1.0 + (LINEAR_END - 1.0) * min(1.0, progress)
+
+    return factor
+
+
 def build_schedule(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> Schedule:
     total = config.epochs * steps_per_epoch
     name = config.scheduler
@@ -79,12 +97,14 @@ def build_schedule(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_
             return Schedule(None, per_batch=False)
         # A quarter of the run rising, and at least two steps, so each phase has a length.
         pct_start = min(0.5, max(0.25, 2 / total))
-        sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total,
+        peaks = [group["lr"] for group in optimizer.param_groups]  # each group's own (lr_scale)
+        sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=total,
                                                     pct_start=pct_start, anneal_strategy="linear")
         return Schedule(sched, per_batch=True)
-    if name == "cosine":
+    if name in ("cosine", "linear"):
         warmup = int(round(config.warmup_epochs * steps_per_epoch))
-        return Schedule(torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(total, warmup)), per_batch=True)
+        shape = _warmup_cosine if name == "cosine" else _warmup_linear
+        return Schedule(torch.optim.lr_scheduler.LambdaLR(optimizer, shape(total, warmup)), per_batch=True)
     if name == "step":
         step_size = config.lr_step_size or max(1, config.epochs // 3)
         return Schedule(torch.optim.lr_scheduler.StepLR(optimizer, step_size, gamma=config.lr_gamma), per_batch=False)

@@ -108,6 +108,8 @@ class MlflowLogger:
         self.extra_tags = dict(tags or {})
         self._started = False
         self.registered_version: int | None = None  # set by log_model when it registers
+        # Per-epoch metrics are sent in the background; each entry is kept until `flush` sees it stored.
+        self._pending: list[tuple[dict[str, float], int, Any]] = []
 
     def start(self, *, params: dict[str, Any], tags: dict[str, str], datasets: list[dict[str, str]]) -> None:
         """Open the run; a second call does nothing (the tuner starts a trial's run before `run` does)."""
@@ -135,10 +137,24 @@ class MlflowLogger:
                 client.set_tag(self.run_id, key, str(value))
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k != "epoch"}, step=epoch)
+        """Queued for MLflow's background logger: the training loop never waits for the server."""
+        values = {k: float(v) for k, v in metrics.items() if k != "epoch"}
+        operation = mlflow.log_metrics(values, step=epoch, run_id=self.run_id, synchronous=False)
+        self._pending.append((values, epoch, operation))
+
+    def flush(self) -> None:
+        """Wait for the queued metrics; any batch the background logger failed to store is sent again
+        synchronously (with MLflow's own retries), so a server hiccup loses nothing."""
+        pending, self._pending = self._pending, []
+        for values, step, operation in pending:
+            try:
+                operation.wait()
+            except mlflow.exceptions.MlflowException:
+                mlflow.log_metrics(values, step=step, run_id=self.run_id, synchronous=True)
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        self.flush()
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, run_id=self.run_id)
 
     def log_figure(self, figure: Figure, path: str) -> None:
         import matplotlib.pyplot as plt
@@ -173,6 +189,12 @@ class MlflowLogger:
         self.registered_version = info.registered_model_version
 
     def end(self, status: str) -> None:
+        try:
+            self.flush()
+        finally:
+            self._end(status)
+
+    def _end(self, status: str) -> None:
         active = mlflow.active_run()
         if active is not None and active.info.run_id == self.run_id:
             mlflow.end_run(status=status)
@@ -259,7 +281,7 @@ class StudyTracker:
 
 
 # Runs of these kinds are not training runs and are left out of comparisons found by search.
-NOT_COMPARABLE_KINDS = {"comparison", "study"}
+NOT_COMPARABLE_KINDS = {"comparison", "study", "benchmark"}
 HISTORY_KEYS = ("val_acc", "val_loss", "train_acc", "train_loss", "train_images_per_second")
 
 
@@ -346,4 +368,45 @@ def log_comparison(uri: str, experiment_id: str, name: str, compared: list[str],
         if not attached:
             client.set_terminated(run_id, "FAILED")
         raise
+    return run_id
+
+
+def _flat_metrics(results: dict[str, Any]) -> dict[str, float]:
+    """The benchmark's numbers as MLflow metrics: `ours_images_per_s.mlp`, `data_path.speedup`, ..."""
+    metrics: dict[str, float] = {}
+    for row in results.get("rows") or []:
+        for key in ("ours_images_per_s", "baseline_images_per_s", "speedup"):
+            metrics[f"{key}.{row['arch']}"] = float(row[key])
+    for section in ("data_path", "tracking_overhead", "time_to_accuracy"):
+        for key, value in (results.get(section) or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                metrics[f"{section}.{key}"] = float(value)
+    return metrics
+
+
+def log_benchmark(uri: str, experiment_name: str, settings: dict[str, Any], results: dict[str, Any],
+                  table: str) -> str:
+    """A run tagged `cifar_mlflow.kind=benchmark`: settings as params, figures as metrics, the
+    markdown and JSON as artifacts; returns its id."""
+    import json
+
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    experiment = mlflow.set_experiment(experiment_name)
+    tags = {"cifar_mlflow.kind": "benchmark", "device": results["machine"]["device"],
+            "gpu_name": results["machine"].get("gpu", "none")}
+    run_id = client.create_run(experiment.experiment_id, run_name=f"bench-{results['machine']['device']}",
+                               tags=tags).info.run_id
+    status = "FAILED"
+    try:
+        log_params_once(client, run_id, {k: v for k, v in settings.items() if v is not None})
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, 0) for k, v in _flat_metrics(results).items()]
+        for start in range(0, len(metrics), 500):
+            client.log_batch(run_id, metrics=metrics[start:start + 500])
+        client.log_text(run_id, table, "benchmark.md")
+        client.log_text(run_id, json.dumps(results, indent=2), "benchmark.json")
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run_id, status)
     return run_id

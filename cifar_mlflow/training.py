@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from cifar_mlflow import distributed as D
 from cifar_mlflow import metrics as M
 from cifar_mlflow import plots
-from cifar_mlflow.checkpoint import checkpoint_path, save_checkpoint
+from cifar_mlflow.checkpoint import CheckpointWriter, checkpoint_path
 from cifar_mlflow.config import TrainConfig, config_to_dict, resolve_config
 from cifar_mlflow.data import BatchTransform, DataSplits, DeviceLoader, load_image_data, split_data
 from cifar_mlflow.engine import Evaluation, evaluate, train_one_epoch
@@ -34,10 +34,12 @@ from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.logger import NullLogger, RunLogger
 from cifar_mlflow.models import get_model
 from cifar_mlflow.models.registry import check_model_name
-from cifar_mlflow.models.inference import NormalizedClassifier
+from cifar_mlflow.models.inference import NormalizedClassifier, with_tta
 from cifar_mlflow.optim import build_optimizer, build_schedule
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+# Training images a model's `init_from_data` sees.
+_INIT_IMAGES = 5000
 
 
 def select_device(name: str) -> torch.device:
@@ -108,6 +110,12 @@ def prepare(config: TrainConfig, data: DataSplits | None = None) -> Prepared:
     if tuple(out.shape) != (2, data.num_classes):
         raise ConfigError(f"{config.arch} returns shape {tuple(out.shape)[1:]} per image, expected "
                           f"({data.num_classes},) for {data.num_classes} classes")
+    if config.tta != "none" and not data.hflip_ok:
+        raise ConfigError(f"--tta {config.tta} averages over mirror images, which change the label in "
+                          f"{config.dataset}; use --tta none")
+    init_from_data = getattr(model, "init_from_data", None)
+    if callable(init_from_data):  # data-dependent initialisation (airbench's patch whitening)
+        init_from_data(BatchTransform("none", data.mean, data.std)(data.train.images[:_INIT_IMAGES]))
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
@@ -237,46 +245,51 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
         start_epoch = resume_state["epoch"] + 1
 
     stopped_early = False
-    for epoch in range(start_epoch, config.epochs + 1):
-        lr = optimizer.param_groups[0]["lr"]
-        stats = train_one_epoch(train_model, train_loader, optimizer, schedule, loss_fn, epoch=epoch,
-                                epochs=config.epochs, grad_clip=config.grad_clip,
-                                progress=config.progress and main_process)
-        row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc, "lr": lr,
-               "epoch_seconds": stats.seconds, "epoch_images": stats.images,
-               "train_images_per_second": stats.images / max(stats.seconds, 1e-9)}
-        if not has_val:
-            schedule.step_epoch(stats.loss)
-            best_epoch = epoch
-        else:
-            val = evaluate(train_model, val_loader, loss_fn)
-            schedule.step_epoch(val.loss)
-            row.update(val_loss=val.loss, val_acc=val.acc)
-        history.append(row)
-        if has_val and val.acc > best_val_acc:  # strictly better val_acc: what early stopping waits for
-            best_epoch, best_val_acc, best_val_loss = epoch, val.acc, val.loss
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        if checkpoint_file is not None and main_process:
-            save_checkpoint(checkpoint_file, {
-                "config": config_to_dict(config), "epoch": epoch, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "history": history,
-                "best": {"epoch": best_epoch, "val_acc": best_val_acc, "val_loss": best_val_loss, "state": best_state},
-                "rng": {"torch": torch.get_rng_state(), "loader": train_loader.generator.get_state().cpu()},
-                "data_digest": data.digest})
-        logger.log_epoch(epoch, row)
-        if main_process:
-            tqdm.write(_epoch_line(row, config.epochs), file=sys.stderr)
-        for callback in callbacks:
-            callback(epoch, row)
-        if has_val and config.patience and epoch - best_epoch >= config.patience:
-            tqdm.write(f"early stopping: val_acc has not improved for {config.patience} epochs "
-                       f"(best {best_val_acc:.4f} at epoch {best_epoch})", file=sys.stderr)
-            stopped_early = True
-            break
+    writer = CheckpointWriter(checkpoint_file) if checkpoint_file is not None and main_process else None
+    try:
+        for epoch in range(start_epoch, config.epochs + 1):
+            lr = optimizer.param_groups[0]["lr"]
+            stats = train_one_epoch(train_model, train_loader, optimizer, schedule, loss_fn, epoch=epoch,
+                                    epochs=config.epochs, grad_clip=config.grad_clip,
+                                    progress=config.progress and main_process)
+            row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc, "lr": lr,
+                   "epoch_seconds": stats.seconds, "epoch_images": stats.images,
+                   "train_images_per_second": stats.images / max(stats.seconds, 1e-9)}
+            if not has_val:
+                schedule.step_epoch(stats.loss)
+                best_epoch = epoch
+            else:
+                val = evaluate(with_tta(train_model, config.tta), val_loader, loss_fn)
+                schedule.step_epoch(val.loss)
+                row.update(val_loss=val.loss, val_acc=val.acc)
+            history.append(row)
+            if has_val and val.acc > best_val_acc:  # strictly better val_acc: what early stopping waits for
+                best_epoch, best_val_acc, best_val_loss = epoch, val.acc, val.loss
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            if writer is not None:
+                writer.submit({
+                    "config": config_to_dict(config), "epoch": epoch, "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "history": history,
+                    "best": {"epoch": best_epoch, "val_acc": best_val_acc, "val_loss": best_val_loss, "state": best_state},
+                    "rng": {"torch": torch.get_rng_state(), "loader": train_loader.generator.get_state().cpu()},
+                    "data_digest": data.digest})
+            logger.log_epoch(epoch, row)
+            if main_process:
+                tqdm.write(_epoch_line(row, config.epochs), file=sys.stderr)
+            for callback in callbacks:
+                callback(epoch, row)
+            if has_val and config.patience and epoch - best_epoch >= config.patience:
+                tqdm.write(f"early stopping: val_acc has not improved for {config.patience} epochs "
+                           f"(best {best_val_acc:.4f} at epoch {best_epoch})", file=sys.stderr)
+                stopped_early = True
+                break
+    finally:
+        if writer is not None:
+            writer.close()  # the last epoch's checkpoint is on disk before the run goes on or stops
 
     if best_state is not None:
         model.load_state_dict(best_state)  # the final test uses the best epoch's weights
-    test = evaluate(model, test_loader, loss_fn)
+    test = evaluate(with_tta(model, config.tta), test_loader, loss_fn)
     final = {"test_loss": test.loss, "test_acc": test.acc, "best_epoch": float(best_epoch),
              "epochs_trained": float(len(history)), **M.final_metrics(test.labels, test.predictions, data.classes)}
     if has_val:
@@ -310,7 +323,7 @@ def log_trained_model(prepared: Prepared, result: TrainResult, logger: RunLogger
     """The best weights with normalisation built in, on the CPU, in float32."""
     data = prepared.data
     model = copy.deepcopy(result.model or prepared.model).to("cpu", memory_format=torch.contiguous_format).float().eval()
-    exported = NormalizedClassifier(model, data.mean, data.std).eval()
+    exported = NormalizedClassifier(with_tta(model, prepared.config.tta), data.mean, data.std).eval()
     example = (data.test.images[:4].float() / 255.0).numpy()  # (4, C, H, W): a batch > 1 keeps N dynamic
     logger.log_model(exported, example, prepared.config.register_model)
 

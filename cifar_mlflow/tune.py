@@ -17,6 +17,8 @@ from cifar_mlflow.tune_config import TuneConfig, validate_tune_config
 
 TRAIN_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
 TUNE_NAMES = tuple(f.name for f in dataclasses.fields(TuneConfig))
+# Trials are chosen and pruned by validation metrics, also under a recipe that trains without them.
+TUNE_VAL_FRACTION = 0.1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "run nested under the study's parent run. Running the same command again resumes the study.",
         epilog="examples:\n  python -m cifar_mlflow.tune --trials 50\n"
                "  python -m cifar_mlflow.tune --arch mobilenetv2 --epochs 10 --trials 30 --pruner hyperband\n"
+               "  python -m cifar_mlflow.tune --recipe fast --trials 50   # the fast recipe, with a validation split\n"
                "  python -m cifar_mlflow.tune --search-space my_space.yaml --storage postgresql://u:p@db/optuna "
                "--study-name shared   # on every worker\n\nsearch-space format and shipped defaults: docs/tuning.md",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -38,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_configs(argv: list[str] | None) -> tuple[TuneConfig, TrainConfig]:
     args = build_parser().parse_args(argv)
     train_values, _ = collect_values(args, TrainConfig, extra=TUNE_NAMES)
+    if train_values.get("val_fraction") == 0:
+        raise ConfigError("tuning compares trials on a validation split: --val-fraction must be above 0")
+    if train_values.get("val_fraction") is None:
+        train_values["val_fraction"] = TUNE_VAL_FRACTION
     tune_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k in TUNE_NAMES})
     tune_values, _ = collect_values(tune_args, TuneConfig)
     tune = TuneConfig(**tune_values)

@@ -5,17 +5,17 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
-import socket
 import struct
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from cifar_mlflow.local_server import ServerStartError, free_port, mlflow_server_command
+from cifar_mlflow.local_server import running_server as serve
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ["cat", "dog", "ship"]
@@ -80,41 +80,18 @@ def imagefolder(tmp_path_factory) -> Path:
     return write_imagefolder(tmp_path_factory.mktemp("imagefolder"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def mlflow_bin() -> str:
     return str(Path(sys.executable).parent / "mlflow")
 
 
 @contextlib.contextmanager
 def running_server(command: list[str], uri: str, log_path: Path, env: dict[str, str] | None = None):
-    """Start a server process, wait for `uri`/health, yield `uri`, stop it; its log on failure."""
-    log = open(log_path, "w")
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent, env=env)
+    """Start a server process, wait for `uri`/health, yield `uri`, stop it; the test fails with its log."""
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail(f"{command[0]} {command[1]} did not start: {log_path.read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield uri
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        with serve(command, uri, log_path, env) as ready:
+            yield ready
+    except ServerStartError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")
@@ -122,9 +99,7 @@ def mlflow_server(tmp_path_factory):
     """A real `mlflow server` on a free loopback port (SQLite + proxied artifacts), stopped after."""
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    command = [mlflow_bin(), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-               "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")]
-    with running_server(command, f"http://127.0.0.1:{port}", root / "server.log") as uri:
+    with running_server(mlflow_server_command(root, port), f"http://127.0.0.1:{port}", root / "server.log") as uri:
         yield uri
 
 

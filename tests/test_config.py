@@ -27,6 +27,25 @@ def test_user_values_win_over_recommendations() -> None:
     assert (config.optimizer, config.lr, config.augment, config.epochs) == ("sgd", 0.2, "strong", 3)
 
 
+def test_fast_recipe_fills_everything_left_unset() -> None:
+    config = parse("--recipe", "fast")
+    assert (config.arch, config.batch_size, config.epochs, config.scheduler, config.augment) == (
+        "airbench", 1024, 10, "linear", "light")
+    assert (config.val_fraction, config.tta, config.momentum, config.label_smoothing) == (0.0, "flip_translate", 0.85, 0.2)
+
+
+def test_options_given_with_a_recipe_win() -> None:
+    config = parse("--recipe", "fast", "--epochs", "12", "--tta", "none", "--val-fraction", "0.1", "--arch", "resnet9")
+    assert (config.epochs, config.tta, config.val_fraction, config.arch) == (12, "none", 0.1, "resnet9")
+    # The rest comes from the recipe, then from resnet9's own recommendations.
+    assert config.batch_size == RECOMMENDED["resnet9"]["batch_size"]
+
+
+def test_without_a_recipe_the_defaults_are_unchanged() -> None:
+    config = parse()
+    assert (config.arch, config.val_fraction, config.tta, config.momentum) == ("cnn", 0.1, "none", 0.9)
+
+
 def test_generic_recommendation_for_torchvision_models() -> None:
     assert parse("--arch", "tv:resnet50").optimizer == RECOMMENDED["_generic"]["optimizer"]
 
@@ -52,6 +71,11 @@ def test_boolean_flags_take_values_or_no_prefix() -> None:
     assert parse("--log-model", "no").log_model is False
 
 
+def test_none_is_a_value_where_it_is_a_choice() -> None:
+    assert parse("--scheduler", "none").scheduler == "none"
+    assert parse("--recipe", "fast", "--tta", "none").tta == "none"
+
+
 def test_mlproject_style_unset_words() -> None:
     config = parse("--lr", "auto", "--max-train-samples", "none", "--model-args", "{}")
     assert config.lr == RECOMMENDED["cnn"]["lr"]
@@ -72,10 +96,12 @@ def test_model_args_json() -> None:
     (("--batch-size", "0"), "batch_size must be a positive number"),
     (("--epochs", "0"), "epochs must be a positive number"),
     (("--epochs", "two"), "epochs must be an integer"),
-    (("--val-fraction", "1.0"), "val_fraction must be between 0 and 1"),
-    (("--val-fraction", "0"), "val_fraction must be between 0 and 1"),
+    (("--val-fraction", "1.0"), "val_fraction must be at least 0 and below 1"),
+    (("--val-fraction", "-0.1"), "val_fraction must be at least 0 and below 1"),
     (("--optimizer", "rmsprop"), "unknown optimizer 'rmsprop'; choose one of: sgd, adam, adamw"),
-    (("--scheduler", "linear"), "unknown scheduler 'linear'"),
+    (("--scheduler", "triangle"), "unknown scheduler 'triangle'"),
+    (("--recipe", "slow"), "unknown recipe 'slow'; choose one of: fast"),
+    (("--tta", "rotate"), "unknown tta 'rotate'"),
     (("--dataset", "imagenet"), "unknown dataset 'imagenet'"),
     (("--device", "tpu"), "unknown device 'tpu'"),
 ])
@@ -92,5 +118,5 @@ def test_help_lists_every_option_with_its_default(capsys) -> None:
 
     for f in dataclasses.fields(TrainConfig):
         assert "--" + f.name.replace("_", "-") in text
-    assert "(default: cnn)" in text and "(default: 0.1)" in text
+    assert "(default: cnn, or the net the recipe recommends)" in text and "default: 0.1, or the recipe's" in text
     assert "recommended settings per architecture" in text and "mobilenetv2" in text

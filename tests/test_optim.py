@@ -26,7 +26,8 @@ def lrs(config: TrainConfig, steps_per_epoch: int = 10, val_losses: list[float] 
 
 
 def config(**kw) -> TrainConfig:
-    return TrainConfig(**{"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "epochs": 8, **kw})
+    return TrainConfig(**{"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "epochs": 8, "momentum": 0.9,
+                          "warmup_epochs": 1.0, **kw})
 
 
 @pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),

@@ -97,3 +97,33 @@ def test_model_is_registered(server_run) -> None:
     client, run = server_run
     (version,) = client.search_model_versions("name='server-test-model'")
     assert version.run_id == run.info.run_id
+
+
+def test_queued_epoch_metrics_are_all_stored_when_the_run_ends(mlflow_server) -> None:
+    from cifar_mlflow.tracking import MlflowLogger
+
+    logger = MlflowLogger(mlflow_server, "async-test", "async")
+    logger.start(params={"a": 1}, tags={}, datasets=[])
+    for epoch in range(1, 41):
+        logger.log_epoch(epoch, {"epoch": epoch, "train_loss": 1.0 / epoch, "val_acc": epoch / 40})
+    logger.end("FINISHED")
+    client = MlflowClient(mlflow_server)
+    assert client.get_run(logger.run_id).info.status == "FINISHED"
+    history = client.get_metric_history(logger.run_id, "train_loss")
+    assert sorted(m.step for m in history) == list(range(1, 41))
+    assert {m.step: m.value for m in history}[8] == pytest.approx(1 / 8)
+
+
+def test_a_batch_the_background_logger_lost_is_sent_again(mlflow_server) -> None:
+    from cifar_mlflow.tracking import MlflowLogger
+
+    class LostOperation:  # what MLflow's async queue returns when storing failed
+        def wait(self) -> None:
+            raise mlflow.exceptions.MlflowException("server hiccup")
+
+    logger = MlflowLogger(mlflow_server, "async-test", "retry")
+    logger.start(params={}, tags={}, datasets=[])
+    logger._pending.append(({"val_acc": 0.5}, 3, LostOperation()))
+    logger.end("FINISHED")
+    history = MlflowClient(mlflow_server).get_metric_history(logger.run_id, "val_acc")
+    assert [(m.step, m.value) for m in history] == [(3, 0.5)]

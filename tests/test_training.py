@@ -137,3 +137,18 @@ def test_gradient_clipping_bounds_each_step(imagefolder) -> None:
     moved = torch.cat([p.detach().flatten() for p in clipped.parameters()]) - start
     steps = 65 // 16  # full batches in the epoch; each moves the weights by at most lr * grad_clip
     assert 0 < moved.norm() <= steps * 1e-6 * 1.01
+
+
+def test_checkpoint_writer_saves_the_state_as_it_was_submitted(tmp_path) -> None:
+    from cifar_mlflow.checkpoint import CheckpointWriter
+
+    weights = torch.zeros(1000)
+    writer = CheckpointWriter(tmp_path / "run" / "last.pt")
+    writer.submit({"epoch": 1, "model": {"w": weights}, "history": [{"epoch": 1}]})
+    weights += 1  # training goes on changing the tensors while the file is written
+    writer.submit({"epoch": 2, "model": {"w": weights}, "history": [{"epoch": 1}, {"epoch": 2}]})
+    weights += 1
+    writer.close()
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert saved["epoch"] == 2 and torch.equal(saved["model"]["w"], torch.ones(1000))
+    assert not list((tmp_path / "run").glob("*.tmp"))

@@ -19,7 +19,9 @@ EXCLUDED = ("tracking_uri", "resume", "run_name")
 def mlproject_default(f: dataclasses.Field) -> str | float:
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
     if default is None:
-        return "auto" if "recommended" in f.metadata["help"] else "none"
+        # "auto": filled in later (recipe, recommendation); also where "none" is a value of its own.
+        fills_in = "recommend" in f.metadata["help"] or "none" in (f.metadata.get("choices") or ())
+        return "auto" if fills_in else "none"
     if isinstance(default, dict):
         return json.dumps(default)
     if isinstance(default, bool):

@@ -82,7 +82,8 @@ class BatchTransform:
     """uint8 batch -> augmented, normalised float batch.
 
     Args:
-        preset: "none", "standard" (reflect-pad-4 crop + horizontal flip) or "strong" (standard plus
+        preset: "none", "light" (reflect-pad-2 crop, i.e. translate by up to 2 pixels, + horizontal
+            flip), "standard" (reflect-pad-4 crop + horizontal flip) or "strong" (standard plus
             colour jitter, rotation up to 15 degrees and random erasing).
         mean, std: per-channel statistics in [0, 1] used for normalisation.
         hflip_ok: False for data where a mirror image changes the label (digits).
@@ -100,7 +101,7 @@ class BatchTransform:
             assert gen is not None, "augmentation needs a generator"
             if self.preset == "strong":
                 x = colour_jitter(x, gen)
-            x = random_crop(x, 4, gen)
+            x = random_crop(x, 2 if self.preset == "light" else 4, gen)
             if self.hflip_ok:
                 x = random_hflip(x, gen)
             if self.preset == "strong":

@@ -7,6 +7,7 @@ files to put where.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,9 +53,12 @@ def _open_torchvision(name: str, data_dir: str, train: bool):
         return cls(data_dir, download=False, **kwargs)
     except RuntimeError:
         pass  # not there yet: try to download it
+    existed = Path(data_dir).exists()
     try:
         return cls(data_dir, download=True, **kwargs)
     except Exception as exc:  # noqa: BLE001 - any download failure gets the same advice
+        if not existed:  # a failed download leaves nothing behind
+            shutil.rmtree(data_dir, ignore_errors=True)
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise ConfigError(
             f"{name} is not in {data_dir} and downloading it failed ({reason}); put {files} in "

@@ -55,6 +55,12 @@ def _stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     return np.sort(keep)
 
 
+def stratified_subset(split: Split, size: int, seed: int = 0) -> Split:
+    """A class-balanced, seeded subset of `size` items of `split` (all of it if size >= len)."""
+    keep = torch.as_tensor(_stratified_subset(split.labels.numpy(), size, seed))
+    return Split(split.images[keep], split.labels[keep])
+
+
 def data_digest(data: ImageData) -> str:
     """A short content hash of all images and labels: the same data gives the same digest."""
     h = hashlib.sha256()
@@ -79,15 +85,19 @@ def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[tuple[float,
 
 def split_data(data: ImageData, *, val_fraction: float, seed: int, max_train_samples: int | None = None,
                max_eval_samples: int | None = None) -> DataSplits:
-    """Hold out a stratified validation split from the training set; cap splits for quick runs."""
+    """Hold out a stratified validation split from the training set (none for `val_fraction` 0); cap
+    splits for quick runs."""
     labels = data.train_labels.numpy()
     counts = np.bincount(labels)
     n_val = int(round(val_fraction * len(labels)))
-    if n_val < 1 or len(labels) - n_val < 1:
+    if val_fraction == 0:
+        train_idx, val_idx = np.arange(len(labels)), np.arange(0)
+    elif n_val < 1 or len(labels) - n_val < 1:
         raise ConfigError(f"val_fraction {val_fraction} leaves an empty split of {len(labels)} training images")
-    stratify = labels if counts[counts > 0].min() >= 2 and n_val >= (counts > 0).sum() else None
-    train_idx, val_idx = train_test_split(np.arange(len(labels)), test_size=n_val, random_state=seed,
-                                          stratify=stratify)
+    else:
+        stratify = labels if counts[counts > 0].min() >= 2 and n_val >= (counts > 0).sum() else None
+        train_idx, val_idx = train_test_split(np.arange(len(labels)), test_size=n_val, random_state=seed,
+                                              stratify=stratify)
     train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
     if max_train_samples:
         train_idx = train_idx[_stratified_subset(labels[train_idx], max_train_samples, seed)]

@@ -1,0 +1,71 @@
+"""A process serving on loopback for as long as a `with` block: the MLflow server the benchmark
+measures tracking against (and the tests' servers)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+
+class ServerStartError(RuntimeError):
+    """The server exited or did not answer its health check in time; the message ends with its log."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(command: list[str], uri: str, log_path: Path, env: dict[str, str] | None = None,
+                   timeout: float = 120.0) -> Iterator[str]:
+    """Start `command`, wait until `uri`/health answers 200, yield `uri`, then stop the process.
+
+    Raises:
+        ServerStartError: with the end of the server's log.
+    """
+    log = open(log_path, "w")
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent, env=env)
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise ServerStartError(f"{' '.join(command[:2])} did not start: {log_path.read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield uri
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def mlflow_server_command(root: Path, port: int) -> list[str]:
+    """`mlflow server` on loopback with a SQLite store and proxied artifacts under `root`."""
+    mlflow = str(Path(sys.executable).parent / "mlflow")
+    return [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")]
+
+
+@contextlib.contextmanager
+def local_mlflow_server(root: Path) -> Iterator[str]:
+    """A real `mlflow server` on a free loopback port, its files under `root`; yields its URI."""
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    with running_server(mlflow_server_command(root, port), f"http://127.0.0.1:{port}", root / "server.log") as uri:
+        yield uri

@@ -1,0 +1,90 @@
+"""The airbench94 net (Keller Jordan's fast CIFAR-10 baseline): the `fast` recipe's model.
+
+A residual-free conv net: a frozen 2x2 patch-whitening layer computed from the training images,
+three conv groups (conv, max-pool, batch norm, GELU, conv, batch norm, GELU) of widths 64, 256
+and 256, a global max-pool and a linear head scaled by 1/9. Batch norm keeps its scale frozen at 1
+and learns only its bias, which trains `BIAS_LR_SCALE` times faster than the other weights.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cifar_mlflow.models.registry import register_model
+
+# Learning-rate multiplier of the batch-norm biases (airbench's "bias_scaler"); the optimizer reads
+# a parameter's `lr_scale` attribute.
+BIAS_LR_SCALE = 64.0
+
+
+class _BatchNorm(nn.BatchNorm2d):
+    """Batch norm with its scale frozen at 1 and a fast bias; airbench's momentum and epsilon."""
+
+    def __init__(self, channels: int, momentum: float = 0.4, eps: float = 1e-12) -> None:
+        super().__init__(channels, momentum=momentum, eps=eps)
+        self.weight.requires_grad_(False)
+        self.bias.lr_scale = BIAS_LR_SCALE
+
+
+class _Conv(nn.Conv2d):
+    """3x3 'same' conv without bias; identity (Dirac) initialisation of its first filters."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(cin, cout, kernel_size=3, padding="same", bias=False)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        w = self.weight.data
+        nn.init.dirac_(w[:w.size(1)])
+
+
+class _ConvGroup(nn.Module):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv1, self.pool = _Conv(cin, cout), nn.MaxPool2d(2)
+        self.norm1, self.conv2, self.norm2 = _BatchNorm(cout), _Conv(cout, cout), _BatchNorm(cout)
+        self.activation = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.activation(self.norm1(self.pool(self.conv1(x))))
+        return self.activation(self.norm2(self.conv2(x)))
+
+
+class AirbenchNet(nn.Module):
+    """`(B, C, H, W)` normalised images -> `(B, num_classes)` logits."""
+
+    def __init__(self, num_classes: int, in_channels: int, widths: tuple[int, int, int], scale: float) -> None:
+        super().__init__()
+        whiten_width = 2 * in_channels * 2 * 2  # each eigen-patch and its negative
+        self.whiten = nn.Conv2d(in_channels, whiten_width, kernel_size=2, padding=0, bias=True)
+        self.whiten.weight.requires_grad_(False)  # set from the data by `init_from_data`
+        self.activation = nn.GELU()
+        self.groups = nn.Sequential(_ConvGroup(whiten_width, widths[0]), _ConvGroup(widths[0], widths[1]),
+                                    _ConvGroup(widths[1], widths[2]))
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.head = nn.Linear(widths[2], num_classes, bias=False)
+        self.scale = scale
+
+    @torch.no_grad()
+    def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        """Set the whitening filters from the 2x2 patches of normalised training images `(N, C, H, W)`."""
+        c = images.shape[1]
+        patches = images.float().unfold(2, 2, 1).unfold(3, 2, 1)  # (N, C, H-1, W-1, 2, 2)
+        patches = patches.transpose(1, 3).reshape(-1, c, 2, 2).flatten(1)  # (P, C*4)
+        patches = patches - patches.mean(0)
+        cov = patches.T @ patches / len(patches)
+        eigenvalues, eigenvectors = torch.linalg.eigh(cov)
+        filters = (eigenvectors.T / torch.sqrt(eigenvalues + eps)[:, None]).reshape(-1, c, 2, 2)
+        self.whiten.weight.copy_(torch.cat([filters, -filters]).to(self.whiten.weight))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.groups(self.activation(self.whiten(x)))
+        return self.head(self.pool(x).flatten(1)) * self.scale
+
+
+@register_model("airbench")
+def airbench(*, num_classes: int = 10, in_channels: int = 3, widths: tuple[int, int, int] = (64, 256, 256),
+             scale: float = 1 / 9) -> nn.Module:
+    """airbench94's net: frozen patch whitening and three conv groups (64, 256, 256); the fast recipe."""
+    return AirbenchNet(num_classes, in_channels, tuple(widths), scale)

@@ -1,0 +1,99 @@
+"""`python -m cifar_mlflow.bench` on the CPU with tiny sizes: the tables, the JSON, logging to MLflow,
+and bad input. (Its figures are measured by docs/benchmarks.md, never asserted as timings here.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import run_env
+
+TINY = ["--device", "cpu", "--dataset", "synthetic", "--max-train-samples", "600", "--max-eval-samples", "100", "--batch-size", "32", "--steps", "3",
+        "--warmup-steps", "1", "--num-workers", "1", "--tracking-samples", "128", "--tracking-epochs", "1",
+        "--tracking-repeats", "1", "--no-progress"]
+
+
+def bench(*argv: str, cwd, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cifar_mlflow.bench", *argv], cwd=cwd, env=run_env(**env),
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def bench_result(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("bench")
+    store = f"sqlite:///{workdir / 'results.db'}"
+    proc = bench(*TINY, "--archs", "lenet", "mlp", "--sections", "training", "data_path", "tracking",
+                 "time_to_accuracy", "--seeds", "1", "--fast-epochs", "1", "--target-accuracy", "0.5",
+                 "--json", "bench.json", "--log", "--tracking-uri", store, cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc, json.loads((workdir / "bench.json").read_text()), store
+
+
+def test_json_has_a_row_per_arch_with_the_ratio_of_the_two_pipelines(bench_result) -> None:
+    _, results, _ = bench_result
+    rows = results["rows"]
+    assert [r["arch"] for r in rows] == ["lenet", "mlp"]
+    for row in rows:
+        assert {"arch", "device", "ours_images_per_s", "baseline_images_per_s", "speedup"} <= set(row)
+        assert row["device"] == "cpu" and row["ours_images_per_s"] > 0 and row["baseline_images_per_s"] > 0
+        assert row["speedup"] == pytest.approx(row["ours_images_per_s"] / row["baseline_images_per_s"], rel=0.01)
+    path = results["data_path"]
+    assert path["ours_images_per_s"] > 0 and path["baseline_images_per_s"] > 0
+    tracking = results["tracking_overhead"]
+    assert tracking["wall_s_logging_on"] > 0 and tracking["wall_s_logging_off"] > 0
+    assert tracking["ratio"] == pytest.approx(tracking["wall_s_logging_on"] / tracking["wall_s_logging_off"], rel=0.01)
+    assert results["machine"]["cpu_cores"] >= 1 and results["date"] and "cifar_mlflow.bench" in results["command"]
+
+
+def test_time_to_accuracy_runs_the_fast_recipe_with_logging(bench_result) -> None:
+    _, results, _ = bench_result
+    tta = results["time_to_accuracy"]
+    assert tta["recipe"] == "fast" and tta["seeds"] == 1 and tta["epochs"] == 1 and tta["mlflow_logging"]
+    assert 0 <= tta["test_acc_mean"] <= 1 and tta["train_s_mean"] > 0
+    assert tta["reached"] == (tta["test_acc_mean"] >= 0.5)
+
+
+def test_markdown_tables_on_stdout(bench_result) -> None:
+    proc, results, _ = bench_result
+    out = proc.stdout
+    assert "| arch | device | ours (img/s) | DataLoader + PIL (img/s) | speedup |" in out
+    assert f"| lenet | cpu | {results['rows'][0]['ours_images_per_s']:,.0f} |" in out
+    assert "### Data path alone" in out and "### Tracking overhead" in out and "### Time to 50%" in out
+
+
+def test_logged_as_a_finished_benchmark_run(bench_result) -> None:
+    _, results, store = bench_result
+    client = MlflowClient(store)
+    (run,) = client.search_runs([client.get_experiment_by_name("benchmarks").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["cifar_mlflow.kind"] == "benchmark"
+    assert run.data.metrics["speedup.lenet"] == pytest.approx(results["rows"][0]["speedup"])
+    assert "tracking_overhead.ratio" in run.data.metrics and run.data.params["archs"] == "lenet mlp"
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"benchmark.md", "benchmark.json"}
+
+
+def test_cpu_default_leaves_time_to_accuracy_out_and_says_so(tmp_path) -> None:
+    proc = bench(*TINY, "--archs", "lenet", "--sections", "data_path", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "not measured: GPU only" in proc.stdout
+    proc = bench("--help", cwd=tmp_path)
+    assert "--tracking-repeats" in proc.stdout and "time_to_accuracy" in proc.stdout
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--archs", "nonet"], "unknown architecture 'nonet'"),
+    (["--sections", "speed"], "unknown section 'speed'"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--json", "missing/dir/out.json"], "folder missing/dir does not exist"),
+    (["--dataset", "cifar10", "--data-dir", "nowhere"], "cifar10"),
+    (["--steps", "0"], "steps must be at least 1"),
+])
+def test_bad_input_exits_2_before_anything_is_measured(argv, message, tmp_path) -> None:
+    proc = bench("--device", "cpu", *argv, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    assert list(tmp_path.iterdir()) == []

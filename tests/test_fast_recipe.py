@@ -1,0 +1,110 @@
+"""The fast recipe: airbench's net and whitening, its schedule and fast biases, test-time augmentation,
+training on the whole training set, and the logged model that includes the augmentation."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from cifar_mlflow import TrainConfig
+from cifar_mlflow.config import resolve_config
+from cifar_mlflow.data import load_image_data
+from cifar_mlflow.models import get_model
+from cifar_mlflow.models.airbench import BIAS_LR_SCALE
+from cifar_mlflow.models.inference import TestTimeAugmented
+from cifar_mlflow.optim import LINEAR_END, LINEAR_START, build_optimizer, build_schedule
+from cifar_mlflow.training import train
+from tests.conftest import run_env
+
+
+def test_whitening_layer_decorrelates_the_training_patches() -> None:
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(64, 1, 16, 16, generator=gen)
+    images = torch.cat([base, 0.8 * base + 0.2 * torch.randn(64, 1, 16, 16, generator=gen),
+                        torch.randn(64, 1, 16, 16, generator=gen)], dim=1)  # correlated channels
+    model = get_model("airbench")
+    model.init_from_data(images)
+    with torch.no_grad():
+        out = torch.nn.functional.conv2d(images, model.whiten.weight[:12])  # (N, 12, 15, 15)
+    flat = out.transpose(0, 1).flatten(1)
+    cov = torch.cov(flat)
+    assert torch.allclose(cov, torch.eye(12), atol=0.05)
+    assert not model.whiten.weight.requires_grad
+
+
+def test_batch_norm_biases_train_faster_and_scales_are_frozen() -> None:
+    config = resolve_config(TrainConfig(recipe="fast"))
+    model = get_model("airbench")
+    optimizer = build_optimizer(config, model)
+    by_lr = {group["lr"]: group for group in optimizer.param_groups}
+    assert set(by_lr) == {config.lr, config.lr * BIAS_LR_SCALE}
+    fast = by_lr[config.lr * BIAS_LR_SCALE]["params"]
+    norm_biases = [m.bias for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert {id(p) for p in fast} == {id(p) for p in norm_biases}
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert all(id(m.weight) not in trained for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_linear_schedule_rises_from_a_fifth_then_falls_to_the_end_value() -> None:
+    config = resolve_config(TrainConfig(recipe="fast", epochs=10, warmup_epochs=2))
+    model = torch.nn.Linear(2, 2)
+    optimizer = build_optimizer(config, model)
+    schedule = build_schedule(config, optimizer, steps_per_epoch=10)
+    seen = []
+    for _ in range(100):
+        seen.append(optimizer.param_groups[0]["lr"] / config.lr)
+        optimizer.step()
+        schedule.step_batch()
+    assert seen[0] == pytest.approx(LINEAR_START)
+    assert max(seen) == pytest.approx(1.0) and seen.index(max(seen)) == 20
+    assert seen[-1] == pytest.approx(1 + (LINEAR_END - 1) * 79 / 80)  # the last of 80 falling steps
+
+
+def test_test_time_augmentation_averages_the_views() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(5)).eval()
+    x = torch.rand(6, 3, 8, 8)
+    with torch.no_grad():
+        model(x)
+        flip = TestTimeAugmented(model, "flip")(x)
+        assert torch.allclose(flip, (model(x) + model(x.flip(-1))) / 2, atol=1e-6)
+        constant = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64, 5))
+        torch.nn.init.zeros_(constant[1].weight)
+        both = TestTimeAugmented(constant, "flip_translate")(x)
+        assert torch.allclose(both, constant(x), atol=1e-6)  # the view weights sum to 1
+
+
+def test_fast_recipe_trains_on_the_whole_training_set(imagefolder) -> None:
+    config = TrainConfig(recipe="fast", dataset="imagefolder", data_dir=str(imagefolder), epochs=4, batch_size=16,
+                         progress=False, device="cpu")
+    result = train(config)
+    assert len(result.history) == 4 and "val_acc" not in result.history[0]
+    assert result.best_epoch == 4  # no validation split: the last epoch's weights
+    assert result.history[0]["epoch_images"] == 64  # all 72 training images, in full batches of 16
+    assert result.test.acc > 0.5  # 3 classes told apart by colour
+
+
+def test_logged_fast_model_includes_test_time_augmentation(mlflow_server, imagefolder, tmp_path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "cifar_mlflow.train", "--recipe", "fast", "--dataset", "imagefolder", "--data-dir",
+         str(imagefolder), "--epochs", "2", "--batch-size", "16", "--no-progress", "--experiment-name", "fast-test"],
+        cwd=tmp_path, env=run_env(MLFLOW_TRACKING_URI=mlflow_server), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(mlflow_server)
+    (run,) = client.search_runs([client.get_experiment_by_name("fast-test").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert (run.data.params["recipe"], run.data.params["arch"], run.data.params["tta"]) == (
+        "fast", "airbench", "flip_translate")
+    assert run.data.params["val_size"] == "0" and "val_acc" not in run.data.metrics
+    mlflow.set_tracking_uri(mlflow_server)
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    data = load_image_data("imagefolder", str(imagefolder))
+    with torch.no_grad():
+        predictions = model(data.test_images.float() / 255.0).argmax(1)
+    accuracy = (predictions == data.test_labels).float().mean().item()
+    assert accuracy == pytest.approx(run.data.metrics["test_acc"], abs=1e-6)
