@@ -40,9 +40,10 @@ class TrainConfig:
 
     # Recipe and model
     recipe: str | None = _field(None, "a complete, tested set of settings to start from; every "
-                                "option given on its own still wins. fast: the airbench net, "
-                                "trained on the whole training set in 10 epochs (94% on "
-                                "CIFAR-10 in seconds on a GPU; see docs/benchmarks.md)", choices=RECIPES)
+                                "option given on its own still wins. fast: airbench94's net "
+                                "and schedule, 10 epochs on the whole training set, test-time "
+                                "augmentation (docs/architectures.md; measured: "
+                                "docs/benchmarks.md)", choices=RECIPES)
     arch: str | None = _field(None, "model: a registered name (see --list-models), tv:NAME for any "
                               "torchvision classifier, or package.module:function for your own "
                               f"builder (default: {DEFAULT_ARCH}, or the net the recipe recommends)")

@@ -27,14 +27,14 @@ def runs(uri: str) -> list:
 
 
 BAD_INPUTS = [
-    (["--arch", "alexnet9000"], "unknown architecture 'alexnet9000'; valid names: cnn, cnn_small"),
+    (["--arch", "alexnet9000"], "unknown architecture 'alexnet9000'; valid names: airbench, cnn, cnn_small"),
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
     (["--optimizer", "rmsprop"], "unknown optimizer 'rmsprop'"),
-    (["--scheduler", "linear"], "unknown scheduler 'linear'"),
+    (["--scheduler", "triangle"], "unknown scheduler 'triangle'"),
     (["--lr", "-0.1"], "lr must be a positive number"),
     (["--batch-size", "0"], "batch_size must be a positive number"),
     (["--epochs", "0"], "epochs must be a positive number"),
-    (["--val-fraction", "1.5"], "val_fraction must be between 0 and 1"),
+    (["--val-fraction", "1.5"], "val_fraction must be at least 0 and below 1"),
     (["--model-args", "{dropout: 0.2"], "model_args is not valid JSON"),
     (["--model-args", '{"no_such_arg": 1}'], "bad model_args"),
     (["--data-dir", "/nonexistent/images"], "imagefolder needs /nonexistent/images/train"),

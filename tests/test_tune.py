@@ -238,9 +238,19 @@ def test_every_pruner_name_builds_its_pruner(name, cls) -> None:
     (["--pruner-percentile", "150"], "pruner_percentile must be between 0 and 100"),
     (["--storage", "optuna.db"], "storage must be a database URL"),
     (["--arch", "nope"], "unknown architecture 'nope'"),
+    (["--val-fraction", "0"], "--val-fraction must be above 0"),
 ])
 def test_bad_tune_options_exit_2_before_anything_exists(argv, message, imagefolder, tmp_path, capsys) -> None:
     assert main(tune_args(imagefolder, tmp_path, *argv)) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err
     assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_fast_recipe_is_tuned_with_a_validation_split() -> None:
+    from cifar_mlflow.tune import parse_configs
+
+    _, base = parse_configs(["--recipe", "fast", "--dataset", "synthetic"])
+    assert (base.arch, base.val_fraction, base.batch_size) == ("airbench", 0.1, 1024)
+    _, base = parse_configs(["--recipe", "fast", "--val-fraction", "0.2"])
+    assert base.val_fraction == 0.2

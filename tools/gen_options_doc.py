@@ -1,10 +1,11 @@
-"""Write docs/options.md from `TrainConfig` and `TuneConfig` (run after changing them)."""
+"""Write docs/options.md from the commands' config dataclasses (run after changing them)."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 
+from cifar_mlflow.bench_config import BenchConfig
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.compare import CompareConfig
 from cifar_mlflow.tune_config import TuneConfig
@@ -40,14 +41,21 @@ def render() -> str:
     lines += ["", "## Options of the comparison command", "",
               "`python -m cifar_mlflow.compare` (MLproject entry point `compare`); see [comparing.md](comparing.md).", ""]
     lines += option_table(CompareConfig)
+    lines += ["", "## Options of the benchmark command", "",
+              "`python -m cifar_mlflow.bench` (not an MLproject entry point: it starts its own MLflow server",
+              "to measure against); see [benchmarks.md](benchmarks.md).", ""]
+    lines += option_table(BenchConfig, mlproject=False)
     return "\n".join(lines) + "\n"
 
 
-def option_table(config_cls: type) -> list[str]:
-    lines = ["| option | MLproject default | meaning |", "|---|---|---|"]
+def option_table(config_cls: type, mlproject: bool = True) -> list[str]:
+    lines = [f"| option | {'MLproject default' if mlproject else 'default'} | meaning |", "|---|---|---|"]
     for f in dataclasses.fields(config_cls):
         flag = "--" + f.name.replace("_", "-")
-        default = "(not a parameter)" if f.name in EXCLUDED else f"`{mlproject_default(f)}`"
+        if not mlproject:
+            default = "unset" if f.default is None else f"`{f.default}`"
+        else:
+            default = "(not a parameter)" if f.name in EXCLUDED else f"`{mlproject_default(f)}`"
         choices = f.metadata.get("choices")
         meaning = f.metadata["help"] + (f" (one of: {', '.join(choices)})" if choices else "")
         lines.append(f"| `{flag}` | {default} | {meaning.replace('|', '/')} |")
