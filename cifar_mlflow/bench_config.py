@@ -34,6 +34,8 @@ class BenchConfig:
                                "20 on the CPU)")
     warmup_steps: int | None = _field(None, "untimed steps before each throughput measurement "
                                       "(default: 10 on CUDA, 3 on the CPU)")
+    rounds: int = _field(2, "throughput measurements per pipeline, the two pipelines taking turns; "
+                         "the best of each is reported (the others met a busy machine)")
     num_workers: int | None = _field(None, "DataLoader worker processes of the conventional pipeline "
                                      "(default: one per CPU core, at most 8)")
     tracking_arch: str | None = _field(None, "model of the tracking-overhead runs (default: airbench "
@@ -75,7 +77,7 @@ def resolve_bench_config(config: BenchConfig, on_cuda: bool) -> BenchConfig:
         check_model_name(arch)
     if config.dataset not in DATASETS:
         raise ConfigError(f"unknown dataset {config.dataset!r}; choose one of: {', '.join(DATASETS)}")
-    for name in ("batch_size", "steps", "tracking_epochs", "tracking_repeats", "seeds"):
+    for name in ("batch_size", "steps", "rounds", "tracking_epochs", "tracking_repeats", "seeds"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(config, name)}")
     for name in ("max_train_samples", "max_eval_samples", "tracking_samples", "fast_epochs"):

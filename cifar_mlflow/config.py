@@ -90,6 +90,9 @@ class TrainConfig:
     lr_patience: int = _field(2, "plateau schedule: epochs without improvement before decaying")
     label_smoothing: float | None = _field(None, "label smoothing of the cross-entropy loss; "
                                            "default: recommended for the arch")
+    lookahead: bool | None = _field(None, "every 5 steps, move the weights to a running average of "
+                                    "themselves whose weight grows over the run, and end on that "
+                                    "average (airbench's lookahead); default: recommended for the arch")
     grad_clip: float | None = _field(None, "clip the gradient norm to this value (default: off)")
     patience: int | None = _field(None, "early stopping: epochs without a better val_acc "
                                   "before stopping (default: off)")
@@ -121,7 +124,7 @@ RECOMMENDED: dict[str, dict[str, Any]] = {
     # 0.85 is 1.5 here; its decoupled weight decay of 2e-3 per step is 2e-3 / lr.
     "airbench": dict(optimizer="sgd", lr=1.5, momentum=0.85, weight_decay=2e-3 / 1.5,
                      scheduler="linear", warmup_epochs=2.3, epochs=10, batch_size=1024,
-                     augment="light", label_smoothing=0.2),
+                     augment="light", label_smoothing=0.2, lookahead=True),
     "mlp": dict(optimizer="adamw", lr=1e-3, weight_decay=1e-4, scheduler="onecycle",
                 epochs=30, batch_size=128, augment="none", label_smoothing=0.0),
     "lenet": dict(optimizer="sgd", lr=0.05, weight_decay=5e-4, scheduler="onecycle",
@@ -146,7 +149,7 @@ RECOMMENDED: dict[str, dict[str, Any]] = {
 
 
 # Settings every architecture gets when its own recommendations leave them out.
-_COMMON = dict(momentum=0.9, warmup_epochs=1.0, val_fraction=0.1, tta="none")
+_COMMON = dict(momentum=0.9, warmup_epochs=1.0, val_fraction=0.1, tta="none", lookahead=False)
 
 # Recipes: settings that sit above the per-architecture ones (an option given by the user still wins).
 RECIPE_SETTINGS: dict[str, dict[str, Any]] = {

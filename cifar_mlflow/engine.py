@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from cifar_mlflow import distributed as D
 from cifar_mlflow.data.loader import DeviceLoader
 from cifar_mlflow.errors import NonFiniteLossError
-from cifar_mlflow.optim import Schedule
+from cifar_mlflow.optim import Lookahead, Schedule
 
 # How often (in steps) the loss is read back from the device for the progress bar and the
 # non-finite check; reading it every step would make every step wait for the device.
@@ -44,7 +44,8 @@ def _check_finite(loss_value: float, epoch: int, step: int, lr: float) -> None:
 
 def train_one_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.Optimizer,
                     schedule: Schedule, loss_fn: nn.Module, *, epoch: int, epochs: int,
-                    grad_clip: float | None = None, progress: bool = True) -> EpochStats:
+                    grad_clip: float | None = None, progress: bool = True,
+                    lookahead: Lookahead | None = None) -> EpochStats:
     """Train for one pass over `loader`; raises `NonFiniteLossError` as soon as the loss is NaN/inf."""
     model.train()
     device = loader.device
@@ -65,6 +66,8 @@ def train_one_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.opt
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         schedule.step_batch()
+        if lookahead is not None:
+            lookahead.step()
         loss_sum += loss.detach() * len(labels)
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)

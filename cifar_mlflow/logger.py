@@ -6,6 +6,8 @@ Training talks to a `RunLogger`; `NullLogger` makes the engine usable as a libra
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -74,3 +76,17 @@ class NullLogger:
 
     def end(self, status) -> None:
         pass
+
+
+@contextlib.contextmanager
+def ended_run(logger: RunLogger) -> Iterator[RunLogger]:
+    """Ends the run when the block does: FINISHED, KILLED on Ctrl-C, FAILED on any other error."""
+    status = "FAILED"
+    try:
+        yield logger
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        logger.end(status)

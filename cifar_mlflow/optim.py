@@ -113,3 +113,38 @@ def build_schedule(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_
                                                            patience=config.lr_patience)
         return Schedule(sched, per_batch=False, needs_metric=True)
     return Schedule(None, per_batch=False)
+
+
+class Lookahead:
+    """airbench's lookahead: every `every` steps, the weights and batch-norm statistics move to a
+    running average of themselves, `ema = decay * ema + (1 - decay) * weights; weights = ema`, with
+    `decay = base * progress**3` growing from 0 to `base` over the run; `finish` ends on the average.
+    """
+
+    def __init__(self, model: nn.Module, total_steps: int, every: int = 5, base: float = 0.95 ** 5) -> None:
+        self.tensors = [t for t in model.state_dict().values() if t.dtype.is_floating_point]
+        self.ema = [t.detach().clone() for t in self.tensors]
+        self.total_steps, self.every, self.base = max(total_steps, 1), every, base
+        self.steps = 0
+
+    @torch.no_grad()
+    def _update(self, decay: float) -> None:
+        for ema, tensor in zip(self.ema, self.tensors):
+            ema.lerp_(tensor, 1.0 - decay)
+            tensor.copy_(ema)
+
+    def step(self) -> None:
+        self.steps += 1
+        if self.steps % self.every == 0:
+            self._update(self.base * min(1.0, self.steps / self.total_steps) ** 3)
+
+    def finish(self) -> None:
+        self._update(1.0)
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "ema": [t.detach().cpu() for t in self.ema]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = state["steps"]
+        for ema, saved in zip(self.ema, state["ema"]):
+            ema.copy_(saved)

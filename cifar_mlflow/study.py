@@ -26,6 +26,7 @@ from optuna.trial import TrialState
 from cifar_mlflow.config import TrainConfig, config_to_dict
 from cifar_mlflow.data import DataSplits
 from cifar_mlflow.errors import ConfigError
+from cifar_mlflow.logger import ended_run
 from cifar_mlflow.search_space import ParamSpec, sample_config
 from cifar_mlflow.tracking import MlflowLogger, StudyTracker, fail_stale_run, set_model_alias
 from cifar_mlflow.training import load_splits, prepare, run, run_datasets, run_params, run_tags
@@ -355,15 +356,8 @@ def retrain_best(ctx: StudyContext, study: optuna.Study) -> str | None:
                                 "cifar_mlflow.study_run_id": ctx.tracker.run_id,
                                 "retrained_from_trial": str(best.number)})
     print(f"retraining trial {best.number}'s configuration on train + validation", file=sys.stderr)
-    status = "FAILED"
-    try:
+    with ended_run(logger):
         run(prepared, logger=logger)
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        logger.end(status)
     if ctx.base.register_model and logger.registered_version is not None:
         set_model_alias(ctx.uri, ctx.base.register_model, logger.registered_version, "champion")
         print(f"registered {ctx.base.register_model} version {logger.registered_version} as champion",

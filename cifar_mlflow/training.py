@@ -35,7 +35,7 @@ from cifar_mlflow.logger import NullLogger, RunLogger
 from cifar_mlflow.models import get_model
 from cifar_mlflow.models.registry import check_model_name
 from cifar_mlflow.models.inference import NormalizedClassifier, with_tta
-from cifar_mlflow.optim import build_optimizer, build_schedule
+from cifar_mlflow.optim import Lookahead, build_optimizer, build_schedule
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 # Training images a model's `init_from_data` sees.
@@ -218,6 +218,7 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
     test_loader = DeviceLoader(data.test, eval_batch, plain, device, shuffle=False, channels_last=channels_last)
     optimizer = build_optimizer(config, model)
     schedule = build_schedule(config, optimizer, len(train_loader))
+    lookahead = Lookahead(model, config.epochs * len(train_loader)) if config.lookahead else None
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     train_model = model
     if D.world_size() > 1:  # gradients averaged across ranks; buffers follow rank 0
@@ -236,6 +237,8 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
         model.load_state_dict(resume_state["model"])
         optimizer.load_state_dict(resume_state["optimizer"])
         schedule.load_state_dict(resume_state["schedule"])
+        if lookahead is not None and resume_state.get("lookahead"):
+            lookahead.load_state_dict(resume_state["lookahead"])
         history = list(resume_state["history"])
         best_epoch, best_val_acc, best_val_loss = (resume_state["best"]["epoch"], resume_state["best"]["val_acc"],
                                                    resume_state["best"]["val_loss"])
@@ -251,7 +254,7 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
             lr = optimizer.param_groups[0]["lr"]
             stats = train_one_epoch(train_model, train_loader, optimizer, schedule, loss_fn, epoch=epoch,
                                     epochs=config.epochs, grad_clip=config.grad_clip,
-                                    progress=config.progress and main_process)
+                                    progress=config.progress and main_process, lookahead=lookahead)
             row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc, "lr": lr,
                    "epoch_seconds": stats.seconds, "epoch_images": stats.images,
                    "train_images_per_second": stats.images / max(stats.seconds, 1e-9)}
@@ -270,6 +273,7 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
                 writer.submit({
                     "config": config_to_dict(config), "epoch": epoch, "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "history": history,
+                    "lookahead": lookahead.state_dict() if lookahead is not None else None,
                     "best": {"epoch": best_epoch, "val_acc": best_val_acc, "val_loss": best_val_loss, "state": best_state},
                     "rng": {"torch": torch.get_rng_state(), "loader": train_loader.generator.get_state().cpu()},
                     "data_digest": data.digest})
@@ -287,6 +291,8 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
         if writer is not None:
             writer.close()  # the last epoch's checkpoint is on disk before the run goes on or stops
 
+    if lookahead is not None:
+        lookahead.finish()  # the averaged weights are the final ones
     if best_state is not None:
         model.load_state_dict(best_state)  # the final test uses the best epoch's weights
     test = evaluate(with_tta(model, config.tta), test_loader, loss_fn)

@@ -17,7 +17,7 @@ from cifar_mlflow.data import load_image_data
 from cifar_mlflow.models import get_model
 from cifar_mlflow.models.airbench import BIAS_LR_SCALE
 from cifar_mlflow.models.inference import TestTimeAugmented
-from cifar_mlflow.optim import LINEAR_END, LINEAR_START, build_optimizer, build_schedule
+from cifar_mlflow.optim import LINEAR_END, LINEAR_START, Lookahead, build_optimizer, build_schedule
 from cifar_mlflow.training import train
 from tests.conftest import run_env
 
@@ -63,6 +63,25 @@ def test_linear_schedule_rises_from_a_fifth_then_falls_to_the_end_value() -> Non
     assert seen[0] == pytest.approx(LINEAR_START)
     assert max(seen) == pytest.approx(1.0) and seen.index(max(seen)) == 20
     assert seen[-1] == pytest.approx(1 + (LINEAR_END - 1) * 79 / 80)  # the last of 80 falling steps
+
+
+def test_lookahead_blends_every_fifth_step_and_ends_on_the_average() -> None:
+    model = torch.nn.Linear(3, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    lookahead = Lookahead(model, total_steps=10)
+    with torch.no_grad():
+        model.weight.fill_(1.0)  # what training did since
+    for _ in range(4):
+        lookahead.step()
+    assert torch.equal(model.weight, torch.ones(1, 3))
+    lookahead.step()  # the 5th: decay 0.95**5 * (5/10)**3 towards the average (still 0)
+    decay = 0.95 ** 5 * 0.5 ** 3
+    assert torch.allclose(model.weight, torch.full((1, 3), 1 - decay))
+    with torch.no_grad():
+        model.weight.fill_(5.0)
+    lookahead.finish()
+    assert torch.allclose(model.weight, torch.full((1, 3), 1 - decay))
+    assert resolve_config(TrainConfig(recipe="fast")).lookahead and not resolve_config(TrainConfig()).lookahead
 
 
 def test_test_time_augmentation_averages_the_views() -> None:
