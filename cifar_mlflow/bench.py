@@ -237,6 +237,9 @@ def markdown_tables(results: dict[str, Any]) -> str:
     tta = results.get("time_to_accuracy")
     lines.append(f"### Time to {results['target_accuracy']:.0%} (the fast recipe, MLflow logging on)")
     lines.append("")
+    if tta and tta["dataset"] != "cifar10":
+        lines += [f"note: measured on `{tta['dataset']}` data at {tta['data_source']}, not the original CIFAR-10 "
+                  "files (a JPEG copy costs accuracy)", ""]
     if tta:
         compiled = tta["first_run_with_compilation_s"]
         lines += ["| data | seeds | epochs | test acc (mean, min-max) | reached | training s (mean) | "

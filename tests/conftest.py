@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import signal
 import struct
 import subprocess
 import sys
@@ -110,6 +111,12 @@ def run_env(**extra: str) -> dict[str, str]:
     path = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.update(PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="", PATH=path, **extra)
     return env
+
+
+def as_foreground() -> None:
+    """`preexec_fn` for a child the test will Ctrl-C: a shell running the suite in the background
+    (`make test &`) starts it with SIGINT ignored, and Python then installs no KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 

@@ -63,6 +63,7 @@ def test_markdown_tables_on_stdout(bench_result) -> None:
     assert "| arch | device | ours (img/s) | DataLoader + PIL (img/s) | speedup |" in out
     assert f"| lenet | cpu | {results['rows'][0]['ours_images_per_s']:,.0f} |" in out
     assert "### Data path alone" in out and "### Tracking overhead" in out and "### Time to 50%" in out
+    assert "note: measured on `synthetic` data" in out and "not the original CIFAR-10" in out
 
 
 def test_logged_as_a_finished_benchmark_run(bench_result) -> None:

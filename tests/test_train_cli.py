@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cifar_mlflow.train import main
-from tests.conftest import run_env
+from tests.conftest import as_foreground, run_env
 
 
 def quick_args(imagefolder: Path, *extra: str) -> list[str]:
@@ -81,7 +81,7 @@ def test_ctrl_c_marks_killed_and_resume_finishes_the_same_run(imagefolder, tmp_p
     uri = f"sqlite:///{tmp_path / 'runs.db'}"
     args = quick_args(imagefolder, "--tracking-uri", uri, "--epochs", "60", "--arch", "cnn")
     proc = subprocess.Popen([sys.executable, "-m", "cifar_mlflow.train", *args], cwd=tmp_path, env=run_env(),
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=as_foreground)
     lines = []
     for line in proc.stderr:  # wait until two epochs are done and checkpointed
         lines.append(line)

@@ -12,7 +12,7 @@ import optuna
 from mlflow.tracking import MlflowClient
 from optuna.storages import RetryFailedTrialCallback
 
-from tests.conftest import run_env
+from tests.conftest import as_foreground, run_env
 
 
 def start_worker(imagefolder, tmp_path, *extra: str) -> subprocess.Popen:
@@ -20,7 +20,8 @@ def start_worker(imagefolder, tmp_path, *extra: str) -> subprocess.Popen:
             f"sqlite:///{tmp_path / 'optuna.db'}", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
             "--experiment-name", "tuning", "--dataset", "imagefolder", "--data-dir", str(imagefolder),
             "--arch", "lenet", "--batch-size", "16", "--no-progress", "--pruner", "none", *extra]
-    return subprocess.Popen(args, cwd=tmp_path, env=run_env(), stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(args, cwd=tmp_path, env=run_env(), stderr=subprocess.PIPE, text=True,
+                            preexec_fn=as_foreground)
 
 
 def wait_for_first_epoch(worker: subprocess.Popen) -> None:
