@@ -39,7 +39,7 @@ class TrainConfig:
     """Everything that defines a training run."""
 
     # Recipe and model
-    recipe: str | None = _field(None, "a complete, tested set of settings to start from; every "
+    recipe: str | None = _field(None, "a complete set of settings to start from; every "
                                 "option given on its own still wins. fast: airbench94's net "
                                 "and schedule, 10 epochs on the whole training set, test-time "
                                 "augmentation (docs/architectures.md; measured: "
@@ -149,7 +149,7 @@ RECOMMENDED: dict[str, dict[str, Any]] = {
 
 
 # Settings every architecture gets when its own recommendations leave them out.
-_COMMON = dict(momentum=0.9, warmup_epochs=1.0, val_fraction=0.1, tta="none", lookahead=False)
+COMMON_SETTINGS = dict(momentum=0.9, warmup_epochs=1.0, val_fraction=0.1, tta="none", lookahead=False)
 
 # Recipes: settings that sit above the per-architecture ones (an option given by the user still wins).
 RECIPE_SETTINGS: dict[str, dict[str, Any]] = {
@@ -161,7 +161,7 @@ RECIPE_SETTINGS: dict[str, dict[str, Any]] = {
 
 def recommended_for(arch: str) -> dict[str, Any]:
     """The recommended settings for `arch` (the generic ones for tv: and user models)."""
-    return {**_COMMON, **RECOMMENDED.get(arch, RECOMMENDED["_generic"])}
+    return {**COMMON_SETTINGS, **RECOMMENDED.get(arch, RECOMMENDED["_generic"])}
 
 
 def config_fields() -> list[dataclasses.Field]:

@@ -18,7 +18,8 @@ from typing import Any
 from cifar_mlflow import distributed as D
 from cifar_mlflow.checkpoint import checkpoint_path, load_checkpoint
 from cifar_mlflow.cli import add_config_arguments, collect_values
-from cifar_mlflow.config import RECOMMENDED, TrainConfig, build_config, default_run_name
+from cifar_mlflow.config import (COMMON_SETTINGS, RECIPE_SETTINGS, RECOMMENDED, TrainConfig, build_config,
+                                 default_run_name)
 from cifar_mlflow.errors import ConfigError, NonFiniteLossError
 from cifar_mlflow.models import list_models, model_description
 
@@ -35,6 +36,14 @@ def _recommended_table() -> str:
         name = "others" if arch == "_generic" else arch
         lines.append("  " + name.ljust(18) + "".join(f"{rec[k]:<13g}" if isinstance(rec[k], float)
                                                      else str(rec[k]).ljust(13) for k in keys))
+        extra = {k: v for k, v in rec.items() if k not in keys}
+        if extra:  # the settings beyond the common columns (airbench's momentum, lookahead, ...)
+            lines.append("  " + " " * 18 + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                                                      for k, v in extra.items()))
+    lines.append("  otherwise: " + ", ".join(f"{k} {v}" for k, v in COMMON_SETTINGS.items()))
+    lines += ["", "recipes (their settings sit above the architecture's; options you give win):"]
+    lines += [f"  {name}: " + ", ".join(f"{k} {v}" for k, v in settings.items())
+              for name, settings in RECIPE_SETTINGS.items()]
     return "\n".join(lines)
 
 
@@ -43,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m cifar_mlflow.train",
         description="Train an image classifier and log params, per-epoch metrics, plots and the model to MLflow.",
         epilog=_recommended_table() + "\n\nexamples:\n  python -m cifar_mlflow.train --arch cnn\n"
+               "  python -m cifar_mlflow.train --recipe fast\n"
                "  python -m cifar_mlflow.train --arch mobilenetv2 --model-args '{\"width_mult\": 0.5}' --epochs 5\n"
                "  python -m cifar_mlflow.train --config run.yaml --lr 0.02\n"
                "  python -m cifar_mlflow.train --resume RUN_ID",
