@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from cifar_mlflow.config import DATASETS, _field
+from cifar_mlflow.config import DATASETS, _field, check_choices
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.models.registry import check_model_name
 
@@ -70,13 +70,12 @@ def resolve_bench_config(config: BenchConfig, on_cuda: bool) -> BenchConfig:
         "tracking_samples": None if on_cuda else 5000,
     }
     config = dataclasses.replace(config, **{k: v for k, v in defaults.items() if getattr(config, k) is None})
+    check_choices(config)
     for section in section_list(config):
         if section not in SECTIONS:
             raise ConfigError(f"unknown section {section!r}; choose from: {', '.join(SECTIONS)}")
     for arch in arch_list(config) + [config.tracking_arch]:
         check_model_name(arch)
-    if config.dataset not in DATASETS:
-        raise ConfigError(f"unknown dataset {config.dataset!r}; choose one of: {', '.join(DATASETS)}")
     for name in ("batch_size", "steps", "rounds", "tracking_epochs", "tracking_repeats", "seeds"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(config, name)}")

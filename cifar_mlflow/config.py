@@ -23,8 +23,15 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("onecycle", "linear", "cosine", "step", "plateau", "none")
 AUGMENTS = ("none", "light", "standard", "strong")
 TTAS = ("none", "flip", "flip_translate")
-RECIPES = ("fast",)
 DEFAULT_ARCH = "cnn"
+
+# Recipes: settings that sit above the per-architecture ones (an option given by the user still wins).
+RECIPE_SETTINGS: dict[str, dict[str, Any]] = {
+    # airbench-class training: the whole training set (no validation split), flip + translate
+    # test-time augmentation; the net's own recommendations do the rest.
+    "fast": dict(arch="airbench", val_fraction=0.0, tta="flip_translate"),
+}
+RECIPES = tuple(RECIPE_SETTINGS)
 
 
 def _field(default: Any, help: str, **metadata: Any) -> Any:
@@ -151,14 +158,6 @@ RECOMMENDED: dict[str, dict[str, Any]] = {
 # Settings every architecture gets when its own recommendations leave them out.
 COMMON_SETTINGS = dict(momentum=0.9, warmup_epochs=1.0, val_fraction=0.1, tta="none", lookahead=False)
 
-# Recipes: settings that sit above the per-architecture ones (an option given by the user still wins).
-RECIPE_SETTINGS: dict[str, dict[str, Any]] = {
-    # airbench-class training: the whole training set (no validation split), flip + translate
-    # test-time augmentation; the net's own recommendations do the rest.
-    "fast": dict(arch="airbench", val_fraction=0.0, tta="flip_translate"),
-}
-
-
 def recommended_for(arch: str) -> dict[str, Any]:
     """The recommended settings for `arch` (the generic ones for tv: and user models)."""
     return {**COMMON_SETTINGS, **RECOMMENDED.get(arch, RECOMMENDED["_generic"])}
@@ -196,8 +195,7 @@ def parse_model_args(text: str) -> dict[str, Any]:
 
 def resolve_config(config: TrainConfig) -> TrainConfig:
     """Fill what the user left unset from the recipe, then from the architecture's recommendations; validate."""
-    if config.recipe is not None and config.recipe not in RECIPE_SETTINGS:
-        raise ConfigError(f"unknown recipe {config.recipe!r}; choose one of: {', '.join(RECIPES)}")
+    check_choices(config)  # before the recipe and the recommendations are looked up by name
     recipe = RECIPE_SETTINGS.get(config.recipe, {})
     config = dataclasses.replace(config, **{k: v for k, v in recipe.items() if getattr(config, k) is None})
     if config.arch is None:
@@ -209,13 +207,18 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     return resolved
 
 
-def validate_config(config: TrainConfig) -> None:
-    """Raise `ConfigError` with a message saying what is allowed for the first bad value."""
-    for f in config_fields():
+def check_choices(config: Any) -> None:
+    """`ConfigError` for the first field of a config dataclass whose value is not one of its `choices`."""
+    for f in dataclasses.fields(config):
         choices = f.metadata.get("choices")
         value = getattr(config, f.name)
         if choices and value is not None and value not in choices:
             raise ConfigError(f"unknown {f.name} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Raise `ConfigError` with a message saying what is allowed for the first bad value."""
+    check_choices(config)
 
     def positive(name: str, allow_none: bool = False) -> None:
         value = getattr(config, name)
