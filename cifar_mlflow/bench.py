@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import sys
 import tempfile
@@ -81,6 +82,16 @@ def _pipelines(bench: BenchConfig, data, device):
     return forever(lambda: iter(ours)), forever(lambda: iter(baseline)), workers
 
 
+def _best_of_turns(rounds: int, baseline, ours) -> tuple[float, float]:
+    """The best of `rounds` measurements of each, the two taking turns so a slow spell of the machine
+    hits both; returns (baseline, ours)."""
+    base_best = ours_best = 0.0
+    for _ in range(rounds):
+        base_best = max(base_best, baseline())
+        ours_best = max(ours_best, ours())
+    return base_best, ours_best
+
+
 def measure_training(bench: BenchConfig, data, device, progress) -> list[dict[str, Any]]:
     from cifar_mlflow.throughput import training_images_per_second
     from cifar_mlflow.training import prepare
@@ -92,10 +103,9 @@ def measure_training(bench: BenchConfig, data, device, progress) -> list[dict[st
         model = prepare(_train_config(bench, arch=arch), data).model  # built, initialised, on device
         twin = copy.deepcopy(model)  # the same weights for the other pipeline
         kwargs = {"steps": bench.steps, "warmup": bench.warmup_steps}
-        base_ips = ours_ips = 0.0
-        for _ in range(bench.rounds):  # taking turns, so a slow spell of the machine hits both
-            base_ips = max(base_ips, training_images_per_second(twin, baseline, device, **kwargs))
-            ours_ips = max(ours_ips, training_images_per_second(model, ours, device, **kwargs))
+        base_ips, ours_ips = _best_of_turns(bench.rounds,
+                                            lambda: training_images_per_second(twin, baseline, device, **kwargs),
+                                            lambda: training_images_per_second(model, ours, device, **kwargs))
         rows.append({"arch": arch, "device": device.type, "ours_images_per_s": round(ours_ips, 1),
                      "baseline_images_per_s": round(base_ips, 1), "speedup": round(ours_ips / base_ips, 2),
                      "batch_size": bench.batch_size, "baseline_num_workers": workers})
@@ -108,11 +118,9 @@ def measure_data_path(bench: BenchConfig, data, device, progress) -> dict[str, A
 
     progress.set_description("data path")
     ours, baseline, workers = _pipelines(bench, data, device)
-    steps = bench.steps * 4  # no model: cheap steps, so more of them for a stable figure
-    base_ips = ours_ips = 0.0
-    for _ in range(bench.rounds):
-        base_ips = max(base_ips, data_images_per_second(baseline, device, steps=steps, warmup=bench.warmup_steps))
-        ours_ips = max(ours_ips, data_images_per_second(ours, device, steps=steps, warmup=bench.warmup_steps))
+    kwargs = {"steps": bench.steps * 4, "warmup": bench.warmup_steps}  # no model: cheap steps, so more of them
+    base_ips, ours_ips = _best_of_turns(bench.rounds, lambda: data_images_per_second(baseline, device, **kwargs),
+                                        lambda: data_images_per_second(ours, device, **kwargs))
     progress.update(1)
     return {"device": device.type, "ours_images_per_s": round(ours_ips, 1), "baseline_images_per_s": round(base_ips, 1),
             "speedup": round(ours_ips / base_ips, 2), "batch_size": bench.batch_size, "baseline_num_workers": workers}
@@ -136,8 +144,7 @@ def _logged_fit(prepared, uri: str, experiment: str, run_name: str, workdir: Pat
         log_report(prepared, result, logger)
         log_trained_model(prepared, result, logger)
     return {"fit_s": fit_end - fit_start, "start_s": fit_start - started, "end_s": time.perf_counter() - fit_end,
-            "test_acc": result.test.acc, "train_s": sum(row["epoch_seconds"] for row in result.history),
-            "run_id": logger.run_id}
+            "test_acc": result.test.acc, "train_s": sum(row["epoch_seconds"] for row in result.history)}
 
 
 def _plain_fit(prepared, workdir: Path) -> float:
@@ -150,9 +157,8 @@ def _plain_fit(prepared, workdir: Path) -> float:
 
 def measure_tracking(bench: BenchConfig, data, device, uri: str, workdir: Path, progress) -> dict[str, Any]:
     """Median wall time of `fit` with MLflow logging to a live server and without, alternating."""
-    from cifar_mlflow.training import prepare
-
     from cifar_mlflow.data.splits import stratified_subset
+    from cifar_mlflow.training import prepare
 
     config = _train_config(bench, arch=bench.tracking_arch, epochs=bench.tracking_epochs)
     if bench.tracking_samples:
@@ -281,18 +287,22 @@ def _run_sections(bench: BenchConfig, device, data, workdir: Path) -> dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    import shutil
-
     args = build_parser().parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="cifar_mlflow-bench-"))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
-        from cifar_mlflow.config import validate_config
-        from cifar_mlflow.training import load_splits, select_device
+        return _bench(args, argv, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
+
+def _bench(args: argparse.Namespace, argv: list[str] | None, workdir: Path) -> int:
+    from cifar_mlflow.training import load_splits, select_device
+
+    try:
         values, _ = collect_values(args, BenchConfig)
         bench = BenchConfig(**values)
-        validate_config(_resolved_probe(bench))  # the device name and the fast recipe's settings
+        _resolved_probe(bench)  # validates the device name and the fast recipe's settings
         device = select_device(bench.device)
         bench = resolve_bench_config(bench, device.type == "cuda")
         if "time_to_accuracy" in section_list(bench) and bench.dataset == "synthetic":
@@ -302,11 +312,9 @@ def main(argv: list[str] | None = None) -> int:
         results = _run_sections(bench, device, data, workdir)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        shutil.rmtree(workdir, ignore_errors=True)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: nothing written", file=sys.stderr)
-        shutil.rmtree(workdir, ignore_errors=True)
         return 130
     command = "python -m cifar_mlflow.bench " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     results = {"machine": machine_description(device), "date": datetime.date.today().isoformat(), "command": command,
@@ -324,7 +332,6 @@ def main(argv: list[str] | None = None) -> int:
         run_id = log_benchmark(tracking_uri(bench.tracking_uri), bench.experiment_name, dataclasses.asdict(bench),
                                results, table)
         print(f"benchmark logged as run {run_id}", file=sys.stderr)
-    shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

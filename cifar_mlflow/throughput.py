@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 from cifar_mlflow.engine import autocast_for
-
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
-
 
 def forever(make_epoch) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches from `make_epoch()` (a loader), epoch after epoch."""
