@@ -26,14 +26,14 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _snapshot(value: Any) -> Any:
+def cpu_copy(value: Any) -> Any:
     """A copy of `value` whose tensors are on the CPU and no longer shared with training."""
     if isinstance(value, torch.Tensor):
         return value.detach().to("cpu", copy=True)
     if isinstance(value, dict):
-        return {k: _snapshot(v) for k, v in value.items()}
+        return {k: cpu_copy(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_snapshot(v) for v in value)
+        return type(value)(cpu_copy(v) for v in value)
     return value
 
 
@@ -64,7 +64,7 @@ class CheckpointWriter:
             raise error
 
     def submit(self, state: dict[str, Any]) -> None:
-        snapshot = _snapshot(state)
+        snapshot = cpu_copy(state)
         self.wait()
         self._thread = threading.Thread(target=self._write, args=(snapshot,), name="checkpoint-writer", daemon=True)
         self._thread.start()

@@ -142,7 +142,8 @@ class Lookahead:
         self._update(1.0)
 
     def state_dict(self) -> dict:
-        return {"steps": self.steps, "ema": [t.detach().cpu() for t in self.ema]}
+        """References to the averages, as `nn.Module.state_dict` gives (the checkpoint writer copies them)."""
+        return {"steps": self.steps, "ema": list(self.ema)}
 
     def load_state_dict(self, state: dict) -> None:
         self.steps = state["steps"]

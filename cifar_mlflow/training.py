@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from cifar_mlflow import distributed as D
 from cifar_mlflow import metrics as M
 from cifar_mlflow import plots
-from cifar_mlflow.checkpoint import CheckpointWriter, checkpoint_path
+from cifar_mlflow.checkpoint import CheckpointWriter, checkpoint_path, cpu_copy
 from cifar_mlflow.config import TrainConfig, config_to_dict, resolve_config
 from cifar_mlflow.data import BatchTransform, DataSplits, DeviceLoader, load_image_data, split_data
 from cifar_mlflow.engine import Evaluation, evaluate, train_one_epoch
@@ -268,7 +268,7 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
             history.append(row)
             if has_val and val.acc > best_val_acc:  # strictly better val_acc: what early stopping waits for
                 best_epoch, best_val_acc, best_val_loss = epoch, val.acc, val.loss
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                best_state = cpu_copy(model.state_dict())
             if writer is not None:
                 writer.submit({
                     "config": config_to_dict(config), "epoch": epoch, "model": model.state_dict(),
