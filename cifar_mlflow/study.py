@@ -28,7 +28,7 @@ from cifar_mlflow.data import DataSplits
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.logger import ended_run
 from cifar_mlflow.search_space import ParamSpec, sample_config
-from cifar_mlflow.tracking import MlflowLogger, StudyTracker, fail_stale_run, set_model_alias
+from cifar_mlflow.tracking import MlflowLogger, StudyTracker, fail_stale_run, set_model_alias, set_tags
 from cifar_mlflow.training import load_splits, prepare, run, run_datasets, run_params, run_tags
 from cifar_mlflow.tune_config import TuneConfig
 
@@ -362,5 +362,5 @@ def retrain_best(ctx: StudyContext, study: optuna.Study) -> str | None:
         set_model_alias(ctx.uri, ctx.base.register_model, logger.registered_version, "champion")
         print(f"registered {ctx.base.register_model} version {logger.registered_version} as champion",
               file=sys.stderr)
-    ctx.tracker.client.set_tag(ctx.tracker.run_id, "retrained_run_id", logger.run_id)
+    set_tags(ctx.tracker.client, ctx.tracker.run_id, {"retrained_run_id": logger.run_id})
     return logger.run_id

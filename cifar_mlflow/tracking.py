@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import LocalArtifactDatasetSource
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from torch import nn
 
@@ -69,6 +69,13 @@ def log_params_once(client: MlflowClient, run_id: str, params: dict[str, Any]) -
             batch.append(Param(RESOLVED_PREFIX + key, text))
     for start in range(0, len(batch), 100):
         client.log_batch(run_id, params=batch[start:start + 100])
+
+
+def set_tags(client: MlflowClient, run_id: str, tags: dict[str, Any]) -> None:
+    """Tags in one `log_batch`: MLflow's SQL store retries the insert when another worker's tags on the same
+    run race it (single `set_tag` calls fail with a UNIQUE-constraint error there)."""
+    if tags:
+        client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
 
 def _log_dataset(dataset: MetaDataset, context: str) -> None:
@@ -132,9 +139,7 @@ class MlflowLogger:
     def set_tags(self, tags: dict[str, str]) -> None:
         """Tags on a run that has started (the tuner's trial outcome)."""
         if self.run_id is not None:
-            client = MlflowClient()
-            for key, value in tags.items():
-                client.set_tag(self.run_id, key, str(value))
+            set_tags(MlflowClient(), self.run_id, tags)
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         """Queued for MLflow's background logger: the training loop never waits for the server."""
@@ -209,8 +214,8 @@ def fail_stale_run(uri: str, run_id: str) -> None:
     """Close the MLflow run of a trial whose worker died, so it is not left RUNNING."""
     client = MlflowClient(uri)
     if client.get_run(run_id).info.status == "RUNNING":
-        client.set_tag(run_id, "optuna.state", "FAIL")
-        client.set_tag(run_id, "optuna.fail_reason", "worker stopped sending heartbeats (killed or crashed)")
+        set_tags(client, run_id, {"optuna.state": "FAIL",
+                                  "optuna.fail_reason": "worker stopped sending heartbeats (killed or crashed)"})
         client.set_terminated(run_id, status="FAILED")
 
 
@@ -245,8 +250,7 @@ class StudyTracker:
             experiment = mlflow.set_experiment(self.experiment_name)
             run = self.client.create_run(experiment.experiment_id, run_name=self.study_name)
             self.run_id = run.info.run_id
-        self.client.set_tag(self.run_id, "optuna.study_name", self.study_name)
-        self.client.set_tag(self.run_id, "cifar_mlflow.kind", "study")
+        set_tags(self.client, self.run_id, {"optuna.study_name": self.study_name, "cifar_mlflow.kind": "study"})
         # Trials go where the parent is (under `mlflow run`, that run's experiment).
         experiment_id = self.client.get_run(self.run_id).info.experiment_id
         self.experiment_name = self.client.get_experiment(experiment_id).name
@@ -263,14 +267,13 @@ class StudyTracker:
         """Study-level metrics (step = finished trials) and the best params so far (as tags: they change)."""
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
-        for key, value in params.items():
-            self.client.set_tag(self.run_id, key, str(value))
+        set_tags(self.client, self.run_id, params)  # workers sharing the study update these at once
 
     def mark_best(self, best_run_id: str | None, previous_run_id: str | None) -> None:
         if previous_run_id and previous_run_id != best_run_id:
-            self.client.set_tag(previous_run_id, "best_trial", "false")
+            set_tags(self.client, previous_run_id, {"best_trial": "false"})
         if best_run_id:
-            self.client.set_tag(best_run_id, "best_trial", "true")
+            set_tags(self.client, best_run_id, {"best_trial": "true"})
 
     def log_artifact_dir(self, local_dir: Path) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir))
@@ -359,8 +362,7 @@ def log_comparison(uri: str, experiment_id: str, name: str, compared: list[str],
     attached = os.environ.get("MLFLOW_RUN_ID")
     run_id = attached or client.create_run(experiment_id, run_name=name).info.run_id
     try:
-        for key, value in tags.items():
-            client.set_tag(run_id, key, value)
+        set_tags(client, run_id, tags)
         client.log_artifacts(run_id, str(out_dir), "comparison")
         if not attached:
             client.set_terminated(run_id, "FINISHED")
