@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from optuna.trial import TrialState
 from cifar_mlflow.config import TrainConfig, config_to_dict
 from cifar_mlflow.data import DataSplits
 from cifar_mlflow.errors import ConfigError
+from cifar_mlflow.interrupts import deferring
 from cifar_mlflow.logger import ended_run
 from cifar_mlflow.search_space import ParamSpec, sample_config
 from cifar_mlflow.tracking import MlflowLogger, StudyTracker, fail_stale_run, set_model_alias, set_tags
@@ -73,6 +75,21 @@ def build_pruner(tune: TuneConfig, epochs: int) -> optuna.pruners.BasePruner:
     return pruners[tune.pruner]()
 
 
+class InterruptSafeStorage(optuna.storages.RDBStorage):
+    """Optuna's database storage, every call of which finishes before a Ctrl-C is raised.
+
+    Optuna reads and writes the storage in the middle of a trial (`report`, `should_prune`) and
+    between trials; a Ctrl-C at that moment arrives when the call returns (see `interrupts`), so
+    the write that marks the trial failed finds the database unlocked.
+    """
+
+    def __getattribute__(self, name: str) -> Any:
+        attr = super().__getattribute__(name)
+        if name.startswith("__") or not isinstance(attr, types.MethodType):
+            return attr
+        return deferring(attr)  # Optuna's cache also calls private methods (`_get_trials`)
+
+
 def build_storage(tune: TuneConfig, uri: str) -> optuna.storages.RDBStorage:
     """A database storage with heartbeats: a trial whose worker died is failed, its MLflow run too,
     and it is retried when `--retry-failed` allows."""
@@ -90,9 +107,9 @@ def build_storage(tune: TuneConfig, uri: str) -> optuna.storages.RDBStorage:
     # rejects the loser's CREATE TABLE): try again, and the tables are there.
     for attempt in range(4):
         try:
-            return optuna.storages.RDBStorage(tune.storage, heartbeat_interval=tune.heartbeat_interval,
-                                              grace_period=3 * tune.heartbeat_interval,
-                                              heartbeat_stale_trial_callback=on_stale_trial)
+            return InterruptSafeStorage(tune.storage, heartbeat_interval=tune.heartbeat_interval,
+                                        grace_period=3 * tune.heartbeat_interval,
+                                        heartbeat_stale_trial_callback=on_stale_trial)
         except ImportError as exc:  # no driver for this URL: trying again will not help
             raise ConfigError(f"cannot open Optuna storage {tune.storage}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - bad URL, unreachable server, the table race

@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from cifar_mlflow.errors import ConfigError
+from cifar_mlflow.interrupts import deferring
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # Params that `mlflow run` logged with a value we resolved differently (e.g. lr=auto) are kept,
@@ -118,6 +119,7 @@ class MlflowLogger:
         # Per-epoch metrics are sent in the background; each entry is kept until `flush` sees it stored.
         self._pending: list[tuple[dict[str, float], int, Any]] = []
 
+    @deferring
     def start(self, *, params: dict[str, Any], tags: dict[str, str], datasets: list[dict[str, str]]) -> None:
         """Open the run; a second call does nothing (the tuner starts a trial's run before `run` does)."""
         if self._started:
@@ -136,6 +138,7 @@ class MlflowLogger:
             _log_dataset(MetaDataset(LocalArtifactDatasetSource(d["source"]), name=d["name"], digest=d["digest"]),
                          d["context"])
 
+    @deferring
     def set_tags(self, tags: dict[str, str]) -> None:
         """Tags on a run that has started (the tuner's trial outcome)."""
         if self.run_id is not None:
@@ -157,6 +160,7 @@ class MlflowLogger:
             except mlflow.exceptions.MlflowException:
                 mlflow.log_metrics(values, step=step, run_id=self.run_id, synchronous=True)
 
+    @deferring
     def log_metrics(self, metrics: dict[str, float]) -> None:
         self.flush()
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, run_id=self.run_id)
@@ -193,6 +197,7 @@ class MlflowLogger:
                                             registered_model_name=registered_name)
         self.registered_version = info.registered_model_version
 
+    @deferring
     def end(self, status: str) -> None:
         try:
             self.flush()
@@ -234,6 +239,7 @@ class StudyTracker:
         mlflow.set_tracking_uri(uri)
         self.client = MlflowClient(uri)
 
+    @deferring
     def open(self, known_run_id: str | None) -> str:
         """Reopen the study's parent run (`known_run_id`, or the run `mlflow run` created), else create it."""
         env_run = os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run -e tune`: that run is the parent
@@ -260,15 +266,18 @@ class StudyTracker:
         """Delete a parent run that lost the race to another worker's."""
         self.client.delete_run(self.run_id)
 
+    @deferring
     def log_params(self, params: dict[str, Any]) -> None:
         log_params_once(self.client, self.run_id, params)
 
+    @deferring
     def log_progress(self, metrics: dict[str, float], params: dict[str, Any], step: int) -> None:
         """Study-level metrics (step = finished trials) and the best params so far (as tags: they change)."""
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
         set_tags(self.client, self.run_id, params)  # workers sharing the study update these at once
 
+    @deferring
     def mark_best(self, best_run_id: str | None, previous_run_id: str | None) -> None:
         if previous_run_id and previous_run_id != best_run_id:
             set_tags(self.client, previous_run_id, {"best_trial": "false"})
@@ -278,6 +287,7 @@ class StudyTracker:
     def log_artifact_dir(self, local_dir: Path) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir))
 
+    @deferring
     def close(self, status: str) -> None:
         if self.run_id is not None:
             self.client.set_terminated(self.run_id, status=status)
