@@ -65,17 +65,18 @@ def _train_config(bench: BenchConfig, **values: Any):
 
     values.setdefault("max_train_samples", bench.max_train_samples)
     values.setdefault("max_eval_samples", bench.max_eval_samples)
-    return TrainConfig(dataset=bench.dataset, data_dir=bench.data_dir, device=bench.device, progress=False, **values)
+    return TrainConfig(dataset=bench.dataset, data_dir=bench.data_dir, device=bench.device,
+                       precision=bench.precision, progress=False, **values)
 
 
-def _pipelines(bench: BenchConfig, data, device):
+def _pipelines(bench: BenchConfig, data, device, channels_last: bool):
     """Endless batch streams of both pipelines over the training split, with the standard augmentation."""
     from cifar_mlflow.baseline_pipeline import conventional_loader, default_num_workers
     from cifar_mlflow.data import BatchTransform, DeviceLoader
     from cifar_mlflow.throughput import forever
 
     ours = DeviceLoader(data.train, bench.batch_size, BatchTransform("standard", data.mean, data.std, data.hflip_ok),
-                        device, shuffle=True, channels_last=device.type == "cuda")
+                        device, shuffle=True, channels_last=channels_last)
     workers = bench.num_workers if bench.num_workers is not None else default_num_workers()
     baseline = conventional_loader(data.train, bench.batch_size, data.mean, data.std, num_workers=workers,
                                    pin_memory=device.type == "cuda", hflip_ok=data.hflip_ok)
@@ -96,18 +97,21 @@ def measure_training(bench: BenchConfig, data, device, progress) -> list[dict[st
     from cifar_mlflow.throughput import training_images_per_second
     from cifar_mlflow.training import prepare
 
-    ours, baseline, workers = _pipelines(bench, data, device)
     rows = []
     for arch in arch_list(bench):
         progress.set_description(f"training throughput: {arch}")
-        model = prepare(_train_config(bench, arch=arch), data).model  # built, initialised, on device
+        prepared = prepare(_train_config(bench, arch=arch), data)  # built, initialised, on device
+        model = prepared.model
         twin = copy.deepcopy(model)  # the same weights for the other pipeline
-        kwargs = {"steps": bench.steps, "warmup": bench.warmup_steps}
+        ours, baseline, workers = _pipelines(bench, data, device, prepared.channels_last)
+        kwargs = {"steps": bench.steps, "warmup": bench.warmup_steps, "precision": prepared.precision,
+                  "channels_last": prepared.channels_last}
         base_ips, ours_ips = _best_of_turns(bench.rounds,
                                             lambda: training_images_per_second(twin, baseline, device, **kwargs),
                                             lambda: training_images_per_second(model, ours, device, **kwargs))
         rows.append({"arch": arch, "device": device.type, "ours_images_per_s": round(ours_ips, 1),
                      "baseline_images_per_s": round(base_ips, 1), "speedup": round(ours_ips / base_ips, 2),
+                     "precision": prepared.precision, "channels_last": prepared.channels_last,
                      "batch_size": bench.batch_size, "baseline_num_workers": workers})
         progress.update(1)
     return rows
@@ -117,7 +121,7 @@ def measure_data_path(bench: BenchConfig, data, device, progress) -> dict[str, A
     from cifar_mlflow.throughput import data_images_per_second
 
     progress.set_description("data path")
-    ours, baseline, workers = _pipelines(bench, data, device)
+    ours, baseline, workers = _pipelines(bench, data, device, channels_last=False)
     kwargs = {"steps": bench.steps * 4, "warmup": bench.warmup_steps}  # no model: cheap steps, so more of them
     base_ips, ours_ips = _best_of_turns(bench.rounds, lambda: data_images_per_second(baseline, device, **kwargs),
                                         lambda: data_images_per_second(ours, device, **kwargs))
@@ -222,8 +226,9 @@ def markdown_tables(results: dict[str, Any]) -> str:
     if rows:
         lines += [f"### Training throughput (batch {rows[0]['batch_size']}, conventional pipeline with "
                   f"{rows[0]['baseline_num_workers']} DataLoader workers, best of {results['rounds']} turns each)", "",
-                  "| arch | device | ours (img/s) | DataLoader + PIL (img/s) | speedup |", "|---|---|---:|---:|---:|"]
-        lines += [f"| {r['arch']} | {r['device']} | {r['ours_images_per_s']:,.0f} | {r['baseline_images_per_s']:,.0f} "
+                  "| arch | device | precision | ours (img/s) | DataLoader + PIL (img/s) | speedup |",
+                  "|---|---|---|---:|---:|---:|"]
+        lines += [f"| {r['arch']} | {r['device']} | {r['precision']} | {r['ours_images_per_s']:,.0f} | {r['baseline_images_per_s']:,.0f} "
                   f"| {r['speedup']:.2f}x |" for r in rows]
         lines.append("")
     path = results.get("data_path")
@@ -297,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _bench(args: argparse.Namespace, argv: list[str] | None, workdir: Path) -> int:
-    from cifar_mlflow.training import load_splits, select_device
+    from cifar_mlflow.hardware import select_device
+    from cifar_mlflow.training import load_splits
 
     try:
         values, _ = collect_values(args, BenchConfig)

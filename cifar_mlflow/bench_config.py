@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from cifar_mlflow.config import DATASETS, _field, check_choices
+from cifar_mlflow.config import DATASETS, PRECISIONS, _field, check_choices
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.models.registry import check_model_name
 
@@ -26,6 +26,8 @@ class BenchConfig:
     dataset: str = _field("synthetic", "data set (synthetic needs no download; time_to_accuracy "
                           "needs real CIFAR-10: cifar10, or imagefolder on its JPEG copy)", choices=DATASETS)
     data_dir: str = _field("./data", "where the data set lives")
+    precision: str = _field("auto", "arithmetic of every training step measured, both pipelines "
+                            "alike (auto: as the training command picks it)", choices=PRECISIONS)
     max_train_samples: int | None = _field(None, "cap the training images (quick runs)")
     max_eval_samples: int | None = _field(None, "cap the test images the tracking and time_to_accuracy "
                                           "runs evaluate (quick runs)")

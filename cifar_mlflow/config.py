@@ -23,6 +23,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("onecycle", "linear", "cosine", "step", "plateau", "none")
 AUGMENTS = ("none", "light", "standard", "strong")
 TTAS = ("none", "flip", "flip_translate")
+PRECISIONS = ("auto", "bf16", "fp32")
 DEFAULT_ARCH = "cnn"
 
 # Recipes: settings that sit above the per-architecture ones (an option given by the user still wins).
@@ -105,6 +106,10 @@ class TrainConfig:
                                   "before stopping (default: off)")
     # Hardware and reproducibility
     device: str = _field("auto", "auto, cpu, cuda or cuda:N")
+    precision: str = _field("auto", "arithmetic of training and validation: bf16 (autocast) or fp32; "
+                            "auto is bf16 where the hardware has it natively (CUDA GPUs with bf16, "
+                            "CPUs with AVX-512 BF16, AMX or Arm BF16) and fp32 elsewhere. The final "
+                            "test and the logged model are fp32", choices=PRECISIONS)
     compile: bool = _field(False, "torch.compile the model (CUDA)")
     seed: int = _field(0, "random seed for the split, initialisation and augmentation")
     deterministic: bool = _field(False, "use deterministic algorithms (slower on CUDA)")

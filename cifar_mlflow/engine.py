@@ -21,10 +21,10 @@ from cifar_mlflow.optim import Lookahead, Schedule
 _SYNC_EVERY = 20
 
 
-def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA, nothing on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast (CUDA or CPU) for precision "bf16", nothing for "fp32"."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -45,7 +45,7 @@ def _check_finite(loss_value: float, epoch: int, step: int, lr: float) -> None:
 def train_one_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.Optimizer,
                     schedule: Schedule, loss_fn: nn.Module, *, epoch: int, epochs: int,
                     grad_clip: float | None = None, progress: bool = True,
-                    lookahead: Lookahead | None = None) -> EpochStats:
+                    lookahead: Lookahead | None = None, precision: str = "fp32") -> EpochStats:
     """Train for one pass over `loader`; raises `NonFiniteLossError` as soon as the loss is NaN/inf."""
     model.train()
     device = loader.device
@@ -57,7 +57,7 @@ def train_one_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.opt
     bar = tqdm(total=len(loader), desc=f"epoch {epoch}/{epochs}", leave=False, disable=not progress,
                unit="batch", dynamic_ncols=True)
     for step, (images, labels) in enumerate(loader, start=1):
-        with autocast_for(device):
+        with autocast_for(device, precision):
             logits = model(images)
             loss = loss_fn(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
@@ -99,8 +99,8 @@ class Evaluation:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DeviceLoader, loss_fn: nn.Module) -> Evaluation:
-    """Loss, accuracy and the logits of `model` on `loader` (no augmentation).
+def evaluate(model: nn.Module, loader: DeviceLoader, loss_fn: nn.Module, precision: str = "fp32") -> Evaluation:
+    """Loss, accuracy and the logits of `model` on `loader` (no augmentation), computed in `precision`.
 
     Under torchrun, call it on every rank: loss and accuracy are over all ranks' shards of the split,
     the logits are this rank's.
@@ -108,7 +108,7 @@ def evaluate(model: nn.Module, loader: DeviceLoader, loss_fn: nn.Module) -> Eval
     model.eval()
     logits_all, labels_all = [], []
     for images, labels in loader:
-        with autocast_for(loader.device):
+        with autocast_for(loader.device, precision):
             logits = model(images)
         logits_all.append(logits.float())
         labels_all.append(labels)

@@ -1,7 +1,7 @@
 """Images per second of a pipeline, with or without a model training on its batches.
 
 Both pipelines the benchmark compares go through the same functions: the same model, optimizer,
-batch size, device, mixed precision and memory format, so the only difference is the data path.
+batch size, device, precision and memory format, so the only difference is the data path.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from cifar_mlflow.engine import autocast_for
+
 
 def forever(make_epoch) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches from `make_epoch()` (a loader), epoch after epoch."""
@@ -49,21 +50,17 @@ def data_images_per_second(batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
 
 
 def training_images_per_second(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
-                               device: torch.device, *, steps: int, warmup: int, lr: float = 0.01) -> float:
-    """Images per second of SGD training steps of `model` on `batches` (after `warmup` untimed steps).
-
-    On CUDA the model runs in bf16 autocast on channels-last batches, as the training command does.
-    """
-    channels_last = device.type == "cuda"
+                               device: torch.device, *, precision: str, channels_last: bool, steps: int,
+                               warmup: int, lr: float = 0.01) -> float:
+    """Images per second of SGD training steps of `model` on `batches` (after `warmup` untimed steps),
+    in `precision` on channels-last batches or not, as the training command runs it."""
     model = model.to(device).train()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> None:
         images, labels = _to_device(images, labels, device, channels_last)
-        with autocast_for(device):
+        with autocast_for(device, precision):
             loss = loss_fn(model(images).float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -25,7 +25,7 @@ from cifar_mlflow.models import list_models, model_description
 
 # Options that may differ from the interrupted run's own config when resuming it.
 RESUME_OVERRIDABLE = {"epochs", "patience", "device", "progress", "tracking_uri", "resume", "checkpoint_dir",
-                      "log_model", "register_model", "compile"}
+                      "log_model", "register_model", "compile", "precision"}
 
 
 def _recommended_table() -> str:

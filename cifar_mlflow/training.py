@@ -31,6 +31,7 @@ from cifar_mlflow.config import TrainConfig, config_to_dict, resolve_config
 from cifar_mlflow.data import BatchTransform, DataSplits, DeviceLoader, load_image_data, split_data
 from cifar_mlflow.engine import Evaluation, evaluate, train_one_epoch
 from cifar_mlflow.errors import ConfigError
+from cifar_mlflow.hardware import select_device, select_precision, use_channels_last
 from cifar_mlflow.logger import NullLogger, RunLogger
 from cifar_mlflow.models import get_model
 from cifar_mlflow.models.registry import check_model_name
@@ -40,18 +41,6 @@ from cifar_mlflow.optim import Lookahead, build_optimizer, build_schedule
 EpochCallback = Callable[[int, dict[str, float]], None]
 # Training images a model's `init_from_data` sees.
 _INIT_IMAGES = 5000
-
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {name} requested but CUDA is not available here; use --device cpu or auto")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"device {name} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
-    return device
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -68,8 +57,10 @@ class Prepared:
 
     config: TrainConfig  # resolved: recommendations filled in
     data: DataSplits
-    model: nn.Module  # on `device`, lazy layers materialised
+    model: nn.Module  # on `device`, lazy layers materialised, channels-last if it takes such batches
     device: torch.device
+    precision: str = "fp32"  # what `--precision` resolved to here: bf16 (autocast) or fp32
+    channels_last: bool = False  # batches are channels-last (the model accepts them)
 
     @property
     def num_parameters(self) -> int:
@@ -116,10 +107,9 @@ def prepare(config: TrainConfig, data: DataSplits | None = None) -> Prepared:
     init_from_data = getattr(model, "init_from_data", None)
     if callable(init_from_data):  # data-dependent initialisation (airbench's patch whitening)
         init_from_data(BatchTransform("none", data.mean, data.std)(data.train.images[:_INIT_IMAGES]))
+    channels_last = use_channels_last(model, torch.zeros(2, c, h, w))
     model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    return Prepared(config, data, model, device)
+    return Prepared(config, data, model, device, select_precision(config.precision, device), channels_last)
 
 
 def _git_commit() -> str | None:
@@ -151,6 +141,7 @@ def run_params(prepared: Prepared) -> dict[str, Any]:
 def run_tags(prepared: Prepared) -> dict[str, str]:
     device = prepared.device
     tags = {"arch": prepared.config.arch, "dataset": prepared.config.dataset, "device": str(device),
+            "precision": prepared.precision, "channels_last": str(prepared.channels_last).lower(),
             "torch_version": torch.__version__, "torchvision_version": torchvision.__version__,
             "cuda_version": str(torch.version.cuda), "data_digest": prepared.data.digest,
             "python_version": sys.version.split()[0]}
@@ -204,7 +195,7 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
     logger = logger or NullLogger()
     config, data, device = prepared.config, prepared.data, prepared.device
     model = prepared.model
-    channels_last = device.type == "cuda"
+    channels_last, precision = prepared.channels_last, prepared.precision
     shard = {"rank": D.rank(), "world_size": D.world_size()}  # under torchrun: this process's part
     train_loader = DeviceLoader(data.train, config.batch_size, BatchTransform(config.augment, data.mean, data.std, data.hflip_ok),
                                 device, shuffle=True, seed=config.seed, channels_last=channels_last, **shard)
@@ -254,7 +245,8 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
             lr = optimizer.param_groups[0]["lr"]
             stats = train_one_epoch(train_model, train_loader, optimizer, schedule, loss_fn, epoch=epoch,
                                     epochs=config.epochs, grad_clip=config.grad_clip,
-                                    progress=config.progress and main_process, lookahead=lookahead)
+                                    progress=config.progress and main_process, lookahead=lookahead,
+                                    precision=precision)
             row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc, "lr": lr,
                    "epoch_seconds": stats.seconds, "epoch_images": stats.images,
                    "train_images_per_second": stats.images / max(stats.seconds, 1e-9)}
@@ -262,7 +254,7 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
                 schedule.step_epoch(stats.loss)
                 best_epoch = epoch
             else:
-                val = evaluate(with_tta(train_model, config.tta), val_loader, loss_fn)
+                val = evaluate(with_tta(train_model, config.tta), val_loader, loss_fn, precision)
                 schedule.step_epoch(val.loss)
                 row.update(val_loss=val.loss, val_acc=val.acc)
             history.append(row)
@@ -295,6 +287,7 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
         lookahead.finish()  # the averaged weights are the final ones
     if best_state is not None:
         model.load_state_dict(best_state)  # the final test uses the best epoch's weights
+    # In fp32, as the logged model computes: its predictions give exactly the reported test_acc.
     test = evaluate(with_tta(model, config.tta), test_loader, loss_fn)
     final = {"test_loss": test.loss, "test_acc": test.acc, "best_epoch": float(best_epoch),
              "epochs_trained": float(len(history)), **M.final_metrics(test.labels, test.predictions, data.classes)}

@@ -111,7 +111,8 @@ def test_fast_recipe_trains_on_the_whole_training_set(imagefolder) -> None:
 def test_logged_fast_model_includes_test_time_augmentation(mlflow_server, imagefolder, tmp_path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "cifar_mlflow.train", "--recipe", "fast", "--dataset", "imagefolder", "--data-dir",
-         str(imagefolder), "--epochs", "2", "--batch-size", "16", "--no-progress", "--experiment-name", "fast-test"],
+         str(imagefolder), "--epochs", "2", "--batch-size", "16", "--no-progress", "--experiment-name", "fast-test",
+         "--precision", "bf16"],  # trained in bf16; the final test and the logged model are fp32
         cwd=tmp_path, env=run_env(MLFLOW_TRACKING_URI=mlflow_server), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(mlflow_server)
@@ -120,6 +121,7 @@ def test_logged_fast_model_includes_test_time_augmentation(mlflow_server, imagef
     assert (run.data.params["recipe"], run.data.params["arch"], run.data.params["tta"]) == (
         "fast", "airbench", "flip_translate")
     assert run.data.params["val_size"] == "0" and "val_acc" not in run.data.metrics
+    assert (run.data.tags["precision"], run.data.tags["channels_last"]) == ("bf16", "true")
     mlflow.set_tracking_uri(mlflow_server)
     model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
     data = load_image_data("imagefolder", str(imagefolder))

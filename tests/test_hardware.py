@@ -1,0 +1,105 @@
+"""Precision and memory layout: bf16 where the hardware has it, channels-last where the model takes it."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from cifar_mlflow import TrainConfig, prepare
+from cifar_mlflow.errors import ConfigError
+from cifar_mlflow.hardware import cpu_flags, select_precision, use_channels_last
+from cifar_mlflow.models import get_model
+from cifar_mlflow.training import fit
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize(("name", "flags", "expected"), [
+    ("auto", frozenset({"avx2", "avx512f", "avx512_bf16"}), "bf16"),  # AMD Zen 4+, Intel Cooper Lake+
+    ("auto", frozenset({"avx2", "amx_bf16", "amx_tile"}), "bf16"),  # Intel Sapphire Rapids+
+    ("auto", frozenset({"fp", "asimd", "bf16"}), "bf16"),  # Arm Neoverse V1+
+    ("auto", frozenset({"avx2", "avx512f"}), "fp32"),  # bf16 only emulated: slower than fp32
+    ("auto", frozenset(), "fp32"),  # flags unknown (not Linux)
+    ("bf16", frozenset(), "bf16"),  # asked for: emulated, but honoured
+    ("fp32", frozenset({"avx512_bf16"}), "fp32"),
+])
+def test_precision_follows_the_cpu(name: str, flags: frozenset[str], expected: str) -> None:
+    assert select_precision(name, CPU, flags) == expected
+
+
+def test_this_machines_cpu_flags_are_read() -> None:
+    if not Path("/proc/cpuinfo").is_file():
+        pytest.skip("no /proc/cpuinfo on this system")
+    flags = cpu_flags()
+    assert flags and (select_precision("auto", CPU) == "bf16") == bool({"avx512_bf16", "amx_bf16", "bf16"} & flags)
+
+
+def test_an_unknown_precision_is_refused() -> None:
+    with pytest.raises(ConfigError, match="unknown precision 'fp16'; choose one of: auto, bf16, fp32"):
+        prepare(TrainConfig(dataset="synthetic", precision="fp16", device="cpu"))
+
+
+class ViewAfterConv(nn.Module):
+    """The classic notebook model: `x.view(B, -1)` fails on a channels-last activation."""
+
+    def __init__(self, num_classes: int = 3, in_channels: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 32 * 32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        return self.fc(x.view(x.size(0), -1))
+
+
+def test_channels_last_where_the_model_takes_it() -> None:
+    example = torch.zeros(2, 3, 32, 32)
+    cnn = get_model("cnn_small", num_classes=10)
+    cnn(example)  # lazy layers materialised, as `prepare` does
+    assert use_channels_last(cnn, example)
+    conv = next(m for m in cnn.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+    notebook = ViewAfterConv()
+    assert not use_channels_last(notebook, example)
+    assert notebook.conv.weight.is_contiguous()  # put back as it was
+    assert notebook(example).shape == (2, 3)
+
+
+def test_a_user_model_that_reshapes_with_view_trains(imagefolder, tmp_path, monkeypatch) -> None:
+    (tmp_path / "notebook_models.py").write_text(textwrap.dedent("""
+        from torch import nn
+        class Net(nn.Module):
+            def __init__(self, num_classes, in_channels):
+                super().__init__()
+                self.conv = nn.Conv2d(in_channels, 4, 3, padding=1)
+                self.fc = nn.Linear(4 * 32 * 32, num_classes)
+            def forward(self, x):
+                x = self.conv(x).relu()
+                return self.fc(x.view(x.size(0), -1))
+    """))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "notebook_models", raising=False)
+    prepared = prepare(TrainConfig(arch="notebook_models:Net", dataset="imagefolder", data_dir=str(imagefolder),
+                                   epochs=2, batch_size=16, lr=0.05, progress=False, device="cpu"))
+    assert not prepared.channels_last
+    assert fit(prepared).test.acc > 0.5
+
+
+def test_bf16_training_on_the_cpu_learns_like_fp32(imagefolder) -> None:
+    results = {}
+    for precision in ("fp32", "bf16"):
+        prepared = prepare(TrainConfig(arch="cnn_small", dataset="imagefolder", data_dir=str(imagefolder),
+                                       epochs=3, batch_size=16, lr=0.05, progress=False, device="cpu",
+                                       precision=precision))
+        assert prepared.precision == precision and prepared.channels_last
+        results[precision] = fit(prepared)
+    assert results["bf16"].test.acc > 0.8  # three colour-coded classes are easy, in either precision
+    # Different arithmetic, so different weights: bf16 really ran.
+    assert results["bf16"].history[0]["train_loss"] != results["fp32"].history[0]["train_loss"]
