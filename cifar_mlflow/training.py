@@ -59,8 +59,8 @@ class Prepared:
     data: DataSplits
     model: nn.Module  # on `device`, lazy layers materialised, channels-last if it takes such batches
     device: torch.device
-    precision: str = "fp32"  # what `--precision` resolved to here: bf16 (autocast) or fp32
-    channels_last: bool = False  # batches are channels-last (the model accepts them)
+    precision: str  # what `--precision` resolved to here: bf16 (autocast) or fp32
+    channels_last: bool  # batches are channels-last (the model accepts them)
 
     @property
     def num_parameters(self) -> int:
@@ -85,16 +85,18 @@ def prepare(config: TrainConfig, data: DataSplits | None = None) -> Prepared:
     device = select_device(config.device)
     if device.type == "cuda" and D.world_size() > 1 and device.index is None:
         device = torch.device("cuda", D.local_rank())  # one GPU per torchrun process
+    precision = select_precision(config.precision, device)  # before the data set is read, as the device
     seed_everything(config.seed, config.deterministic)
     if data is None:
         data = load_splits(config)
     model = get_model(config.arch, num_classes=data.num_classes, in_channels=data.image_shape[0],
                       **config.model_args)
     c, h, w = data.image_shape
+    example = torch.zeros(2, c, h, w)
     model.eval()
     try:
         with torch.no_grad():  # materialises lazy layers; proves the model takes these images
-            out = model(torch.zeros(2, c, h, w))
+            out = model(example)
     except Exception as exc:  # noqa: BLE001 - any failure here means the arch does not fit the data
         raise ConfigError(f"{config.arch} cannot take {c}x{h}x{w} images ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:160]}); try --image-size or another arch") from None
@@ -107,9 +109,9 @@ def prepare(config: TrainConfig, data: DataSplits | None = None) -> Prepared:
     init_from_data = getattr(model, "init_from_data", None)
     if callable(init_from_data):  # data-dependent initialisation (airbench's patch whitening)
         init_from_data(BatchTransform("none", data.mean, data.std)(data.train.images[:_INIT_IMAGES]))
-    channels_last = use_channels_last(model, torch.zeros(2, c, h, w))
+    channels_last = use_channels_last(model, example)
     model.to(device)
-    return Prepared(config, data, model, device, select_precision(config.precision, device), channels_last)
+    return Prepared(config, data, model, device, precision, channels_last)
 
 
 def _git_commit() -> str | None:
