@@ -387,7 +387,8 @@ def _flat_metrics(results: dict[str, Any]) -> dict[str, float]:
     """The benchmark's numbers as MLflow metrics: `ours_images_per_s.mlp`, `data_path.speedup`, ..."""
     metrics: dict[str, float] = {}
     for row in results.get("rows") or []:
-        for key in ("ours_images_per_s", "baseline_images_per_s", "speedup"):
+        for key in ("ours_images_per_s", "baseline_images_per_s", "speedup", "model_alone_images_per_s",
+                    "speedup_bound"):
             metrics[f"{key}.{row['arch']}"] = float(row[key])
     for section in ("data_path", "tracking_overhead", "time_to_accuracy"):
         for key, value in (results.get(section) or {}).items():

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from cifar_mlflow.data.augment import BatchTransform, random_crop, random_erasing, random_hflip
+import pytest
+
+from cifar_mlflow.data.augment import BatchTransform, random_crop, random_erasing
 from cifar_mlflow.data.loader import DeviceLoader
 from cifar_mlflow.data.splits import Split
 
@@ -13,23 +15,44 @@ def images(n: int = 16, c: int = 3, size: int = 32) -> torch.Tensor:
     return torch.randint(0, 256, (n, c, size, size), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
 
 
-def test_crop_is_a_shifted_window_of_the_padded_image() -> None:
-    x = images().float()
-    out = random_crop(x, 4, torch.Generator().manual_seed(1))
-    padded = torch.nn.functional.pad(x, (4, 4, 4, 4), mode="reflect")
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+@pytest.mark.parametrize("pad", [2, 4])
+def test_crop_is_a_shifted_window_of_the_padded_image(dtype, pad) -> None:
+    x = images().to(dtype)
+    out = random_crop(x, pad, torch.Generator().manual_seed(1))
+    assert out.dtype == dtype and out.shape == x.shape
+    padded = torch.nn.functional.pad(x.float(), (pad, pad, pad, pad), mode="reflect")
+    size = 2 * pad + 1
+    offsets = set()
     for i in range(len(x)):
-        windows = padded[i].unfold(1, 32, 1).unfold(2, 32, 1)  # (C, 9, 9, 32, 32)
-        matches = (windows == out[i][:, None, None]).all(dim=(0, 3, 4))
+        windows = padded[i].unfold(1, 32, 1).unfold(2, 32, 1)  # (C, size, size, 32, 32)
+        matches = (windows == out[i].float()[:, None, None]).all(dim=(0, 3, 4))
         assert matches.any(), f"image {i} is not a crop of its padded original"
+        offsets.add(int(matches.nonzero()[0, 0]) * size + int(matches.nonzero()[0, 1]))
+    assert len(offsets) > 4  # random offsets, not one shift for the whole batch
 
 
-def test_flip_mirrors_about_half_the_images() -> None:
-    x = images(n=400).float()
-    out = random_hflip(x, torch.Generator().manual_seed(0))
+def test_flip_mirrors_about_half_the_crops() -> None:
+    x = images(n=400)
+    out = random_crop(x, 0, torch.Generator().manual_seed(0), hflip=True)  # pad 0: the flip alone
     flipped = (out == x.flip(3)).all(dim=(1, 2, 3))
     kept = (out == x).all(dim=(1, 2, 3))
     assert bool((flipped | kept).all())
     assert 150 < int(flipped.sum()) < 250
+    # with a crop: the mirror image of the crop the same random numbers give without the flip
+    gen = torch.Generator().manual_seed(5)
+    both = random_crop(x, 4, gen, hflip=True)
+    flip = torch.rand(len(x), generator=torch.Generator().set_state(_after_crop_draws(len(x))))
+    crop = random_crop(x, 4, torch.Generator().manual_seed(5))
+    expected = torch.where((flip < 0.5)[:, None, None, None], crop.flip(3), crop)
+    assert torch.equal(both, expected)
+
+
+def _after_crop_draws(n: int) -> torch.Tensor:
+    """The state of a generator seeded 5 after `random_crop` drew its two offsets for n images."""
+    gen = torch.Generator().manual_seed(5)
+    torch.randint(0, 9, (n,), generator=gen), torch.randint(0, 9, (n,), generator=gen)
+    return gen.get_state()
 
 
 def test_erasing_zeroes_rectangles_in_some_images() -> None:
@@ -50,6 +73,9 @@ def test_presets_normalise_and_keep_shape() -> None:
         assert abs(float(out.mean())) < 0.15
     plain = BatchTransform("none", mean, std)(x)
     assert abs(float(plain.std()) - 1) < 0.05
+    assert torch.equal(x, images(n=256))  # the data set's own batch is never changed in place
+    with pytest.raises(TypeError, match="uint8"):
+        BatchTransform("none", mean, std)(x.float())
 
 
 def test_no_flip_for_digit_data() -> None:

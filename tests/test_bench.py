@@ -41,6 +41,12 @@ def test_json_has_a_row_per_arch_with_the_ratio_of_the_two_pipelines(bench_resul
         assert {"arch", "device", "ours_images_per_s", "baseline_images_per_s", "speedup"} <= set(row)
         assert row["device"] == "cpu" and row["ours_images_per_s"] > 0 and row["baseline_images_per_s"] > 0
         assert row["speedup"] == pytest.approx(row["ours_images_per_s"] / row["baseline_images_per_s"], rel=0.01)
+        # the model's own pace, and what it leaves for a data path to gain
+        assert row["model_alone_images_per_s"] > 0
+        assert row["ours_share_of_model_alone"] == pytest.approx(
+            row["ours_images_per_s"] / row["model_alone_images_per_s"], rel=0.01)
+        assert row["speedup_bound"] == pytest.approx(
+            row["model_alone_images_per_s"] / row["baseline_images_per_s"], rel=0.01)
     path = results["data_path"]
     assert path["ours_images_per_s"] > 0 and path["baseline_images_per_s"] > 0
     tracking = results["tracking_overhead"]
@@ -60,10 +66,14 @@ def test_time_to_accuracy_runs_the_fast_recipe_with_logging(bench_result) -> Non
 def test_markdown_tables_on_stdout(bench_result) -> None:
     proc, results, _ = bench_result
     out = proc.stdout
-    assert "| arch | device | precision | ours (img/s) | DataLoader + PIL (img/s) | speedup |" in out
+    assert ("| arch | device | precision | ours (img/s) | DataLoader + PIL (img/s) | speedup "
+            "| model alone (img/s) | ours, of model alone | speedup bound |") in out
     lenet = results["rows"][0]
     assert lenet["precision"] in ("bf16", "fp32")  # as the training command picks it on this CPU
-    assert f"| lenet | cpu | {lenet['precision']} | {lenet['ours_images_per_s']:,.0f} |" in out
+    assert (f"| lenet | cpu | {lenet['precision']} | {lenet['ours_images_per_s']:,.0f} "
+            f"| {lenet['baseline_images_per_s']:,.0f} | {lenet['speedup']:.2f}x "
+            f"| {lenet['model_alone_images_per_s']:,.0f} | {lenet['ours_share_of_model_alone']:.0%} "
+            f"| {lenet['speedup_bound']:.2f}x |") in out
     assert "### Data path alone" in out and "### Tracking overhead" in out and "### Time to 50%" in out
     assert "note: measured on `synthetic` data" in out and "not the original CIFAR-10" in out
 
@@ -74,6 +84,7 @@ def test_logged_as_a_finished_benchmark_run(bench_result) -> None:
     (run,) = client.search_runs([client.get_experiment_by_name("benchmarks").experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["cifar_mlflow.kind"] == "benchmark"
     assert run.data.metrics["speedup.lenet"] == pytest.approx(results["rows"][0]["speedup"])
+    assert run.data.metrics["speedup_bound.mlp"] == pytest.approx(results["rows"][1]["speedup_bound"])
     assert "tracking_overhead.ratio" in run.data.metrics and run.data.params["archs"] == "lenet mlp"
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"benchmark.md", "benchmark.json"}
 

