@@ -22,6 +22,7 @@ DATASETS = ("cifar10", "cifar100", "fashion_mnist", "mnist", "svhn", "imagefolde
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("onecycle", "linear", "cosine", "step", "plateau", "none")
 AUGMENTS = ("none", "light", "standard", "strong")
+FLIPS = ("random", "alternating")
 TTAS = ("none", "flip", "flip_translate")
 PRECISIONS = ("auto", "bf16", "fp32")
 DEFAULT_ARCH = "cnn"
@@ -73,6 +74,11 @@ class TrainConfig:
                                  "flip), standard (4-pixel crop + flip) or strong (adds colour "
                                  "jitter, rotation, erasing); default: recommended for the arch",
                                  choices=AUGMENTS)
+    flip: str | None = _field(None, "horizontal flips of the augmentation presets: random (each "
+                              "image with probability 1/2 every epoch) or alternating (airbench's: "
+                              "a random half in the first epoch, then each image mirrored in every "
+                              "other epoch, so consecutive epochs see both sides of every image); "
+                              "default: recommended for the arch", choices=FLIPS)
     tta: str | None = _field(None, "test-time augmentation of evaluation and of the logged "
                              "model: none, flip (average with the mirror image) or "
                              "flip_translate (also 1-pixel shifts); default: none, or the "
@@ -136,7 +142,7 @@ RECOMMENDED: dict[str, dict[str, Any]] = {
     # 0.85 is 1.5 here; its decoupled weight decay of 2e-3 per step is 2e-3 / lr.
     "airbench": dict(optimizer="sgd", lr=1.5, momentum=0.85, weight_decay=2e-3 / 1.5,
                      scheduler="linear", warmup_epochs=2.3, epochs=10, batch_size=1024,
-                     augment="light", label_smoothing=0.2, lookahead=True),
+                     augment="light", flip="alternating", label_smoothing=0.2, lookahead=True),
     "mlp": dict(optimizer="adamw", lr=1e-3, weight_decay=1e-4, scheduler="onecycle",
                 epochs=30, batch_size=128, augment="none", label_smoothing=0.0),
     "lenet": dict(optimizer="sgd", lr=0.05, weight_decay=5e-4, scheduler="onecycle",
@@ -161,7 +167,8 @@ RECOMMENDED: dict[str, dict[str, Any]] = {
 
 
 # Settings every architecture gets when its own recommendations leave them out.
-COMMON_SETTINGS = dict(momentum=0.9, warmup_epochs=1.0, val_fraction=0.1, tta="none", lookahead=False)
+COMMON_SETTINGS = dict(momentum=0.9, warmup_epochs=1.0, val_fraction=0.1, tta="none", lookahead=False,
+                       flip="random")
 
 def recommended_for(arch: str) -> dict[str, Any]:
     """The recommended settings for `arch` (the generic ones for tv: and user models)."""

@@ -199,7 +199,8 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
     model = prepared.model
     channels_last, precision = prepared.channels_last, prepared.precision
     shard = {"rank": D.rank(), "world_size": D.world_size()}  # under torchrun: this process's part
-    train_loader = DeviceLoader(data.train, config.batch_size, BatchTransform(config.augment, data.mean, data.std, data.hflip_ok),
+    augment = BatchTransform(config.augment, data.mean, data.std, data.hflip_ok, flip=config.flip)
+    train_loader = DeviceLoader(data.train, config.batch_size, augment,
                                 device, shuffle=True, seed=config.seed, channels_last=channels_last, **shard)
     plain = BatchTransform("none", data.mean, data.std)
     eval_batch = max(config.batch_size, 256)
@@ -239,6 +240,7 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
         torch.set_rng_state(resume_state["rng"]["torch"])
         train_loader.generator.set_state(resume_state["rng"]["loader"].to(train_loader.generator.get_state().device))
         start_epoch = resume_state["epoch"] + 1
+        train_loader.epoch = resume_state["epoch"]  # the passes done: alternating flips go on from there
 
     stopped_early = False
     writer = CheckpointWriter(checkpoint_file) if checkpoint_file is not None and main_process else None

@@ -97,3 +97,47 @@ def test_loader_is_seeded_and_covers_the_split() -> None:
     evaluation = DeviceLoader(split, 32, t, torch.device("cpu"), shuffle=False)
     labels = torch.cat([y for _, y in evaluation])
     assert torch.equal(labels, split.labels)  # every image once, in order
+
+
+def _mirrored(out: torch.Tensor, originals: torch.Tensor, pad: int) -> torch.Tensor:
+    """For each output image: whether it is a crop of its mirrored original (else of the original)."""
+    result = []
+    for crop, original in zip(out.float(), originals.float()):
+        def is_crop_of(image: torch.Tensor) -> bool:
+            padded = torch.nn.functional.pad(image[None], (pad,) * 4, mode="reflect")[0]
+            windows = padded.unfold(1, image.shape[1], 1).unfold(2, image.shape[2], 1)
+            return bool((windows == crop[:, None, None]).all(dim=(0, 3, 4)).any())
+        mirrored, plain = is_crop_of(original.flip(2)), is_crop_of(original)
+        assert mirrored != plain, "each output is a crop of the image or of its mirror image, not both"
+        result.append(mirrored)
+    return torch.tensor(result)
+
+
+def _epoch_flips(loader: DeviceLoader, originals: torch.Tensor) -> torch.Tensor:
+    """One pass of `loader` over images labelled by their index: which images came out mirrored."""
+    flips = torch.zeros(len(originals), dtype=torch.bool)
+    for x, index in loader:
+        x = (x * 0.25 + 0.5) * 255  # undo the normalisation: the crops' uint8 values, exactly
+        flips[index] = _mirrored(x.round().to(torch.uint8), originals[index], pad=2)
+    return flips
+
+
+def test_alternating_flips_mirror_each_image_in_every_other_epoch() -> None:
+    originals = images(n=64)
+    split = Split(originals, torch.arange(64))  # labels are the images' indices
+    t = BatchTransform("light", (0.5,) * 3, (0.25,) * 3, flip="alternating")
+    loader = DeviceLoader(split, 16, t, torch.device("cpu"), shuffle=True, seed=7)
+    first, second, third = (_epoch_flips(loader, originals) for _ in range(3))
+    assert 16 < int(first.sum()) < 48  # a random half in the first epoch
+    assert torch.equal(second, ~first) and torch.equal(third, first)
+    # resumed after two epochs: the third epoch's flips, from a new loader with the same seed
+    resumed = DeviceLoader(split, 16, t, torch.device("cpu"), shuffle=True, seed=7)
+    resumed.epoch = 2
+    assert torch.equal(_epoch_flips(resumed, originals), third)
+    # random flips: no such pattern between two epochs
+    t_random = BatchTransform("light", (0.5,) * 3, (0.25,) * 3)
+    loader = DeviceLoader(split, 16, t_random, torch.device("cpu"), shuffle=True, seed=7)
+    first, second = _epoch_flips(loader, originals), _epoch_flips(loader, originals)
+    assert not torch.equal(second, ~first)
+    with pytest.raises(ValueError, match="alternating"):
+        t(originals[:4], torch.Generator())  # without the loader's flips

@@ -84,6 +84,12 @@ def test_lookahead_blends_every_fifth_step_and_ends_on_the_average() -> None:
     assert resolve_config(TrainConfig(recipe="fast")).lookahead and not resolve_config(TrainConfig()).lookahead
 
 
+def test_the_fast_recipe_alternates_flips_unless_told_otherwise() -> None:
+    assert resolve_config(TrainConfig(recipe="fast")).flip == "alternating"
+    assert resolve_config(TrainConfig(recipe="fast", flip="random")).flip == "random"
+    assert resolve_config(TrainConfig(arch="cnn")).flip == "random"
+
+
 def test_test_time_augmentation_averages_the_views() -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(5)).eval()
@@ -118,8 +124,8 @@ def test_logged_fast_model_includes_test_time_augmentation(mlflow_server, imagef
     client = MlflowClient(mlflow_server)
     (run,) = client.search_runs([client.get_experiment_by_name("fast-test").experiment_id])
     assert run.info.status == "FINISHED"
-    assert (run.data.params["recipe"], run.data.params["arch"], run.data.params["tta"]) == (
-        "fast", "airbench", "flip_translate")
+    assert (run.data.params["recipe"], run.data.params["arch"], run.data.params["tta"], run.data.params["flip"]) == (
+        "fast", "airbench", "flip_translate", "alternating")
     assert run.data.params["val_size"] == "0" and "val_acc" not in run.data.metrics
     assert (run.data.tags["precision"], run.data.tags["channels_last"]) == ("bf16", "true")
     mlflow.set_tracking_uri(mlflow_server)

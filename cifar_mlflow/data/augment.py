@@ -24,9 +24,11 @@ def _reflect(t: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(t > size - 1, 2 * (size - 1) - t, t)
 
 
-def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator, *, hflip: bool = False) -> torch.Tensor:
+def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator, *, hflip: bool = False,
+                flips: torch.Tensor | None = None) -> torch.Tensor:
     """Pad by `pad` pixels (reflect) and crop back to the original size at a random offset per image;
-    with `hflip`, then mirror each image left-right with probability 1/2.
+    with `hflip`, then mirror each image left-right with probability 1/2, or where `flips` (a bool
+    per image) says so.
 
     One gather of source pixels, with no padded copy: any dtype (uint8 batches move 4x fewer bytes
     than float ones), the same on every device.
@@ -37,7 +39,7 @@ def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator, *, hflip: bool 
     dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen, device=dev)
     cols = torch.arange(w, device=dev).expand(b, w)
     if hflip:
-        flip = torch.rand(b, generator=gen, device=dev) < 0.5
+        flip = torch.rand(b, generator=gen, device=dev) < 0.5 if flips is None else flips
         cols = torch.where(flip[:, None], (w - 1) - cols, cols)
     rows = _reflect(dy[:, None] - pad + torch.arange(h, device=dev), h)  # (B, H) source rows
     cols = _reflect(dx[:, None] - pad + cols, w)  # (B, W) source columns
@@ -98,24 +100,33 @@ class BatchTransform:
             colour jitter, rotation up to 15 degrees and random erasing).
         mean, std: per-channel statistics in [0, 1] used for normalisation.
         hflip_ok: False for data where a mirror image changes the label (digits).
+        flip: "random" (each image with probability 1/2) or "alternating": the caller says which
+            images to mirror (`flips`); `DeviceLoader` alternates them epoch by epoch.
     """
 
-    def __init__(self, preset: str, mean: tuple[float, ...], std: tuple[float, ...], hflip_ok: bool = True) -> None:
+    def __init__(self, preset: str, mean: tuple[float, ...], std: tuple[float, ...], hflip_ok: bool = True,
+                 flip: str = "random") -> None:
         self.preset = preset
         self.hflip_ok = hflip_ok
+        # whether batches need the images' flips from the loader
+        self.alternating_flips = flip == "alternating" and hflip_ok and preset != "none"
         self._mean = torch.tensor(mean).view(1, -1, 1, 1)
         self._std = torch.tensor(std).view(1, -1, 1, 1)
 
-    def __call__(self, images: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, gen: torch.Generator | None = None,
+                 flips: torch.Tensor | None = None) -> torch.Tensor:
         if images.dtype != torch.uint8:
             raise TypeError(f"BatchTransform takes uint8 images, got {images.dtype}")
+        if self.alternating_flips and flips is None:
+            raise ValueError("alternating flips: pass each image's flip (DeviceLoader does)")
         x = images
         if self.preset != "none":
             assert gen is not None, "augmentation needs a generator"
             if self.preset == "strong":
                 x = colour_jitter(x.float().div_(255.0), gen)
             # Crop and flip move pixels without changing them: on uint8 when they come first.
-            x = random_crop(x, 2 if self.preset == "light" else 4, gen, hflip=self.hflip_ok)
+            x = random_crop(x, 2 if self.preset == "light" else 4, gen, hflip=self.hflip_ok,
+                            flips=flips if self.alternating_flips else None)
             if self.preset == "strong":
                 x = random_rotation(x, gen)
         if x.dtype == torch.uint8:

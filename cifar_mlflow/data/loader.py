@@ -29,7 +29,8 @@ class DeviceLoader:
         transform: augmentation and normalisation of each batch.
         device: where batches are produced (the data is copied there once when it fits).
         shuffle: reshuffle every epoch (training).
-        seed: seeds the generator of shuffling and augmentation.
+        seed: seeds the generator of shuffling and augmentation (and the first epoch's flips when
+            the transform alternates them).
         channels_last: yield channels-last tensors (faster convolutions on CUDA).
         rank, world_size: under torchrun, this process takes every `world_size`-th item of each
             epoch's order, starting at `rank` (training: the same number on every rank).
@@ -51,6 +52,11 @@ class DeviceLoader:
         self.shuffle = shuffle
         self.channels_last = channels_last
         self.generator = torch.Generator(device=device).manual_seed(seed)
+        # Alternating flips: each image's flip in the first epoch, drawn once from the seed; an odd
+        # epoch flips the others. `epoch` counts the passes begun (set it when resuming).
+        self.epoch = 0
+        self.first_flips = (torch.rand(len(self.labels), generator=self.generator, device=device) < 0.5
+                            if shuffle and transform.alternating_flips else None)
         self.rank, self.world_size = rank, world_size
         # Training drops the last partial batch (stable batch-norm statistics, static shapes),
         # unless the split is smaller than one batch.
@@ -73,12 +79,14 @@ class DeviceLoader:
         else:
             order = torch.arange(n, device=self.device)
         order = order[self.rank::self.world_size][:self._local_count()]
+        flips = None if self.first_flips is None else self.first_flips ^ bool(self.epoch % 2)
+        self.epoch += 1
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             # index_select: about 10x faster than indexing with a tensor for whole rows
             images = self.images.index_select(0, idx if self.on_device else idx.cpu()).to(self.device,
                                                                                          non_blocking=True)
-            x = self.transform(images, self.generator)
+            x = self.transform(images, self.generator, None if flips is None else flips.index_select(0, idx))
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, self.labels.index_select(0, idx)
