@@ -69,18 +69,25 @@ def _train_config(bench: BenchConfig, **values: Any):
                        precision=bench.precision, progress=False, **values)
 
 
-def _pipelines(bench: BenchConfig, data, device, channels_last: bool):
-    """Endless batch streams of both pipelines over the training split, with the standard augmentation."""
-    from cifar_mlflow.baseline_pipeline import conventional_loader, default_num_workers
+def _our_batches(bench: BenchConfig, data, device, channels_last: bool):
+    """An endless batch stream of this project's pipeline over the training split, standard augmentation."""
     from cifar_mlflow.data import BatchTransform, DeviceLoader
     from cifar_mlflow.throughput import forever
 
     ours = DeviceLoader(data.train, bench.batch_size, BatchTransform("standard", data.mean, data.std, data.hflip_ok),
                         device, shuffle=True, channels_last=channels_last)
+    return forever(lambda: iter(ours))
+
+
+def _baseline_batches(bench: BenchConfig, data, device):
+    """The conventional pipeline's endless batch stream over the training split, and its worker count."""
+    from cifar_mlflow.baseline_pipeline import conventional_loader, default_num_workers
+    from cifar_mlflow.throughput import forever
+
     workers = bench.num_workers if bench.num_workers is not None else default_num_workers()
     baseline = conventional_loader(data.train, bench.batch_size, data.mean, data.std, num_workers=workers,
                                    pin_memory=device.type == "cuda", hflip_ok=data.hflip_ok)
-    return forever(lambda: iter(ours)), forever(lambda: iter(baseline)), workers
+    return forever(lambda: iter(baseline)), workers
 
 
 def _best_of_turns(rounds: int, *measures) -> tuple[float, ...]:
@@ -101,13 +108,14 @@ def measure_training(bench: BenchConfig, data, device, progress) -> list[dict[st
     from cifar_mlflow.throughput import training_images_per_second
     from cifar_mlflow.training import prepare
 
+    baseline, workers = _baseline_batches(bench, data, device)  # its workers serve every architecture
     rows = []
     for arch in arch_list(bench):
         progress.set_description(f"training throughput: {arch}")
         prepared = prepare(_train_config(bench, arch=arch), data)  # built, initialised, on device
         model = prepared.model
         twin, alone = copy.deepcopy(model), copy.deepcopy(model)  # the same weights for each measurement
-        ours, baseline, workers = _pipelines(bench, data, device, prepared.channels_last)
+        ours = _our_batches(bench, data, device, prepared.channels_last)  # in the layout this model takes
         one_batch = itertools.repeat(next(ours))
         kwargs = {"steps": bench.steps, "warmup": bench.warmup_steps, "precision": prepared.precision,
                   "channels_last": prepared.channels_last}
@@ -131,7 +139,8 @@ def measure_data_path(bench: BenchConfig, data, device, progress) -> dict[str, A
     from cifar_mlflow.throughput import data_images_per_second
 
     progress.set_description("data path")
-    ours, baseline, workers = _pipelines(bench, data, device, channels_last=False)
+    ours = _our_batches(bench, data, device, channels_last=False)
+    baseline, workers = _baseline_batches(bench, data, device)
     kwargs = {"steps": bench.steps * 4, "warmup": bench.warmup_steps}  # no model: cheap steps, so more of them
     base_ips, ours_ips = _best_of_turns(bench.rounds, lambda: data_images_per_second(baseline, device, **kwargs),
                                         lambda: data_images_per_second(ours, device, **kwargs))
