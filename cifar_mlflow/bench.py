@@ -32,6 +32,7 @@ from typing import Any
 from cifar_mlflow.bench_config import BenchConfig, arch_list, resolve_bench_config, section_list
 from cifar_mlflow.cli import add_config_arguments, collect_values
 from cifar_mlflow.errors import ConfigError
+from cifar_mlflow.redaction import protect_console, redact
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -314,6 +315,7 @@ def _run_sections(bench: BenchConfig, device, data, workdir: Path) -> dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    protect_console()
     args = build_parser().parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="cifar_mlflow-bench-"))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -339,7 +341,7 @@ def _bench(args: argparse.Namespace, argv: list[str] | None, workdir: Path) -> i
         data = load_splits(_train_config(bench, val_fraction=0.0))
         results = _run_sections(bench, device, data, workdir)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: nothing written", file=sys.stderr)

@@ -18,6 +18,7 @@ from pathlib import Path
 from cifar_mlflow.cli import add_config_arguments, collect_values
 from cifar_mlflow.config import _field
 from cifar_mlflow.errors import ConfigError
+from cifar_mlflow.redaction import protect_console, redact
 
 
 @dataclass
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from cifar_mlflow.comparison_report import build_report
     from cifar_mlflow.tracking import fetch_run_records, log_comparison, select_runs, tracking_uri
 
+    protect_console()
     args = build_parser().parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per small CSV is noise
     workdir = Path(tempfile.mkdtemp(prefix="cifar_mlflow-compare-"))
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             run_id = log_comparison(uri, runs[0].info.experiment_id, title, [r.info.run_id for r in runs], out)
             print(f"comparison logged as run {run_id} (artifacts: comparison/report.html)", file=sys.stderr)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -15,6 +15,7 @@ import threading
 import time
 import types
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from cifar_mlflow.data import DataSplits
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.interrupts import deferring
 from cifar_mlflow.logger import ended_run
+from cifar_mlflow.redaction import redact
 from cifar_mlflow.search_space import ParamSpec, sample_config
 from cifar_mlflow.tracking import MlflowLogger, StudyTracker, fail_stale_run, set_model_alias, set_tags
 from cifar_mlflow.training import load_splits, prepare, run, run_datasets, run_params, run_tags
@@ -38,7 +40,66 @@ PARENT_ATTR = "mlflow_parent_run_id"
 RUN_ATTR = "mlflow_run_id"
 
 
+def trial_seed(study_seed: int, trial_number: int) -> int:
+    """The seed of one trial's draws: the same for the same study seed and trial number, anywhere."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([study_seed, trial_number]).generate_state(1)[0])
+
+
+class PerTrialSeedSampler(optuna.samplers.BaseSampler):
+    """A sampler whose draws for each trial are seeded by (study seed, trial number).
+
+    Optuna's samplers are seeded once per process, so two workers with the same `--seed`, or a study
+    resumed with it, draw the same configurations. Trial numbers are unique in a study's storage,
+    so seeding per trial makes every worker and every resumption explore new points, while a
+    single-worker study stays reproducible. Each trial gets its own instance of the chosen sampler
+    (they keep their state in the study's storage), created at `before_trial` and dropped after it.
+    """
+
+    def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed: int) -> None:
+        self._make = make
+        self._seed = seed
+        self._by_trial: dict[int, optuna.samplers.BaseSampler] = {}
+        self._lock = threading.Lock()  # trials in parallel threads (--n-jobs)
+
+    def _for(self, trial: optuna.trial.FrozenTrial) -> optuna.samplers.BaseSampler:
+        with self._lock:
+            if trial.number not in self._by_trial:
+                self._by_trial[trial.number] = self._make(trial_seed(self._seed, trial.number))
+            return self._by_trial[trial.number]
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self._for(trial).before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self._for(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._for(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        try:
+            self._for(trial).after_trial(study, trial, state, values)
+        finally:
+            with self._lock:
+                self._by_trial.pop(trial.number, None)
+
+    def reseed_rng(self) -> None:
+        """Nothing to do: no two trials share a seed (Optuna calls this for --n-jobs > 1)."""
+
+
 def build_sampler(tune: TuneConfig, space: list[ParamSpec], seed: int) -> optuna.samplers.BaseSampler:
+    """The `--sampler` choice, seeded per trial (`PerTrialSeedSampler`)."""
+    make = _sampler_factory(tune, space)
+    make(seed)  # a bad grid fails here, before the study exists
+    return PerTrialSeedSampler(make, seed)
+
+
+def _sampler_factory(tune: TuneConfig, space: list[ParamSpec]) -> Callable[[int], optuna.samplers.BaseSampler]:
     if tune.sampler == "grid":
         grid = {}
         for spec in space:
@@ -51,14 +112,14 @@ def build_sampler(tune: TuneConfig, space: list[ParamSpec], seed: int) -> optuna
                                   f"{spec.name!r} is a {spec.kind} range")
             if spec.when:
                 raise ConfigError(f"grid sampler cannot search conditional parameters ({spec.name!r} has when:)")
-        return optuna.samplers.GridSampler(grid, seed=seed)
+        return lambda seed: optuna.samplers.GridSampler(grid, seed=seed)
     samplers = {
-        "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
-        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
-        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
-        "gp": lambda: optuna.samplers.GPSampler(seed=seed),
+        "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed),
+        "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+        "cmaes": lambda seed: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
+        "gp": lambda seed: optuna.samplers.GPSampler(seed=seed),
     }
-    return samplers[tune.sampler]()
+    return samplers[tune.sampler]
 
 
 def build_pruner(tune: TuneConfig, epochs: int) -> optuna.pruners.BasePruner:
@@ -111,11 +172,11 @@ def build_storage(tune: TuneConfig, uri: str) -> optuna.storages.RDBStorage:
                                         grace_period=3 * tune.heartbeat_interval,
                                         heartbeat_stale_trial_callback=on_stale_trial)
         except ImportError as exc:  # no driver for this URL: trying again will not help
-            raise ConfigError(f"cannot open Optuna storage {tune.storage}: {exc}") from None
+            raise ConfigError(redact(f"cannot open Optuna storage {tune.storage}: {exc}")) from None
         except Exception as exc:  # noqa: BLE001 - bad URL, unreachable server, the table race
             if attempt == 3:
-                raise ConfigError(f"cannot open Optuna storage {tune.storage}: "
-                                  f"{str(exc).splitlines()[0][:200]}") from None
+                raise ConfigError(redact(f"cannot open Optuna storage {tune.storage}: "
+                                         f"{str(exc).splitlines()[0][:200]}")) from None
             time.sleep(0.5 + attempt)
 
 
@@ -216,8 +277,10 @@ def study_summary(study: optuna.Study, epochs: int) -> tuple[dict[str, float], d
     states = [t.state for t in trials]
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     saved = sum(max(0, epochs - int(t.user_attrs.get("pruned_at_epoch", t.last_step or 0))) for t in pruned)
+    configurations = {tuple(sorted((k, repr(v)) for k, v in t.params.items())) for t in trials if t.params}
     metrics = {"trials_complete": states.count(TrialState.COMPLETE), "trials_pruned": len(pruned),
-               "trials_failed": states.count(TrialState.FAIL), "epochs_saved_by_pruning": saved}
+               "trials_failed": states.count(TrialState.FAIL), "epochs_saved_by_pruning": saved,
+               "distinct_configurations": len(configurations)}
     params: dict[str, Any] = {}
     if metrics["trials_complete"]:
         best = study.best_trial
@@ -326,7 +389,7 @@ def top_trials_text(study: optuna.Study, k: int = 10) -> str:
     keep = ["number", "value"] + [c for c in df.columns if c.startswith("params_")]
     table = done[keep].rename(columns=lambda c: c.removeprefix("params_")).to_string(index=False) if len(done) else "(none complete)"
     counts = (f"{metrics['trials_complete']} complete, {metrics['trials_pruned']} pruned, "
-              f"{metrics['trials_failed']} failed")
+              f"{metrics['trials_failed']} failed; {metrics['distinct_configurations']} distinct configurations")
     return f"top trials ({study.direction.name.lower()} {study.user_attrs.get('metric', '')}):\n{table}\n{counts}"
 
 

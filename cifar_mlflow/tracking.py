@@ -20,6 +20,7 @@ from torch import nn
 
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.interrupts import deferring
+from cifar_mlflow.redaction import redact, split_tracking_credentials
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # Params that `mlflow run` logged with a value we resolved differently (e.g. lr=auto) are kept,
@@ -28,8 +29,15 @@ RESOLVED_PREFIX = "resolved."
 
 
 def tracking_uri(explicit: str | None) -> str:
-    """--tracking-uri, else $MLFLOW_TRACKING_URI, else the embedded SQLite store in the working directory."""
-    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else the embedded SQLite store in the working directory.
+
+    Credentials in an http(s) URI move to `MLFLOW_TRACKING_USERNAME/PASSWORD`; the URI returned has none.
+    """
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    clean = split_tracking_credentials(uri)
+    if clean != uri and not explicit:
+        os.environ["MLFLOW_TRACKING_URI"] = clean  # MLflow reads it too (and prints it)
+    return clean
 
 
 def _same_value(logged: str, ours: str) -> bool:
@@ -40,6 +48,29 @@ def _same_value(logged: str, ours: str) -> bool:
     except ValueError:
         return logged.strip().lower() == ours.strip().lower()
     return math.isclose(a, b, rel_tol=1e-9) or (math.isnan(a) and math.isnan(b))
+
+
+def experiment_id_for(client: MlflowClient, name: str) -> str:
+    """The id of experiment `name`, created if missing; safe when many processes create it at once.
+
+    `mlflow.set_experiment` is not: when its create loses the race to another process it returns the
+    experiment without making it active, and the next `start_run` lands in "Default". So: get,
+    create, and on "already exists" get again; every run is started with the explicit id.
+    """
+    for attempt in range(5):
+        found = client.get_experiment_by_name(name)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                raise ConfigError(f"experiment {name!r} is deleted; restore it (mlflow experiments restore "
+                                  f"--experiment-id {found.experiment_id}) or choose another name")
+            return found.experiment_id
+        try:
+            return client.create_experiment(name)
+        except mlflow.exceptions.MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS" and "already exists" not in str(exc):
+                raise
+            time.sleep(0.1 * attempt)  # another process created it: read it back
+    raise RuntimeError(f"experiment {name!r} was created by another process but cannot be read back")
 
 
 def download_checkpoint(uri: str, run_id: str, dest: Path) -> Path:
@@ -63,7 +94,7 @@ def log_params_once(client: MlflowClient, run_id: str, params: dict[str, Any]) -
     existing = client.get_run(run_id).data.params
     batch = []
     for key, value in params.items():
-        text = str(value)
+        text = redact(str(value))
         if key not in existing:
             batch.append(Param(key, text))
         elif not _same_value(existing[key], text) and RESOLVED_PREFIX + key not in existing:
@@ -76,7 +107,7 @@ def set_tags(client: MlflowClient, run_id: str, tags: dict[str, Any]) -> None:
     """Tags in one `log_batch`: MLflow's SQL store retries the insert when another worker's tags on the same
     run race it (single `set_tag` calls fail with a UNIQUE-constraint error there)."""
     if tags:
-        client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+        client.log_batch(run_id, tags=[RunTag(key, redact(str(value))) for key, value in tags.items()])
 
 
 def _log_dataset(dataset: MetaDataset, context: str) -> None:
@@ -129,11 +160,12 @@ class MlflowLogger:
         if self.run_id is not None:
             run = mlflow.start_run(run_id=self.run_id)
         else:
-            mlflow.set_experiment(self.experiment_name)
-            run = mlflow.start_run(run_name=self.run_name, parent_run_id=self.parent_run_id)
+            experiment_id = experiment_id_for(MlflowClient(), self.experiment_name)
+            run = mlflow.start_run(experiment_id=experiment_id, run_name=self.run_name,
+                                   parent_run_id=self.parent_run_id)
         self.run_id = run.info.run_id
         log_params_once(MlflowClient(), self.run_id, params)
-        mlflow.set_tags({**tags, **self.extra_tags})
+        set_tags(MlflowClient(), self.run_id, {**tags, **self.extra_tags})
         for d in datasets:
             _log_dataset(MetaDataset(LocalArtifactDatasetSource(d["source"]), name=d["name"], digest=d["digest"]),
                          d["context"])
@@ -172,7 +204,7 @@ class MlflowLogger:
         plt.close(figure)
 
     def log_text(self, text: str, path: str) -> None:
-        mlflow.log_text(text, path)
+        mlflow.log_text(redact(text), path)
 
     def log_file(self, local_path: Path, artifact_dir: str) -> None:
         mlflow.log_artifact(str(local_path), artifact_dir)
@@ -253,8 +285,8 @@ class StudyTracker:
                 self.client.update_run(run_id, status="RUNNING")
                 self.run_id = run_id
         if self.run_id is None:
-            experiment = mlflow.set_experiment(self.experiment_name)
-            run = self.client.create_run(experiment.experiment_id, run_name=self.study_name)
+            run = self.client.create_run(experiment_id_for(self.client, self.experiment_name),
+                                         run_name=self.study_name)
             self.run_id = run.info.run_id
         set_tags(self.client, self.run_id, {"optuna.study_name": self.study_name, "cifar_mlflow.kind": "study"})
         # Trials go where the parent is (under `mlflow run`, that run's experiment).
@@ -405,10 +437,10 @@ def log_benchmark(uri: str, experiment_name: str, settings: dict[str, Any], resu
 
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
-    experiment = mlflow.set_experiment(experiment_name)
+    experiment_id = experiment_id_for(client, experiment_name)
     tags = {"cifar_mlflow.kind": "benchmark", "device": results["machine"]["device"],
             "gpu_name": results["machine"].get("gpu", "none")}
-    run_id = client.create_run(experiment.experiment_id, run_name=f"bench-{results['machine']['device']}",
+    run_id = client.create_run(experiment_id, run_name=f"bench-{results['machine']['device']}",
                                tags=tags).info.run_id
     status = "FAILED"
     try:
@@ -417,8 +449,8 @@ def log_benchmark(uri: str, experiment_name: str, settings: dict[str, Any], resu
         metrics = [Metric(k, v, now, 0) for k, v in _flat_metrics(results).items()]
         for start in range(0, len(metrics), 500):
             client.log_batch(run_id, metrics=metrics[start:start + 500])
-        client.log_text(run_id, table, "benchmark.md")
-        client.log_text(run_id, json.dumps(results, indent=2), "benchmark.json")
+        client.log_text(run_id, redact(table), "benchmark.md")
+        client.log_text(run_id, redact(json.dumps(results, indent=2)), "benchmark.json")
         status = "FINISHED"
     finally:
         client.set_terminated(run_id, status)

@@ -22,6 +22,7 @@ from cifar_mlflow.config import (COMMON_SETTINGS, RECIPE_SETTINGS, RECOMMENDED, 
                                  default_run_name)
 from cifar_mlflow.errors import ConfigError, NonFiniteLossError
 from cifar_mlflow.models import list_models, model_description
+from cifar_mlflow.redaction import protect_console, redact
 
 # Options that may differ from the interrupted run's own config when resuming it.
 RESUME_OVERRIDABLE = {"epochs", "patience", "device", "progress", "tracking_uri", "resume", "checkpoint_dir",
@@ -79,6 +80,7 @@ def _resume_values(values: dict[str, Any], given: set[str], uri: str, workdir: P
         raise ConfigError(f"cannot change {changed[0]} when resuming run {run_id}; only "
                           f"{', '.join(sorted(RESUME_OVERRIDABLE - {'resume'}))} may be set with --resume")
     base.update({k: values[k] for k in given & RESUME_OVERRIDABLE})
+    base["tracking_uri"] = values.get("tracking_uri")  # today's (the checkpoint keeps no password)
     if base["epochs"] <= state["epoch"]:
         raise ConfigError(f"run {run_id} already trained {state['epoch']} of {base['epochs']} epochs; "
                           "pass a larger --epochs to train further")
@@ -126,6 +128,7 @@ def _follow(prepared) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    protect_console()
     args = build_parser().parse_args(argv)
     if getattr(args, "list_models", False):
         for name in list_models():
@@ -141,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         values, given = collect_values(args, TrainConfig, extra=("list_models",))
         uri = tracking_uri(values.get("tracking_uri"))
+        if values.get("tracking_uri"):
+            values["tracking_uri"] = uri  # credentials of an http URI are in the environment now
         state = None
         if D.launched_by_torchrun():
             if values.get("resume"):
@@ -156,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                               f"(digest {prepared.data.digest} vs {state.get('data_digest')})")
     except ConfigError as exc:
         shutil.rmtree(workdir, ignore_errors=True)
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # while reading data: nothing was created yet
         shutil.rmtree(workdir, ignore_errors=True)

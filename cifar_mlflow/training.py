@@ -37,6 +37,7 @@ from cifar_mlflow.models import get_model
 from cifar_mlflow.models.registry import check_model_name
 from cifar_mlflow.models.inference import NormalizedClassifier, with_tta
 from cifar_mlflow.optim import Lookahead, build_optimizer, build_schedule
+from cifar_mlflow.redaction import redact
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 # Training images a model's `init_from_data` sees.
@@ -267,7 +268,7 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
                 best_state = cpu_copy(model.state_dict())
             if writer is not None:
                 writer.submit({
-                    "config": config_to_dict(config), "epoch": epoch, "model": model.state_dict(),
+                    "config": redact(config_to_dict(config)), "epoch": epoch, "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "history": history,
                     "lookahead": lookahead.state_dict() if lookahead is not None else None,
                     "best": {"epoch": best_epoch, "val_acc": best_val_acc, "val_loss": best_val_loss, "state": best_state},
@@ -319,7 +320,7 @@ def log_report(prepared: Prepared, result: TrainResult, logger: RunLogger) -> No
     report_dict, report_text = M.report(result.test.labels, result.test.predictions, data.classes)
     logger.log_text(json.dumps(report_dict, indent=2), "reports/classification_report.json")
     logger.log_text(report_text, "reports/classification_report.txt")
-    logger.log_text(yaml.safe_dump(config_to_dict(prepared.config), sort_keys=False), "config.yaml")
+    logger.log_text(yaml.safe_dump(redact(config_to_dict(prepared.config)), sort_keys=False), "config.yaml")
 
 
 def log_trained_model(prepared: Prepared, result: TrainResult, logger: RunLogger) -> None:

@@ -13,7 +13,8 @@ import sys
 from cifar_mlflow.cli import add_config_arguments, collect_values
 from cifar_mlflow.config import TrainConfig, build_config, resolve_config
 from cifar_mlflow.errors import ConfigError
-from cifar_mlflow.tune_config import TuneConfig, validate_tune_config
+from cifar_mlflow.redaction import protect_console, redact
+from cifar_mlflow.tune_config import TuneConfig, storage_url, validate_tune_config
 
 TRAIN_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
 TUNE_NAMES = tuple(f.name for f in dataclasses.fields(TuneConfig))
@@ -48,11 +49,13 @@ def parse_configs(argv: list[str] | None) -> tuple[TuneConfig, TrainConfig]:
     tune_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k in TUNE_NAMES})
     tune_values, _ = collect_values(tune_args, TuneConfig)
     tune = TuneConfig(**tune_values)
+    tune.storage = storage_url(tune.storage)
     validate_tune_config(tune)
     return tune, resolve_config(build_config(train_values))
 
 
 def main(argv: list[str] | None = None) -> int:
+    protect_console()
     import optuna
 
     from cifar_mlflow import study as S
@@ -72,12 +75,14 @@ def main(argv: list[str] | None = None) -> int:
         pruner = S.build_pruner(tune, base.epochs)
         study_name = tune.study_name or f"{base.arch.replace(':', '-')}-{base.dataset}"
         uri = tracking_uri(base.tracking_uri)
+        if base.tracking_uri:
+            base = dataclasses.replace(base, tracking_uri=uri)  # credentials of an http URI: in the environment
         tracker = StudyTracker(uri, base.experiment_name or base.dataset, study_name)
         ctx = S.StudyContext(tune, base, space, uri, tracker)
         ctx.data_for(base)  # a missing data set fails here, before the study exists
         storage = S.build_storage(tune, uri)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -101,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         status, code = "FINISHED", 0
     except ConfigError as exc:  # retraining the best trial could not rebuild its configuration
         status, code = "FINISHED", 1
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
     except KeyboardInterrupt:
         status, code = "KILLED", 130
         print("\ninterrupted: the current trial is marked failed; run the same command to resume the study",
@@ -110,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             S.publish(ctx, study, with_artifacts=True)
         except Exception as exc:  # noqa: BLE001 - the study itself is safe in its storage
-            print(f"warning: could not update the parent run's report: {exc}", file=sys.stderr)
+            print(f"warning: could not update the parent run's report: {redact(str(exc))}", file=sys.stderr)
         tracker.close(status)
     print(S.top_trials_text(study))
     return code

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from cifar_mlflow.config import _field
 from cifar_mlflow.errors import ConfigError
+from cifar_mlflow.redaction import redact
+
+STORAGE_ENV = "OPTUNA_STORAGE"
+DEFAULT_STORAGE = "sqlite:///optuna.db"
 
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "grid")
 PRUNERS = ("median", "percentile", "hyperband", "successive_halving", "none")
@@ -19,8 +24,11 @@ class TuneConfig:
     trials: int = _field(50, "number of new trials this command runs (a resumed study adds them)")
     timeout: float | None = _field(None, "stop starting new trials after this many seconds")
     study_name: str | None = _field(None, "study name (default: ARCH-DATASET); the same name resumes it")
-    storage: str = _field("sqlite:///optuna.db", "Optuna storage URL; a PostgreSQL URL "
-                          "(postgresql://user:pass@host/db) lets workers on several machines share one study")
+    storage: str | None = _field(None, "Optuna storage URL; a PostgreSQL URL (postgresql://user:pass@host/db) "
+                                 "lets workers on several machines share one study. Prefer $OPTUNA_STORAGE for "
+                                 "a URL with a password: a flag shows in the process list (the password is "
+                                 "masked in everything logged) (default: $OPTUNA_STORAGE, else "
+                                 "sqlite:///optuna.db)")
     sampler: str = _field("tpe", "how the next trial's parameters are chosen", choices=SAMPLERS)
     pruner: str = _field("median", "how bad trials are stopped early", choices=PRUNERS)
     pruner_startup_trials: int = _field(5, "median/percentile: trials that always run to the end first")
@@ -60,4 +68,9 @@ def validate_tune_config(config: TuneConfig) -> None:
         raise ConfigError(f"pruner_percentile must be between 0 and 100, got {config.pruner_percentile}")
     if "://" not in config.storage:
         raise ConfigError(f"storage must be a database URL such as sqlite:///optuna.db or "
-                          f"postgresql://user:password@host/db, got {config.storage!r}")
+                          f"postgresql://user:password@host/db, got {redact(config.storage)!r}")
+
+
+def storage_url(given: str | None) -> str:
+    """--storage, else $OPTUNA_STORAGE, else the SQLite file in the working directory."""
+    return given or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
