@@ -127,3 +127,31 @@ def test_a_batch_the_background_logger_lost_is_sent_again(mlflow_server) -> None
     logger.end("FINISHED")
     history = MlflowClient(mlflow_server).get_metric_history(logger.run_id, "val_acc")
     assert [(m.step, m.value) for m in history] == [(3, 0.5)]
+
+
+def test_a_run_lands_in_its_experiment_when_another_process_wins_the_create(mlflow_server, monkeypatch) -> None:
+    """The lost race, made certain: the experiment is created by "another process" between our look-up
+    and our create. (`mlflow.set_experiment` then left the next run in "Default".)"""
+    from cifar_mlflow.tracking import MlflowLogger
+
+    other = MlflowClient(mlflow_server)
+    real_get = MlflowClient.get_experiment_by_name
+    calls = []
+
+    def get_losing_the_race(self, name):
+        calls.append(name)
+        if len(calls) == 1:  # not there yet when we look; there when we try to create it
+            other.create_experiment(name)
+            return None
+        return real_get(self, name)
+
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", get_losing_the_race)
+    logger = MlflowLogger(mlflow_server, experiment_name="raced", run_name="raced-run")
+    logger.start(params={"lr": 0.1}, tags={}, datasets=[])
+    logger.end("FINISHED")
+    monkeypatch.undo()
+
+    assert calls == ["raced", "raced"]  # looked up, lost the create, looked up again
+    run = other.get_run(logger.run_id)
+    assert run.info.experiment_id == other.get_experiment_by_name("raced").experiment_id
+    assert run.info.run_name == "raced-run"

@@ -208,7 +208,39 @@ def test_every_sampler_name_builds_its_sampler(name, cls) -> None:
 
     space = parse_search_space({"batch_size": {"type": "categorical", "choices": [64, 128]},
                                 "epochs": {"type": "int", "low": 2, "high": 6, "step": 2}})
-    assert isinstance(build_sampler(TuneConfig(sampler=name), space, seed=0), cls)
+    sampler = build_sampler(TuneConfig(sampler=name), space, seed=0)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(lambda t: t.suggest_categorical("batch_size", [64, 128]) + t.suggest_int("epochs", 2, 6, step=2),
+                   n_trials=2)
+    assert isinstance(sampler._make(0), cls)  # what each trial is drawn by
+    assert len(study.trials) == 2
+
+
+def _draws(study: optuna.Study, n: int) -> list[tuple[float, int]]:
+    study.optimize(lambda t: t.suggest_float("lr", 1e-4, 1.0, log=True) + t.suggest_int("width", 8, 512), n_trials=n)
+    return [(t.params["lr"], t.params["width"]) for t in study.trials]
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes", "gp"])
+def test_workers_and_resumptions_with_one_seed_draw_new_points(sampler, tmp_path) -> None:
+    from cifar_mlflow.study import build_sampler
+    from cifar_mlflow.tune_config import TuneConfig
+
+    def worker(storage: str) -> optuna.Study:  # a process of its own: its own sampler, seeded alike
+        return optuna.create_study(study_name="s", storage=storage, load_if_exists=True,
+                                   sampler=build_sampler(TuneConfig(sampler=sampler), [], seed=0))
+
+    shared = f"sqlite:///{tmp_path / 'shared.db'}"
+    first, second = worker(shared), worker(shared)
+    for _ in range(3):  # two workers taking turns, as they do on one storage
+        _draws(first, 1)
+        _draws(second, 1)
+    resumed = _draws(worker(shared), 2)
+    assert len(resumed) == 8 and len(set(resumed)) == 8  # no configuration drawn twice
+
+    alone = _draws(worker(f"sqlite:///{tmp_path / 'alone.db'}"), 3)
+    again = _draws(worker(f"sqlite:///{tmp_path / 'again.db'}"), 3)
+    assert alone == again  # one worker, one seed: the same study again
 
 
 def test_grid_sampler_refuses_continuous_ranges() -> None:

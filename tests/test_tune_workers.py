@@ -23,11 +23,18 @@ def test_two_workers_share_one_study(postgres_url, mlflow_server, imagefolder, t
     outputs = [w.communicate(timeout=600) for w in workers]
     for worker, (out, err) in zip(workers, outputs):
         assert worker.returncode == 0, err[-3000:]
+    # The same command again resumes the study with the same --seed (0, the default).
+    resume = subprocess.run([*args[:4], "2", *args[5:]], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert resume.returncode == 0, resume.stderr[-3000:]
+    assert "8 distinct configurations" in resume.stdout  # the study's report counts them
 
     study = optuna.load_study(study_name="shared", storage=postgres_url)
     numbers = [t.number for t in study.trials]
-    assert sorted(numbers) == list(range(6))  # exactly the requested trials, numbers never collide
+    assert sorted(numbers) == list(range(8))  # exactly the requested trials, numbers never collide
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    configurations = {tuple(sorted(t.params.items())) for t in study.trials}
+    assert len(configurations) == 8  # no worker and no resumption repeated another's draws
 
     mlflow.set_tracking_uri(mlflow_server)
     client = MlflowClient()
@@ -36,6 +43,7 @@ def test_two_workers_share_one_study(postgres_url, mlflow_server, imagefolder, t
     assert len(parents) == 1  # both workers adopted one parent run
     children = client.search_runs([experiment.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
-    assert sorted(int(c.data.params["trial_number"]) for c in children) == list(range(6))
+    assert sorted(int(c.data.params["trial_number"]) for c in children) == list(range(8))
+    assert parents[0].data.metrics["distinct_configurations"] == 8
     assert {t.user_attrs["mlflow_run_id"] for t in study.trials} == {c.info.run_id for c in children}
     assert all(c.info.status == "FINISHED" for c in children)
