@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from cifar_mlflow.comparison_report import build_report
-    from cifar_mlflow.tracking import fetch_run_records, log_comparison, select_runs, tracking_uri
+    from cifar_mlflow.tracking import check_tracking_server, fetch_run_records, log_comparison, select_runs, tracking_uri
 
     protect_console()
     args = build_parser().parse_args(argv)
@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         if config.top is not None and config.top < 1:
             raise ConfigError(f"top must be at least 1, got {config.top}")
         uri = tracking_uri(config.tracking_uri)
+        check_tracking_server(uri)
         runs = select_runs(uri, run_ids=run_ids, experiment=config.experiment, filter_string=config.filter or "",
                            top=config.top, metric=config.metric, study=config.study)
         records = fetch_run_records(uri, runs, workdir)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,42 @@ def _same_value(logged: str, ours: str) -> bool:
     except ValueError:
         return logged.strip().lower() == ours.strip().lower()
     return math.isclose(a, b, rel_tol=1e-9) or (math.isnan(a) and math.isnan(b))
+
+
+def check_tracking_server(uri: str, timeout: float = 10.0) -> None:
+    """Ask an http(s) tracking server one cheap question, before any data is read.
+
+    Raises:
+        ConfigError: the server cannot be reached, refuses the credentials, or answers with an error.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return  # the embedded store (or a database) is opened where it is used
+    import requests
+
+    auth = None
+    if os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        auth = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
+    headers = {"Authorization": f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"} \
+        if os.environ.get("MLFLOW_TRACKING_TOKEN") else {}
+    verify = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or \
+        os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() != "true"
+    where = f"the MLflow tracking server at {uri}"
+    try:
+        response = requests.get(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search",
+                                params={"max_results": 1}, auth=auth, headers=headers, timeout=timeout,
+                                verify=verify)
+    except requests.RequestException as exc:
+        reason = type(exc).__name__ if not str(exc) else str(exc).splitlines()[0][:160]
+        raise ConfigError(f"cannot reach {where} ({reason}); start it, or point --tracking-uri / "
+                          "$MLFLOW_TRACKING_URI at a running one") from None
+    if response.status_code == 401:
+        raise ConfigError(f"{where} refused the credentials (401): set MLFLOW_TRACKING_USERNAME and "
+                          "MLFLOW_TRACKING_PASSWORD (docs/deployment.md)")
+    if response.status_code == 403:
+        raise ConfigError(f"{where} denied access (403): ask its admin for permission")
+    if response.status_code >= 400:
+        raise ConfigError(f"{where} answered HTTP {response.status_code} to a search; is it an MLflow server "
+                          "(docs/tracking.md)?")
 
 
 def experiment_id_for(client: MlflowClient, name: str) -> str:
@@ -125,6 +163,83 @@ def _log_dataset(dataset: MetaDataset, context: str) -> None:
             time.sleep(0.2 * (attempt + 1))
 
 
+HEARTBEAT_TAG = "cifar_mlflow.heartbeat"  # epoch milliseconds of the last sign of life
+HEARTBEAT_INTERVAL_TAG = "cifar_mlflow.heartbeat_interval"  # seconds between heartbeats
+HEARTBEAT_ENV = "CIFAR_MLFLOW_HEARTBEAT_SECONDS"
+STALE_AFTER = 3  # heartbeats missed before a RUNNING run counts as gone
+
+
+def heartbeat_interval() -> float:
+    return float(os.environ.get(HEARTBEAT_ENV) or 60)
+
+
+class Heartbeat:
+    """Sets the run's heartbeat tag every `heartbeat_interval()` seconds on a background thread, as
+    Optuna's trial heartbeat does: a RUNNING run whose process is gone stops beating, and
+    `mark_stale_runs` (the next `--resume` or `tune` there) closes it as KILLED."""
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        self.client = MlflowClient(uri)
+        self.run_id = run_id
+        self.interval = heartbeat_interval()
+        self._stop = threading.Event()
+        self._beat({HEARTBEAT_INTERVAL_TAG: f"{self.interval:g}"})
+        self._thread = threading.Thread(target=self._loop, name="mlflow-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self, extra: dict[str, str] | None = None) -> None:
+        set_tags(self.client, self.run_id, {HEARTBEAT_TAG: str(int(time.time() * 1000)), **(extra or {})})
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self._beat()
+            except Exception:  # noqa: BLE001 - a server hiccup: the next beat tries again
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _silent_for(run) -> float | None:
+    """Seconds since a RUNNING run's last heartbeat beyond its allowance, or None while it is alive
+    (or not ours: no heartbeat tags)."""
+    beat, interval = run.data.tags.get(HEARTBEAT_TAG), run.data.tags.get(HEARTBEAT_INTERVAL_TAG)
+    if run.info.status != "RUNNING" or beat is None or interval is None:
+        return None
+    silent = time.time() - float(beat) / 1000
+    return silent if silent > STALE_AFTER * float(interval) else None
+
+
+def refuse_live_run(uri: str, run_id: str) -> None:
+    """`ConfigError` when `run_id` is RUNNING with a live heartbeat: another process is training it."""
+    try:
+        run = MlflowClient(uri).get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return  # an unknown run is reported where its checkpoint is looked for
+    if run.info.status == "RUNNING" and HEARTBEAT_TAG in run.data.tags and _silent_for(run) is None:
+        age = time.time() - float(run.data.tags[HEARTBEAT_TAG]) / 1000
+        raise ConfigError(f"run {run_id} is still being trained by another process (heartbeat {age:.0f} s ago); "
+                          "stop that one first, or wait until it is stale")
+
+
+def mark_stale_runs(uri: str, experiment_id: str, keep: str | None = None) -> list[str]:
+    """Close as KILLED the RUNNING runs of the experiment whose heartbeat stopped (their process is
+    gone: SIGKILL, a lost machine), except `keep` (the run being reopened); returns their ids."""
+    client = MlflowClient(uri)
+    stale = []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000):
+        beat = run.data.tags.get(HEARTBEAT_TAG)
+        if run.info.run_id != keep and _silent_for(run) is not None:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(beat) / 1000))
+            set_tags(client, run.info.run_id, {"cifar_mlflow.stale": f"no heartbeat since {when}: its process "
+                                                                     "is gone; marked KILLED"})
+            client.set_terminated(run.info.run_id, status="KILLED")
+            stale.append(run.info.run_id)
+    return stale
+
+
 class MlflowLogger:
     """Logs one training run to MLflow.
 
@@ -135,11 +250,16 @@ class MlflowLogger:
         run_id: attach to this existing run (resume, or the run `mlflow run` created).
         parent_run_id: create the run nested under this one (tuning trials).
         tags: extra tags set when the run starts.
+        on_start: called with the run id once the run is open (the command prints how to resume it).
     """
 
     def __init__(self, uri: str, experiment_name: str, run_name: str, run_id: str | None = None,
-                 parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> None:
+                 parent_run_id: str | None = None, tags: dict[str, str] | None = None,
+                 on_start: Callable[[str], None] | None = None) -> None:
         self.uri = uri
+        self.on_start = on_start
+        self._heartbeat: Heartbeat | None = None
+        self.closed_stale: list[str] = []  # stale runs of the experiment this start closed
         self.experiment_name = experiment_name
         self.run_name = run_name
         self.run_id = run_id
@@ -157,10 +277,16 @@ class MlflowLogger:
             return
         self._started = True
         mlflow.set_tracking_uri(self.uri)
+        client = MlflowClient()
+        if self.run_id is not None:
+            experiment_id = client.get_run(self.run_id).info.experiment_id
+        else:
+            experiment_id = experiment_id_for(client, self.experiment_name)
+        if self.parent_run_id is None:  # trials leave that to the tuner (Optuna's own heartbeat)
+            self.closed_stale = mark_stale_runs(self.uri, experiment_id)  # a resumed run among them
         if self.run_id is not None:
             run = mlflow.start_run(run_id=self.run_id)
         else:
-            experiment_id = experiment_id_for(MlflowClient(), self.experiment_name)
             run = mlflow.start_run(experiment_id=experiment_id, run_name=self.run_name,
                                    parent_run_id=self.parent_run_id)
         self.run_id = run.info.run_id
@@ -169,6 +295,9 @@ class MlflowLogger:
         for d in datasets:
             _log_dataset(MetaDataset(LocalArtifactDatasetSource(d["source"]), name=d["name"], digest=d["digest"]),
                          d["context"])
+        self._heartbeat = Heartbeat(self.uri, self.run_id)
+        if self.on_start is not None:
+            self.on_start(self.run_id)
 
     @deferring
     def set_tags(self, tags: dict[str, str]) -> None:
@@ -237,6 +366,8 @@ class MlflowLogger:
             self._end(status)
 
     def _end(self, status: str) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
         active = mlflow.active_run()
         if active is not None and active.info.run_id == self.run_id:
             mlflow.end_run(status=status)
@@ -268,6 +399,8 @@ class StudyTracker:
         self.experiment_name = experiment_name
         self.study_name = study_name
         self.run_id: str | None = None
+        self.closed_stale: list[str] = []
+        self._heartbeat: Heartbeat | None = None
         mlflow.set_tracking_uri(uri)
         self.client = MlflowClient(uri)
 
@@ -292,10 +425,16 @@ class StudyTracker:
         # Trials go where the parent is (under `mlflow run`, that run's experiment).
         experiment_id = self.client.get_run(self.run_id).info.experiment_id
         self.experiment_name = self.client.get_experiment(experiment_id).name
+        self.closed_stale = mark_stale_runs(self.uri, experiment_id, keep=self.run_id)
+        if self._heartbeat is None:
+            self._heartbeat = Heartbeat(self.uri, self.run_id)
         return self.run_id
 
     def discard(self) -> None:
         """Delete a parent run that lost the race to another worker's."""
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
         self.client.delete_run(self.run_id)
 
     @deferring
@@ -321,6 +460,8 @@ class StudyTracker:
 
     @deferring
     def close(self, status: str) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
         if self.run_id is not None:
             self.client.set_terminated(self.run_id, status=status)
 

@@ -112,6 +112,15 @@ def _close_run(logger, status: str, ckpt: Path | None) -> None:
         signal.signal(signal.SIGINT, previous)
 
 
+def _announce(logger, uri: str) -> None:
+    """The run's id and how to go on if it stops, printed as soon as it exists."""
+    for stale in logger.closed_stale:
+        print(f"note: run {stale} had stopped sending heartbeats (its process is gone); marked KILLED. "
+              f"Continue it with: python -m cifar_mlflow.train --resume {stale}", file=sys.stderr)
+    print(f"run {logger.run_id} started at {uri}; if it stops, continue it with: "
+          f"python -m cifar_mlflow.train --resume {logger.run_id}", file=sys.stderr)
+
+
 def _follow(prepared) -> int:
     """A torchrun rank other than 0: train its shard; rank 0 logs and checkpoints for everyone."""
     from cifar_mlflow.training import fit
@@ -137,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'pkg.module:fn':20s} your own builder fn(num_classes=, in_channels=, **model_args)")
         return 0
 
-    from cifar_mlflow.tracking import MlflowLogger, tracking_uri
+    from cifar_mlflow.tracking import MlflowLogger, check_tracking_server, refuse_live_run, tracking_uri
     from cifar_mlflow.training import prepare, run
 
     workdir = Path(tempfile.mkdtemp(prefix="cifar_mlflow-"))
@@ -146,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         uri = tracking_uri(values.get("tracking_uri"))
         if values.get("tracking_uri"):
             values["tracking_uri"] = uri  # credentials of an http URI are in the environment now
+        check_tracking_server(uri)  # before the data is read: an unreachable server fails in seconds
         state = None
         if D.launched_by_torchrun():
             if values.get("resume"):
@@ -154,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
             D.init("cuda" if values.get("device", "auto") != "cpu" and torch.cuda.is_available() else "cpu")
         if values.get("resume"):
+            refuse_live_run(uri, values["resume"])
             values, state = _resume_values(values, given, uri, workdir)
         prepared = prepare(build_config(values))
         if state is not None and state.get("data_digest") != prepared.data.digest:
@@ -177,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
               "created; choose the experiment with `mlflow run --experiment-name`", file=sys.stderr)
     logger = MlflowLogger(uri, experiment_name=config.experiment_name or config.dataset,
                           run_name=config.run_name or default_run_name(config),
-                          run_id=config.resume or os.environ.get("MLFLOW_RUN_ID"))  # resume, or `mlflow run`'s run
+                          run_id=config.resume or os.environ.get("MLFLOW_RUN_ID"),  # resume, or `mlflow run`'s run
+                          on_start=lambda run_id: _announce(logger, uri))
     previous_term = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     status, code = "FAILED", 1
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from cifar_mlflow import plots
 from cifar_mlflow.checkpoint import CheckpointWriter, checkpoint_path, cpu_copy
 from cifar_mlflow.config import TrainConfig, config_to_dict, resolve_config
 from cifar_mlflow.data import BatchTransform, DataSplits, DeviceLoader, load_image_data, split_data
+from cifar_mlflow.data.sources import SYNTHETIC_TEST, SYNTHETIC_TRAIN
 from cifar_mlflow.engine import Evaluation, evaluate, train_one_epoch
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.hardware import select_device, select_precision, use_channels_last
@@ -68,9 +70,21 @@ class Prepared:
         return sum(p.numel() for p in self.model.parameters())
 
 
+def synthetic_size(config: TrainConfig) -> tuple[int, int]:
+    """The synthetic set's (train, test) sizes: the full 50,000 / 10,000, or just enough for the caps."""
+    num_train, num_test = SYNTHETIC_TRAIN, SYNTHETIC_TEST
+    val_fraction = config.val_fraction or 0.0
+    if config.max_train_samples and val_fraction < 1:
+        num_train = min(num_train, math.ceil(config.max_train_samples / (1 - val_fraction)) + 1)
+    if config.max_eval_samples:
+        num_test = min(num_test, config.max_eval_samples)
+    return num_train, num_test
+
+
 def load_splits(config: TrainConfig) -> DataSplits:
     """The data set `config` names, read and split into train, validation and test."""
-    images = load_image_data(config.dataset, config.data_dir, config.image_size, config.seed)
+    images = load_image_data(config.dataset, config.data_dir, config.image_size, config.seed,
+                             synthetic_size=synthetic_size(config))
     return split_data(images, val_fraction=config.val_fraction, seed=config.seed,
                       max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples)
 

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from cifar_mlflow import study as S
     from cifar_mlflow.models.registry import check_model_name
     from cifar_mlflow.search_space import default_search_space, load_search_space
-    from cifar_mlflow.tracking import StudyTracker, tracking_uri
+    from cifar_mlflow.tracking import StudyTracker, check_tracking_server, tracking_uri
 
     try:
         tune, base = parse_configs(argv)
@@ -77,10 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         uri = tracking_uri(base.tracking_uri)
         if base.tracking_uri:
             base = dataclasses.replace(base, tracking_uri=uri)  # credentials of an http URI: in the environment
+        check_tracking_server(uri)
+        storage = S.build_storage(tune, uri)  # both before the data is read
         tracker = StudyTracker(uri, base.experiment_name or base.dataset, study_name)
         ctx = S.StudyContext(tune, base, space, uri, tracker)
         ctx.data_for(base)  # a missing data set fails here, before the study exists
-        storage = S.build_storage(tune, uri)
     except ConfigError as exc:
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2

@@ -136,3 +136,47 @@ def test_sigterm_marks_the_run_killed(imagefolder, tmp_path) -> None:
     (run,) = runs(uri)
     assert run.info.status == "KILLED"
     assert [a.path for a in MlflowClient().list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/last.pt"]
+
+
+def test_sigkilled_run_is_marked_stale_and_resumed_from_the_printed_command(imagefolder, tmp_path) -> None:
+    uri = f"sqlite:///{tmp_path / 'runs.db'}"
+    env = run_env(CIFAR_MLFLOW_HEARTBEAT_SECONDS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "cifar_mlflow.train",
+                             *quick_args(imagefolder, "--tracking-uri", uri, "--epochs", "200", "--arch", "lenet")],
+                            cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith("epoch 2/200"):  # the first epoch's checkpoint is on disk
+            break
+    started = next(line for line in lines if line.startswith("run ") and " started at " in line)
+    command = started.split("continue it with: ")[1].split()
+    assert command[:3] == ["python", "-m", "cifar_mlflow.train"] and command[3] == "--resume"
+    run_id = command[4]
+
+    refused = subprocess.run([sys.executable, *command[1:], "--tracking-uri", uri], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "still being trained by another process" in refused.stderr
+
+    proc.kill()  # SIGKILL: no handler runs, the run is left RUNNING
+    proc.wait(timeout=60)
+    assert MlflowClient(uri).get_run(run_id).info.status == "RUNNING"
+    import time
+
+    time.sleep(4)  # three missed heartbeats
+    other = subprocess.run([sys.executable, "-m", "cifar_mlflow.train",
+                            *quick_args(imagefolder, "--tracking-uri", uri, "--epochs", "1", "--arch", "lenet",
+                                        "--log-model", "false")], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert f"run {run_id} had stopped sending heartbeats" in other.stderr  # the next run there noticed
+    stale = MlflowClient(uri).get_run(run_id)
+    assert stale.info.status == "KILLED" and "no heartbeat since" in stale.data.tags["cifar_mlflow.stale"]
+
+    resumed = subprocess.run([sys.executable, *command[1:], "--tracking-uri", uri], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.info.status == "FINISHED"
+    steps = sorted(m.step for m in MlflowClient(uri).get_metric_history(run_id, "val_acc"))
+    assert set(steps) == set(range(1, 201))  # every epoch: before the kill and after the resume

@@ -131,27 +131,42 @@ def load_imagefolder(data_dir: str, image_size: int | None) -> ImageData:
     return ImageData(xtr, ytr, xte, yte, classes, True, str(root.resolve()))
 
 
-def load_synthetic(image_size: int | None, seed: int, num_train: int = 50_000, num_test: int = 10_000) -> ImageData:
-    """Random images whose mean colour depends on the class: learnable, for smoke runs and benchmarks."""
+SYNTHETIC_TRAIN, SYNTHETIC_TEST = 50_000, 10_000
+
+
+def load_synthetic(image_size: int | None, seed: int, num_train: int = SYNTHETIC_TRAIN,
+                   num_test: int = SYNTHETIC_TEST) -> ImageData:
+    """Random images whose mean colour depends on the class: learnable, for smoke runs and benchmarks.
+
+    Built straight into uint8, a few thousand images at a time: memory is the images themselves.
+    """
     size = image_size or 32
     gen = torch.Generator().manual_seed(seed)
-    palette = torch.randint(40, 216, (10, 3, 1, 1), generator=gen)
+    palette = torch.randint(40, 216, (10, 3, 1, 1), generator=gen, dtype=torch.int16)
 
-    def make(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def make(n: int, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
         labels = torch.randint(0, 10, (n,), generator=gen)
-        noise = torch.randint(-40, 41, (n, 3, size, size), generator=gen)
-        return (palette[labels] + noise).clamp(0, 255).to(torch.uint8), labels
+        images = torch.empty((n, 3, size, size), dtype=torch.uint8)
+        for start in range(0, n, chunk):
+            part = labels[start:start + chunk]
+            noise = torch.randint(-40, 41, (len(part), 3, size, size), generator=gen, dtype=torch.int16)
+            images[start:start + chunk] = (palette[part] + noise).clamp_(0, 255).to(torch.uint8)
+        return images, labels
 
     xtr, ytr = make(num_train)
     xte, yte = make(num_test)
     return ImageData(xtr, ytr, xte, yte, [f"class_{i}" for i in range(10)], True, "synthetic")
 
 
-def load_image_data(dataset: str, data_dir: str, image_size: int | None = None, seed: int = 0) -> ImageData:
-    """Load `dataset` (a name from `config.DATASETS`), resized to `image_size` if given."""
+def load_image_data(dataset: str, data_dir: str, image_size: int | None = None, seed: int = 0,
+                    synthetic_size: tuple[int, int] = (SYNTHETIC_TRAIN, SYNTHETIC_TEST)) -> ImageData:
+    """Load `dataset` (a name from `config.DATASETS`), resized to `image_size` if given.
+
+    `synthetic_size`: the (train, test) images the synthetic set is made of (only what a run uses).
+    """
     loaders: dict[str, Callable[[], ImageData]] = {
         "imagefolder": lambda: load_imagefolder(data_dir, image_size),
-        "synthetic": lambda: load_synthetic(image_size, seed),
+        "synthetic": lambda: load_synthetic(image_size, seed, *synthetic_size),
     }
     if dataset in _TORCHVISION:
         data = load_torchvision(dataset, data_dir)

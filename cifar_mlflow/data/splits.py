@@ -50,7 +50,8 @@ def _stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     if size >= len(labels):
         return np.arange(len(labels))
     counts = np.bincount(labels)
-    stratify = labels if size >= (counts > 0).sum() and counts[counts > 0].min() >= 2 else None
+    classes = (counts > 0).sum()  # stratifying needs a class's worth of items on both sides
+    stratify = labels if min(size, len(labels) - size) >= classes and counts[counts > 0].min() >= 2 else None
     keep, _ = train_test_split(np.arange(len(labels)), train_size=size, random_state=seed, stratify=stratify)
     return np.sort(keep)
 
@@ -106,11 +107,27 @@ def split_data(data: ImageData, *, val_fraction: float, seed: int, max_train_sam
         val_idx = val_idx[_stratified_subset(labels[val_idx], max_eval_samples, seed)]
         test_idx = _stratified_subset(data.test_labels.numpy(), max_eval_samples, seed)
     train = Split(data.train_images[train_idx], data.train_labels[train_idx])
+    val = Split(data.train_images[val_idx], data.train_labels[val_idx])
+    test = Split(data.test_images[test_idx], data.test_labels[test_idx])
+    check_classes(list(data.classes), {"training": train, "validation": val, "test": test})
     mean, std = channel_stats(train.images)
-    return DataSplits(
-        train=train,
-        val=Split(data.train_images[val_idx], data.train_labels[val_idx]),
-        test=Split(data.test_images[test_idx], data.test_labels[test_idx]),
-        classes=list(data.classes), mean=mean, std=std, digest=data_digest(data),
-        hflip_ok=data.hflip_ok, source=data.source,
-    )
+    return DataSplits(train=train, val=val, test=test, classes=list(data.classes), mean=mean, std=std,
+                      digest=data_digest(data), hflip_ok=data.hflip_ok, source=data.source)
+
+
+def check_classes(classes: list[str], splits: dict[str, Split]) -> None:
+    """Refuse data a classifier cannot honestly learn or be tested on: fewer than two classes, or a class
+    with no images in a split (training always; validation and test when they hold at least one image
+    per class). Such data otherwise trains to a perfect, meaningless accuracy."""
+    if len(classes) < 2:
+        raise ConfigError(f"the data set has {len(classes)} class ({', '.join(classes) or 'none'}); a classifier "
+                          "needs at least two: add a folder per class under train/ and test/")
+    for name, split in splits.items():
+        if len(split) == 0 or (name != "training" and len(split) < len(classes)):
+            continue
+        present = set(split.labels.unique().tolist())
+        missing = [c for i, c in enumerate(classes) if i not in present]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise ConfigError(f"class {shown} has no images in the {name} split ({len(split)} images); add "
+                              f"images of every class, or raise --max-train-samples / --max-eval-samples")
