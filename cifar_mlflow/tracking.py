@@ -214,6 +214,8 @@ def _silent_for(run) -> float | None:
 
 def refuse_live_run(uri: str, run_id: str) -> None:
     """`ConfigError` when `run_id` is RUNNING with a live heartbeat: another process is training it."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return  # no store yet: no run, and opening it would create one
     try:
         run = MlflowClient(uri).get_run(run_id)
     except mlflow.exceptions.MlflowException:

@@ -164,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
 
             D.init("cuda" if values.get("device", "auto") != "cpu" and torch.cuda.is_available() else "cpu")
         if values.get("resume"):
-            refuse_live_run(uri, values["resume"])
+            run_id = values["resume"]
             values, state = _resume_values(values, given, uri, workdir)
+            refuse_live_run(uri, run_id)
         prepared = prepare(build_config(values))
         if state is not None and state.get("data_digest") != prepared.data.digest:
             raise ConfigError(f"the data differs from the data run {values['resume']} was trained on "

@@ -137,3 +137,31 @@ def test_caps_and_statistics() -> None:
     assert np.allclose(splits.mean, pixels.mean(dim=(0, 2, 3)).numpy(), atol=1e-3)
     assert np.allclose(splits.std, pixels.std(dim=(0, 2, 3)).numpy(), atol=1e-3)
     assert splits.digest == split_data(data, val_fraction=0.2, seed=3).digest  # digest of the data set itself
+
+
+def test_a_class_missing_from_a_split_is_refused() -> None:
+    from cifar_mlflow.data.sources import ImageData
+
+    images = torch.zeros(40, 3, 8, 8, dtype=torch.uint8)
+    train_labels = torch.arange(40) % 2  # classes 0 and 1 only: "ship" has no training image
+    data = ImageData(images, train_labels, images, torch.arange(40) % 3, list(CLASSES), True, "test")
+    with pytest.raises(ConfigError, match="class ship has no images in the training split"):
+        split_data(data, val_fraction=0.0, seed=0)
+    data.train_labels = torch.arange(40) % 3
+    data.test_labels = torch.arange(40) % 2  # and none in the test split
+    with pytest.raises(ConfigError, match="class ship has no images in the test split"):
+        split_data(data, val_fraction=0.0, seed=0)
+    data.test_labels = torch.arange(40) % 3
+    assert split_data(data, val_fraction=0.25, seed=0).num_classes == 3
+
+
+def test_a_capped_synthetic_run_builds_only_what_it_uses() -> None:
+    from cifar_mlflow.config import TrainConfig, resolve_config
+    from cifar_mlflow.training import load_splits, synthetic_size
+
+    config = resolve_config(TrainConfig(dataset="synthetic", arch="cnn_small", max_train_samples=64,
+                                        max_eval_samples=32))
+    assert synthetic_size(config) == (73, 32)  # 64 training images + a tenth held out, 32 test images
+    data = load_splits(config)
+    assert len(data.train) == 64 and len(data.test) == 32 and data.train.images.dtype == torch.uint8
+    assert synthetic_size(resolve_config(TrainConfig(dataset="synthetic", arch="cnn_small"))) == (50_000, 10_000)

@@ -40,6 +40,7 @@ BAD_INPUTS = [
     (["--data-dir", "/nonexistent/images"], "imagefolder needs /nonexistent/images/train"),
     (["--resume", "0123456789abcdef"], "cannot read checkpoint"),
     (["--device", "cuda:99"], "cuda:99"),  # no CUDA here; on a GPU machine: no 100th GPU
+    (["--tracking-uri", "http://127.0.0.1:9"], "cannot reach the MLflow tracking server at http://127.0.0.1:9"),
 ]
 
 
@@ -56,6 +57,18 @@ def test_bad_input_exits_2_with_one_line_and_creates_nothing(extra, message, ima
     assert code == 2
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err
     assert not db.exists()  # no store, no experiment, no run
+
+
+def test_data_with_one_class_is_refused_before_any_run(tmp_path, monkeypatch, capsys) -> None:
+    from tests.conftest import write_imagefolder
+
+    monkeypatch.chdir(tmp_path)
+    folder = write_imagefolder(tmp_path / "one-class", classes=["cat"])
+    code = main(quick_args(folder, "--tracking-uri", f"sqlite:///{tmp_path / 'runs.db'}"))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == ("error: the data set has 1 class (cat); a classifier needs at least two: add a "
+                                 "folder per class under train/ and test/")
+    assert not (tmp_path / "runs.db").exists()
 
 
 def test_exit_status_2_from_the_real_process(tmp_path) -> None:

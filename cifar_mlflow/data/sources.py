@@ -145,7 +145,7 @@ def load_synthetic(image_size: int | None, seed: int, num_train: int = SYNTHETIC
     palette = torch.randint(40, 216, (10, 3, 1, 1), generator=gen, dtype=torch.int16)
 
     def make(n: int, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-        labels = torch.randint(0, 10, (n,), generator=gen)
+        labels = (torch.arange(n) % 10)[torch.randperm(n, generator=gen)]  # balanced: every class, even in 10
         images = torch.empty((n, 3, size, size), dtype=torch.uint8)
         for start in range(0, n, chunk):
             part = labels[start:start + chunk]
