@@ -183,3 +183,18 @@ def two_runs(mlflow_server, imagefolder, tmp_path_factory) -> tuple[str, str]:
         (run,) = client.search_runs([experiment.experiment_id], filter_string=f"params.arch = '{arch}'")
         ids.append(run.info.run_id)
     return ids[0], ids[1]
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size_bytes: int):
+    """A tmpfs of `size_bytes` mounted at `path` (a full disk on demand); skips where mounting is not allowed."""
+    path.mkdir(parents=True, exist_ok=True)
+    size_kib = max(4, -(-size_bytes // 4096) * 4)  # whole pages
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {proc.stderr.strip()[:200]}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,22 @@ def test_checkpoint_writer_saves_the_state_as_it_was_submitted(tmp_path) -> None
     saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert saved["epoch"] == 2 and torch.equal(saved["model"]["w"], torch.ones(1000))
     assert not list((tmp_path / "run").glob("*.tmp"))
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so_once(imagefolder, tmp_path, capsys) -> None:
+    from cifar_mlflow.checkpoint import load_checkpoint
+    from tests.conftest import small_disk
+
+    config = TrainConfig(arch="lenet", dataset="imagefolder", data_dir=str(imagefolder), epochs=1, batch_size=16,
+                         progress=False, log_model=False)
+    fit(prepare(config), checkpoint_file=tmp_path / "probe" / "last.pt")
+    size = (tmp_path / "probe" / "last.pt").stat().st_size
+    with small_disk(tmp_path / "disk", int(size * 1.6)) as disk:  # one checkpoint fits, not two at once
+        fit(prepare(dataclasses.replace(config, epochs=4)), checkpoint_file=disk / "run" / "last.pt")
+        err = capsys.readouterr().err
+        warnings = [line for line in err.splitlines() if line.startswith("warning: could not write the checkpoint")]
+        assert len(warnings) == 1, err  # said once, not every epoch
+        assert "no space left on the device" in warnings[0] and "at epoch 2" in warnings[0]
+        assert "the checkpoint of epoch 1 is kept" in warnings[0]
+        assert [p.name for p in (disk / "run").iterdir()] == ["last.pt"]  # no partial file left behind
+        assert load_checkpoint(disk / "run" / "last.pt")["epoch"] == 1  # the previous one, intact
