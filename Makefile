@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: install run test cifar10-jpg clean
+.PHONY: install run test test-faults cifar10-jpg clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,11 @@ run: install
 	$(PY) -m cifar_mlflow.train $(ARGS)
 
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not faults" $(PYTEST_ARGS)
+
+# Fault and concurrency tests: many real processes, full disks, stalled servers (a few minutes more).
+test-faults: install
+	$(PY) -m pytest -q -m faults $(PYTEST_ARGS)
 
 # The real CIFAR-10 as JPEG images, for offline machines: make cifar10-jpg [SHARED=/path/to/shared]
 SHARED ?= ../shared

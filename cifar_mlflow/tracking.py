@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import os
+import shutil
+import sys
 import threading
 import time
 import warnings
@@ -163,6 +167,86 @@ def _log_dataset(dataset: MetaDataset, context: str) -> None:
             time.sleep(0.2 * (attempt + 1))
 
 
+# While uploading artifacts: a failing store is reported within a minute, not after MLflow's default
+# 7 retries with a doubling backoff (8.5 minutes for a model). A user's own setting wins.
+_UPLOAD_RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+@contextlib.contextmanager
+def _fail_fast_uploads():
+    unset = [k for k in _UPLOAD_RETRY_ENV if k not in os.environ]
+    os.environ.update({k: _UPLOAD_RETRY_ENV[k] for k in unset})
+    try:
+        yield
+    finally:
+        for key in unset:
+            os.environ.pop(key, None)
+
+
+def _is_store_failure(exc: BaseException) -> bool:
+    """An error from the tracking server or artifact store (not from the model or our code)."""
+    import requests
+
+    text = str(exc)
+    return isinstance(exc, (requests.RequestException, OSError)) or (
+        isinstance(exc, mlflow.exceptions.MlflowException)
+        and ("API request to" in text or "error code 5" in text or "retries" in text.lower()))
+
+
+def _short_reason(exc: BaseException) -> str:
+    """One readable clause for a failed request: what was sent where, and the status that came back."""
+    import re
+
+    text = str(exc)
+    target = re.search(r"/artifacts/\d+/\w+/artifacts/(\S+?)(?:\s|$)", text)
+    what = f"uploading {target.group(1)}" if target else type(exc).__name__
+    status = re.search(r"too many (\d{3}) error responses|error code (\d{3})", text)
+    if status:
+        return f"{what}: HTTP {status.group(1) or status.group(2)} after retries"
+    if "Connection refused" in text or "NewConnectionError" in text:
+        return f"{what}: connection refused"
+    return redact(f"{what}: {text.splitlines()[0][:160] if text else 'no reason given'}")
+
+
+STALL_NOTICE_SECONDS = 5.0  # a tracking call silent this long is said on the console
+_watching = threading.local()
+
+
+def reporting_stalls(what: str):
+    """Decorator: when the wrapped call waits on the server for more than `STALL_NOTICE_SECONDS`, say
+    so on the console (MLflow retries in silence), and say when the server answers again."""
+
+    def decorate(function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            if getattr(_watching, "active", False):  # an outer call is already watching
+                return function(*args, **kwargs)
+            done, started, stalled = threading.Event(), time.time(), threading.Event()
+
+            def watch() -> None:
+                if not done.wait(STALL_NOTICE_SECONDS):
+                    stalled.set()
+                    print(f"the tracking server has not answered for {STALL_NOTICE_SECONDS:.0f} s ({what}); "
+                          "retrying until it does...", file=sys.stderr, flush=True)
+
+            watcher = threading.Thread(target=watch, name="stall-notice", daemon=True)
+            _watching.active = True
+            watcher.start()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                _watching.active = False
+                done.set()
+                watcher.join()
+                if stalled.is_set():
+                    print(f"the tracking server answered again after {time.time() - started:.0f} s", file=sys.stderr)
+
+        return wrapper
+
+    return decorate
+
+
 HEARTBEAT_TAG = "cifar_mlflow.heartbeat"  # epoch milliseconds of the last sign of life
 HEARTBEAT_INTERVAL_TAG = "cifar_mlflow.heartbeat_interval"  # seconds between heartbeats
 HEARTBEAT_ENV = "CIFAR_MLFLOW_HEARTBEAT_SECONDS"
@@ -242,6 +326,11 @@ def mark_stale_runs(uri: str, experiment_id: str, keep: str | None = None) -> li
     return stale
 
 
+def _metric_batch(values: dict[str, float], step: int) -> list[Metric]:
+    now = int(time.time() * 1000)
+    return [Metric(key, value, now, step) for key, value in values.items()]
+
+
 class MlflowLogger:
     """Logs one training run to MLflow.
 
@@ -253,15 +342,18 @@ class MlflowLogger:
         parent_run_id: create the run nested under this one (tuning trials).
         tags: extra tags set when the run starts.
         on_start: called with the run id once the run is open (the command prints how to resume it).
+        keep_root: artifacts the store refuses are kept under `keep_root/RUN_ID/not-uploaded`.
     """
 
     def __init__(self, uri: str, experiment_name: str, run_name: str, run_id: str | None = None,
                  parent_run_id: str | None = None, tags: dict[str, str] | None = None,
-                 on_start: Callable[[str], None] | None = None) -> None:
+                 on_start: Callable[[str], None] | None = None, keep_root: str | Path = "./checkpoints") -> None:
         self.uri = uri
         self.on_start = on_start
         self._heartbeat: Heartbeat | None = None
         self.closed_stale: list[str] = []  # stale runs of the experiment this start closed
+        self.keep_root = Path(keep_root)
+        self.upload_error: str | None = None  # why the artifact store failed, once it has
         self.experiment_name = experiment_name
         self.run_name = run_name
         self.run_id = run_id
@@ -273,6 +365,7 @@ class MlflowLogger:
         self._pending: list[tuple[dict[str, float], int, Any]] = []
 
     @deferring
+    @reporting_stalls("opening the run")
     def start(self, *, params: dict[str, Any], tags: dict[str, str], datasets: list[dict[str, str]]) -> None:
         """Open the run; a second call does nothing (the tuner starts a trial's run before `run` does)."""
         if self._started:
@@ -302,6 +395,7 @@ class MlflowLogger:
             self.on_start(self.run_id)
 
     @deferring
+    @reporting_stalls("setting tags")
     def set_tags(self, tags: dict[str, str]) -> None:
         """Tags on a run that has started (the tuner's trial outcome)."""
         if self.run_id is not None:
@@ -310,9 +404,12 @@ class MlflowLogger:
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         """Queued for MLflow's background logger: the training loop never waits for the server."""
         values = {k: float(v) for k, v in metrics.items() if k != "epoch"}
-        operation = mlflow.log_metrics(values, step=epoch, run_id=self.run_id, synchronous=False)
+        # The client's log_batch, not mlflow.log_metrics: that one first fetches the run, synchronously,
+        # and a stalled server then stops training.
+        operation = MlflowClient().log_batch(self.run_id, metrics=_metric_batch(values, epoch), synchronous=False)
         self._pending.append((values, epoch, operation))
 
+    @reporting_stalls("storing the epochs' metrics")
     def flush(self) -> None:
         """Wait for the queued metrics; any batch the background logger failed to store is sent again
         synchronously (with MLflow's own retries), so a server hiccup loses nothing."""
@@ -321,24 +418,64 @@ class MlflowLogger:
             try:
                 operation.wait()
             except mlflow.exceptions.MlflowException:
-                mlflow.log_metrics(values, step=step, run_id=self.run_id, synchronous=True)
+                MlflowClient().log_batch(self.run_id, metrics=_metric_batch(values, step))
 
     @deferring
+    @reporting_stalls("logging the final metrics")
     def log_metrics(self, metrics: dict[str, float]) -> None:
         self.flush()
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, run_id=self.run_id)
 
+    @property
+    def kept_dir(self) -> Path:
+        """Where artifacts the store refused are kept, laid out as in the run (`log-artifacts` uploads it)."""
+        return self.keep_root / str(self.run_id) / "not-uploaded"
+
+    @reporting_stalls("uploading artifacts")
+    def _artifact(self, upload: Callable[[], Any], keep: Callable[[Path], None]) -> Any:
+        """Upload (failing within a minute, not after MLflow's 8 minutes of retries); once the store has
+        failed, this and every later artifact are written under `kept_dir` instead."""
+        if self.upload_error is None:
+            try:
+                with _fail_fast_uploads():
+                    return upload()
+            except Exception as exc:  # noqa: BLE001 - any store failure: keep the artifacts locally
+                if not _is_store_failure(exc):
+                    raise
+                self.upload_error = _short_reason(exc)
+                print(f"warning: the artifact store failed ({self.upload_error}); keeping this run's artifacts "
+                      f"in {self.kept_dir}", file=sys.stderr)
+        self.kept_dir.mkdir(parents=True, exist_ok=True)
+        keep(self.kept_dir)
+        return None
+
     def log_figure(self, figure: Figure, path: str) -> None:
         import matplotlib.pyplot as plt
 
-        mlflow.log_figure(figure, path)
-        plt.close(figure)
+        def keep(root: Path) -> None:
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            figure.savefig(root / path)
+
+        try:
+            self._artifact(lambda: mlflow.log_figure(figure, path), keep)
+        finally:
+            plt.close(figure)
 
     def log_text(self, text: str, path: str) -> None:
-        mlflow.log_text(redact(text), path)
+        text = redact(text)
+
+        def keep(root: Path) -> None:
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            (root / path).write_text(text)
+
+        self._artifact(lambda: mlflow.log_text(text, path), keep)
 
     def log_file(self, local_path: Path, artifact_dir: str) -> None:
-        mlflow.log_artifact(str(local_path), artifact_dir)
+        def keep(root: Path) -> None:
+            (root / artifact_dir).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(local_path, root / artifact_dir / Path(local_path).name)
+
+        self._artifact(lambda: mlflow.log_artifact(str(local_path), artifact_dir), keep)
 
     def log_model(self, model: nn.Module, input_example: np.ndarray, registered_name: str | None) -> None:
         import mlflow.pytorch
@@ -348,19 +485,30 @@ class MlflowLogger:
         # Given explicitly: MLflow's own inference of requirements re-loads the model in a subprocess.
         requirements = [f"torch=={torch.__version__.split('+')[0]}",
                         f"torchvision=={torchvision.__version__.split('+')[0]}"]
+        # Default "pt2" (torch.export): loads without this package's code; a pickle where export fails.
+        serialization = {}
+
+        def upload():
+            return mlflow.pytorch.log_model(model, name="model", input_example=input_example,
+                                            pip_requirements=requirements, registered_model_name=registered_name,
+                                            **serialization)
+
+        def keep(root: Path) -> None:
+            shutil.rmtree(root / "model", ignore_errors=True)
+            mlflow.pytorch.save_model(model, str(root / "model"), input_example=input_example,
+                                      pip_requirements=requirements, **serialization)
+
         try:
-            # Default "pt2" (torch.export): loads without this package's code.
-            info = mlflow.pytorch.log_model(model, name="model", input_example=input_example,
-                                            pip_requirements=requirements, registered_model_name=registered_name)
+            info = self._artifact(upload, keep)
         except Exception as exc:  # noqa: BLE001 - e.g. a user model torch.export cannot trace
             warnings.warn(f"torch.export could not export the model ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:200]}); logging it as a pickle instead", stacklevel=2)
-            info = mlflow.pytorch.log_model(model, name="model", input_example=input_example,
-                                            serialization_format="pickle", pip_requirements=requirements,
-                                            registered_model_name=registered_name)
-        self.registered_version = info.registered_model_version
+            serialization["serialization_format"] = "pickle"
+            info = self._artifact(upload, keep)
+        self.registered_version = info.registered_model_version if info is not None else None
 
     @deferring
+    @reporting_stalls("closing the run")
     def end(self, status: str) -> None:
         try:
             self.flush()

@@ -190,12 +190,15 @@ def main(argv: list[str] | None = None) -> int:
     logger = MlflowLogger(uri, experiment_name=config.experiment_name or config.dataset,
                           run_name=config.run_name or default_run_name(config),
                           run_id=config.resume or os.environ.get("MLFLOW_RUN_ID"),  # resume, or `mlflow run`'s run
-                          on_start=lambda run_id: _announce(logger, uri))
+                          on_start=lambda run_id: _announce(logger, uri), keep_root=config.checkpoint_dir)
     previous_term = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     status, code = "FAILED", 1
     try:
         run(prepared, logger=logger, checkpoint_dir=config.checkpoint_dir, resume_state=state)
         status, code = "FINISHED", 0
+        if logger.upload_error is not None:
+            status, code = "FAILED", 1
+            logger.set_tags({"cifar_mlflow.not_uploaded": f"artifacts kept at {logger.kept_dir.resolve()}"})
     except KeyboardInterrupt:
         status, code = "KILLED", 130
         print(f"\ninterrupted: run {logger.run_id} marked KILLED; continue it with "
@@ -208,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous_term)
         shutil.rmtree(workdir, ignore_errors=True)
         D.shutdown()
+    if logger.upload_error is not None:
+        print(f"error: the artifact store failed ({logger.upload_error}); run {logger.run_id} is marked FAILED and "
+              f"its model, reports and checkpoint are kept in {logger.kept_dir}; once the store works, upload them "
+              f"with: mlflow artifacts log-artifacts --run-id {logger.run_id} --local-dir {logger.kept_dir}",
+              file=sys.stderr)
     if status == "FINISHED":
         print(f"run {logger.run_id} FINISHED at {uri}; look at it with: mlflow ui --backend-store-uri {uri}",
               file=sys.stderr)
