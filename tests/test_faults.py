@@ -90,3 +90,85 @@ def test_a_stalled_server_is_said_on_the_console_and_nothing_is_lost(imagefolder
     assert "the tracking server has not answered for 5 s" in said
     assert "the tracking server answered again after" in rest
     assert run.info.status == "FINISHED" and sorted(m.step for m in history) == [1, 2, 3]
+
+
+def _postgres_mlflow_server(postgres_url: str, root: Path) -> list[str]:
+    command = mlflow_server_command(root, free_port())
+    command[command.index("--backend-store-uri") + 1] = postgres_url.rsplit("/", 1)[0] + "/mlflow"
+    return command
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_sixteen_runs_started_together_all_land_in_their_new_experiment(backend, request, tmp_path) -> None:
+    """16 training processes at once into one experiment that does not exist yet: none lost, none in Default,
+    and none killed for memory (each process at its peak, as the kernel measured it)."""
+    if backend == "sqlite":
+        command = mlflow_server_command(tmp_path, free_port())
+    else:
+        command = _postgres_mlflow_server(request.getfixturevalue("postgres_url"), tmp_path)
+    uri = f"http://127.0.0.1:{command[command.index('--port') + 1]}"
+    experiment = f"crowd-{backend}"
+    with running_server(command, uri, tmp_path / "server.log"):
+        procs = [subprocess.Popen(["/usr/bin/time", "-f", "peak_rss_kib %M", sys.executable, "-m",
+                                   "cifar_mlflow.train", "--dataset", "synthetic", "--max-train-samples", "64",
+                                   "--max-eval-samples", "64", "--arch", "cnn_small", "--epochs", "1",
+                                   "--no-progress", "--log-model", "false", "--seed", str(i),
+                                   "--experiment-name", experiment, "--tracking-uri", uri],
+                                  cwd=tmp_path, env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True) for i in range(16)]
+        outputs = [p.communicate(timeout=900)[1] for p in procs]
+        client = MlflowClient(uri)
+        found = client.get_experiment_by_name(experiment)
+        runs = client.search_runs([found.experiment_id], max_results=100)
+        default = client.search_runs(["0"], max_results=100)
+    for proc, err in zip(procs, outputs):
+        assert proc.returncode == 0, err[-3000:]
+    peaks = [int(err.rsplit("peak_rss_kib ", 1)[1].split()[0]) for err in outputs]
+    print(f"{backend}: 16 runs, peak resident memory per process {min(peaks) // 1024}-{max(peaks) // 1024} MiB")
+    assert len(runs) == 16 and {r.data.params["seed"] for r in runs} == {str(i) for i in range(16)}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert default == []
+    assert max(peaks) < 2 * 1024 * 1024  # KiB: a 64-image run needs no more than the libraries it loads
+
+
+def test_the_server_killed_and_restarted_mid_run_loses_nothing(tmp_path) -> None:
+    import os
+    import signal
+
+    command = ["setsid", *mlflow_server_command(tmp_path, free_port())]
+    uri = f"http://127.0.0.1:{command[command.index('--port') + 1]}"
+
+    def kill_server() -> None:
+        pid = subprocess.run(["pgrep", "-f", "--", f"--port {uri.rsplit(':', 1)[1]}"], capture_output=True,
+                             text=True).stdout.split()[0]
+        os.killpg(os.getpgid(int(pid)), signal.SIGKILL)
+
+    server = running_server(command, uri, tmp_path / "server.log")
+    server.__enter__()
+    proc = subprocess.Popen([sys.executable, "-m", "cifar_mlflow.train", "--dataset", "synthetic",
+                             "--max-train-samples", "3000", "--max-eval-samples", "500", "--arch", "cnn_small",
+                             "--epochs", "5", "--no-progress", "--tracking-uri", uri],
+                            cwd=tmp_path, env=run_env(), stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if line.startswith("epoch 1/5"):
+                break
+        kill_server()  # SIGKILL: the server and its workers are gone mid-run
+        server.__exit__(None, None, None)
+        time.sleep(5)
+        server = running_server(command, uri, tmp_path / "server-restarted.log")  # same store, same port
+        server.__enter__()
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=600) == 0, "".join(lines) + rest
+        client = MlflowClient(uri)
+        (run,) = client.search_runs([client.get_experiment_by_name("synthetic").experiment_id])
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc"))
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    finally:
+        proc.kill()
+        server.__exit__(None, None, None)
+    assert run.info.status == "FINISHED" and steps == [1, 2, 3, 4, 5]
+    assert "test_acc" in run.data.metrics and {"plots", "reports", "config.yaml"} <= artifacts
+    assert run.outputs.model_outputs  # the logged model, linked to the run
