@@ -48,11 +48,61 @@ def test_compose_services_and_settings() -> None:
     assert "healthcheck" in services["mlflow"] and "healthcheck" in services["postgres"]
     for name in ("trainer", "tuner"):
         env = services[name]["environment"]
-        assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+        assert interpolate(env["MLFLOW_TRACKING_URI"], {}) == "http://mlflow:5000"
         assert env["OPTUNA_STORAGE"].startswith("postgresql://") and env["OPTUNA_STORAGE"].endswith("/${OPTUNA_DB}")
         devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["capabilities"] == ["gpu"]
     assert services["minio"]["profiles"] == ["s3"]
+
+
+def _published(service: dict, env: dict[str, str]) -> list[str]:
+    """The host addresses a service's ports are published on, as compose reads them."""
+    return [interpolate(port, env).rsplit(":", 2)[0] if interpolate(port, env).count(":") == 2 else "0.0.0.0"
+            for port in service.get("ports", [])]
+
+
+def test_only_the_server_with_authentication_can_be_reached_from_other_machines() -> None:
+    services = compose()["services"]
+    everything = {"MLFLOW_BIND_ADDRESS": "0.0.0.0", "MLFLOW_PORT": "5000"}
+    for name, service in services.items():
+        default = _published(service, {})
+        assert all(address == "127.0.0.1" for address in default), f"{name} is published on {default} by default"
+        exposed = _published(service, everything)
+        if any(address != "127.0.0.1" for address in exposed):
+            assert name == "mlflow-auth" and service["entrypoint"][-2:] == ["--app-name", "basic-auth"], name
+    assert _published(services["mlflow-auth"], everything) == ["0.0.0.0"]  # when the team asks for it
+
+
+def _preflight(env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", str(ROOT / "docker" / "preflight.sh")], env={"PATH": "/usr/bin:/bin", **env},
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_the_stack_refuses_to_start_with_an_empty_placeholder_or_short_secret() -> None:
+    services = compose()["services"]
+    assert services["preflight"]["entrypoint"] == ["sh", "/preflight.sh"]
+    for name in ("postgres", "minio"):  # everything else waits for these
+        assert services[name]["depends_on"]["preflight"]["condition"] == "service_completed_successfully"
+    example = dict(re.findall(r"^(\w+)=(.*)$", ENV_EXAMPLE.read_text(), flags=re.M))
+    copied = _preflight(example)  # docker/.env.example copied as it is
+    assert copied.returncode == 1 and "POSTGRES_PASSWORD is empty or a placeholder" in copied.stderr
+    for weak, message in (("change-me", "placeholder"), ("Postgres2024!", "placeholder"), ("x7Kq2", "shorter")):
+        refused = _preflight({"POSTGRES_PASSWORD": weak})
+        assert refused.returncode == 1 and message in refused.stderr, weak
+    strong = "7f3a9c1e5b2d8a4f"
+    assert _preflight({"POSTGRES_PASSWORD": strong}).returncode == 0
+    weak_admin = _preflight({"POSTGRES_PASSWORD": strong, "MLFLOW_AUTH_ADMIN_PASSWORD": "change-me-three"})
+    assert weak_admin.returncode == 1 and "MLFLOW_AUTH_ADMIN_PASSWORD" in weak_admin.stderr
+    short_key = _preflight({"POSTGRES_PASSWORD": strong, "MLFLOW_FLASK_SERVER_SECRET_KEY": "a1b2c3d4e5f6"})
+    assert short_key.returncode == 1 and "shorter than 32" in short_key.stderr
+    for key, value in services["preflight"]["environment"].items():  # it sees every secret the stack uses
+        assert value == "${" + key + ":-}"
+
+
+def test_the_tuner_takes_its_storage_from_the_environment_not_a_flag() -> None:
+    tuner = compose()["services"]["tuner"]
+    assert tuner["entrypoint"] == ["python", "-m", "cifar_mlflow.tune"]
+    assert "--storage" not in " ".join(tuner["entrypoint"] + tuner["command"])
 
 
 def test_no_secret_is_committed_and_every_variable_is_documented() -> None:
