@@ -79,7 +79,14 @@ def check_tracking_server(uri: str, timeout: float = 10.0) -> None:
                                 params={"max_results": 1}, auth=auth, headers=headers, timeout=timeout,
                                 verify=verify)
     except requests.RequestException as exc:
-        reason = type(exc).__name__ if not str(exc) else str(exc).splitlines()[0][:160]
+        if isinstance(exc, requests.Timeout):
+            reason = f"no answer in {timeout:g} s"
+        elif "Connection refused" in str(exc):
+            reason = "connection refused"
+        elif "Name or service not known" in str(exc) or "NameResolutionError" in str(exc):
+            reason = "unknown host name"
+        else:
+            reason = type(exc).__name__
         raise ConfigError(f"cannot reach {where} ({reason}); start it, or point --tracking-uri / "
                           "$MLFLOW_TRACKING_URI at a running one") from None
     if response.status_code == 401:
