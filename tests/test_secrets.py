@@ -66,6 +66,7 @@ def _everything_logged(client: MlflowClient, run_ids: list[str], dest: Path) -> 
     return b"\n".join(blobs)
 
 
+@pytest.mark.faults
 def test_passwords_in_urls_leak_nowhere(auth_server, postgres_url, imagefolder, tmp_path) -> None:  # noqa: F811
     host = auth_server.removeprefix("http://")
     uri_with_password = f"http://{ADMIN}:{ADMIN_PASSWORD}@{host}"

@@ -151,6 +151,7 @@ def test_sigterm_marks_the_run_killed(imagefolder, tmp_path) -> None:
     assert [a.path for a in MlflowClient().list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/last.pt"]
 
 
+@pytest.mark.faults
 def test_sigkilled_run_is_marked_stale_and_resumed_from_the_printed_command(imagefolder, tmp_path) -> None:
     uri = f"sqlite:///{tmp_path / 'runs.db'}"
     env = run_env(CIFAR_MLFLOW_HEARTBEAT_SECONDS="1")

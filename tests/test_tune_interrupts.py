@@ -9,6 +9,7 @@ import time
 
 import mlflow
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 from optuna.storages import RetryFailedTrialCallback
 
@@ -61,6 +62,7 @@ def test_ctrl_c_marks_the_trial_and_the_study_resumes(imagefolder, tmp_path) -> 
     assert not [r for r in all_runs if r.info.status == "RUNNING"]
 
 
+@pytest.mark.faults
 def test_killed_worker_trial_is_failed_and_retried(imagefolder, tmp_path) -> None:
     worker = start_worker(imagefolder, tmp_path, "--trials", "5", "--epochs", "200", "--heartbeat-interval", "1",
                           "--retry-failed", "1")

@@ -7,11 +7,13 @@ import sys
 
 import mlflow
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import run_env
 
 
+@pytest.mark.faults
 def test_two_workers_share_one_study(postgres_url, mlflow_server, imagefolder, tmp_path) -> None:
     args = [sys.executable, "-m", "cifar_mlflow.tune", "--trials", "3", "--study-name", "shared",
             "--storage", postgres_url, "--dataset", "imagefolder", "--data-dir", str(imagefolder),
