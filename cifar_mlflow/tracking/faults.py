@@ -1,0 +1,96 @@
+"""A failing or silent store, made visible: artifact uploads that give up within a minute, and a console
+notice while the server does not answer."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+import threading
+import time
+
+import mlflow
+
+from cifar_mlflow.redaction import redact
+
+# While uploading artifacts: a failing store is reported within a minute, not after MLflow's default
+# 7 retries with a doubling backoff (8.5 minutes for a model). A user's own setting wins.
+_UPLOAD_RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+@contextlib.contextmanager
+def fail_fast_uploads():
+    unset = [k for k in _UPLOAD_RETRY_ENV if k not in os.environ]
+    os.environ.update({k: _UPLOAD_RETRY_ENV[k] for k in unset})
+    try:
+        yield
+    finally:
+        for key in unset:
+            os.environ.pop(key, None)
+
+
+def is_store_failure(exc: BaseException) -> bool:
+    """An error from the tracking server or artifact store (not from the model or our code)."""
+    import requests
+
+    text = str(exc)
+    return isinstance(exc, (requests.RequestException, OSError)) or (
+        isinstance(exc, mlflow.exceptions.MlflowException)
+        and ("API request to" in text or "error code 5" in text or "retries" in text.lower()))
+
+
+def short_reason(exc: BaseException) -> str:
+    """One readable clause for a failed request: what was sent where, and the status that came back."""
+    import re
+
+    text = str(exc)
+    target = re.search(r"/artifacts/\d+/\w+/artifacts/(\S+?)(?:\s|$)", text)
+    what = f"uploading {target.group(1)}" if target else type(exc).__name__
+    status = re.search(r"too many (\d{3}) error responses|error code (\d{3})", text)
+    if status:
+        return f"{what}: HTTP {status.group(1) or status.group(2)} after retries"
+    if "Connection refused" in text or "NewConnectionError" in text:
+        return f"{what}: connection refused"
+    return redact(f"{what}: {text.splitlines()[0][:160] if text else 'no reason given'}")
+
+
+STALL_NOTICE_SECONDS = 5.0  # a tracking call silent this long is said on the console
+
+
+_watching = threading.local()
+
+
+def reporting_stalls(what: str):
+    """Decorator: when the wrapped call waits on the server for more than `STALL_NOTICE_SECONDS`, say
+    so on the console (MLflow retries in silence), and say when the server answers again."""
+
+    def decorate(function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            if getattr(_watching, "active", False):  # an outer call is already watching
+                return function(*args, **kwargs)
+            done, started, stalled = threading.Event(), time.time(), threading.Event()
+
+            def watch() -> None:
+                if not done.wait(STALL_NOTICE_SECONDS):
+                    stalled.set()
+                    print(f"the tracking server has not answered for {STALL_NOTICE_SECONDS:.0f} s ({what}); "
+                          "retrying until it does...", file=sys.stderr, flush=True)
+
+            watcher = threading.Thread(target=watch, name="stall-notice", daemon=True)
+            _watching.active = True
+            watcher.start()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                _watching.active = False
+                done.set()
+                watcher.join()
+                if stalled.is_set():
+                    print(f"the tracking server answered again after {time.time() - started:.0f} s", file=sys.stderr)
+
+        return wrapper
+
+    return decorate

@@ -1,0 +1,260 @@
+"""The training run's logger: params, per-epoch metrics, artifacts and the model of one run."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from matplotlib.figure import Figure
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.data.sources import LocalArtifactDatasetSource
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+from torch import nn
+
+from cifar_mlflow.errors import ConfigError
+from cifar_mlflow.interrupts import deferring
+from cifar_mlflow.redaction import redact
+from cifar_mlflow.tracking.faults import fail_fast_uploads, is_store_failure, reporting_stalls, short_reason
+from cifar_mlflow.tracking.heartbeat import Heartbeat, mark_stale_runs
+from cifar_mlflow.tracking.store import experiment_id_for, log_params_once, set_tags
+
+
+def download_checkpoint(uri: str, run_id: str, dest: Path) -> Path:
+    """Fetch `checkpoint/last.pt` of `run_id`; `ConfigError` when the run or the file is missing."""
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    try:
+        client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise ConfigError(f"no MLflow run {run_id!r} at {uri}; --resume takes the run id of an interrupted run") from None
+    try:
+        local = client.download_artifacts(run_id, "checkpoint/last.pt", str(dest))
+    except Exception:  # noqa: BLE001 - any artifact-store failure means: no checkpoint to resume from
+        raise ConfigError(f"run {run_id} has no checkpoint to resume from (neither checkpoint/last.pt "
+                          "in MLflow nor a local one under --checkpoint-dir)") from None
+    return Path(local)
+
+
+def _log_dataset(dataset: MetaDataset, context: str) -> None:
+    """`mlflow.log_input`, tried up to three times: runs starting together (parallel trials, workers) race
+    to create the same dataset row in the SQL store; a later attempt finds it and only links it."""
+    for attempt in range(3):
+        try:
+            mlflow.log_input(dataset, context=context)
+            return
+        except mlflow.exceptions.MlflowException as exc:
+            if attempt == 2:
+                warnings.warn(f"could not record dataset {dataset.name} as a run input: {str(exc)[:200]}",
+                              stacklevel=2)
+                return
+            time.sleep(0.2 * (attempt + 1))
+
+
+def _metric_batch(values: dict[str, float], step: int) -> list[Metric]:
+    now = int(time.time() * 1000)
+    return [Metric(key, value, now, step) for key, value in values.items()]
+
+
+class MlflowLogger:
+    """Logs one training run to MLflow.
+
+    Args:
+        uri: tracking URI.
+        experiment_name: experiment for new runs (ignored when attaching to an existing run).
+        run_name: name for new runs.
+        run_id: attach to this existing run (resume, or the run `mlflow run` created).
+        parent_run_id: create the run nested under this one (tuning trials).
+        tags: extra tags set when the run starts.
+        on_start: called with the run id once the run is open (the command prints how to resume it).
+        keep_root: artifacts the store refuses are kept under `keep_root/RUN_ID/not-uploaded`.
+    """
+
+    def __init__(self, uri: str, experiment_name: str, run_name: str, run_id: str | None = None,
+                 parent_run_id: str | None = None, tags: dict[str, str] | None = None,
+                 on_start: Callable[[str], None] | None = None, keep_root: str | Path = "./checkpoints") -> None:
+        self.uri = uri
+        self.on_start = on_start
+        self._heartbeat: Heartbeat | None = None
+        self.closed_stale: list[str] = []  # stale runs of the experiment this start closed
+        self.keep_root = Path(keep_root)
+        self.upload_error: str | None = None  # why the artifact store failed, once it has
+        self.experiment_name = experiment_name
+        self.run_name = run_name
+        self.run_id = run_id
+        self.parent_run_id = parent_run_id
+        self.extra_tags = dict(tags or {})
+        self._started = False
+        self.registered_version: int | None = None  # set by log_model when it registers
+        # Per-epoch metrics are sent in the background; each entry is kept until `flush` sees it stored.
+        self._pending: list[tuple[dict[str, float], int, Any]] = []
+
+    @deferring
+    @reporting_stalls("opening the run")
+    def start(self, *, params: dict[str, Any], tags: dict[str, str], datasets: list[dict[str, str]]) -> None:
+        """Open the run; a second call does nothing (the tuner starts a trial's run before `run` does)."""
+        if self._started:
+            return
+        self._started = True
+        mlflow.set_tracking_uri(self.uri)
+        client = MlflowClient()
+        if self.run_id is not None:
+            experiment_id = client.get_run(self.run_id).info.experiment_id
+        else:
+            experiment_id = experiment_id_for(client, self.experiment_name)
+        if self.parent_run_id is None:  # trials leave that to the tuner (Optuna's own heartbeat)
+            self.closed_stale = mark_stale_runs(self.uri, experiment_id)  # a resumed run among them
+        if self.run_id is not None:
+            run = mlflow.start_run(run_id=self.run_id)
+        else:
+            run = mlflow.start_run(experiment_id=experiment_id, run_name=self.run_name,
+                                   parent_run_id=self.parent_run_id)
+        self.run_id = run.info.run_id
+        log_params_once(MlflowClient(), self.run_id, params)
+        set_tags(MlflowClient(), self.run_id, {**tags, **self.extra_tags})
+        for d in datasets:
+            _log_dataset(MetaDataset(LocalArtifactDatasetSource(d["source"]), name=d["name"], digest=d["digest"]),
+                         d["context"])
+        self._heartbeat = Heartbeat(self.uri, self.run_id)
+        if self.on_start is not None:
+            self.on_start(self.run_id)
+
+    @deferring
+    @reporting_stalls("setting tags")
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Tags on a run that has started (the tuner's trial outcome)."""
+        if self.run_id is not None:
+            set_tags(MlflowClient(), self.run_id, tags)
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Queued for MLflow's background logger: the training loop never waits for the server."""
+        values = {k: float(v) for k, v in metrics.items() if k != "epoch"}
+        # The client's log_batch, not mlflow.log_metrics: that one first fetches the run, synchronously,
+        # and a stalled server then stops training.
+        operation = MlflowClient().log_batch(self.run_id, metrics=_metric_batch(values, epoch), synchronous=False)
+        self._pending.append((values, epoch, operation))
+
+    @reporting_stalls("storing the epochs' metrics")
+    def flush(self) -> None:
+        """Wait for the queued metrics; any batch the background logger failed to store is sent again
+        synchronously (with MLflow's own retries), so a server hiccup loses nothing."""
+        pending, self._pending = self._pending, []
+        for values, step, operation in pending:
+            try:
+                operation.wait()
+            except mlflow.exceptions.MlflowException:
+                MlflowClient().log_batch(self.run_id, metrics=_metric_batch(values, step))
+
+    @deferring
+    @reporting_stalls("logging the final metrics")
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        self.flush()
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, run_id=self.run_id)
+
+    @property
+    def kept_dir(self) -> Path:
+        """Where artifacts the store refused are kept, laid out as in the run (`log-artifacts` uploads it)."""
+        return self.keep_root / str(self.run_id) / "not-uploaded"
+
+    @reporting_stalls("uploading artifacts")
+    def _artifact(self, upload: Callable[[], Any], keep: Callable[[Path], None]) -> Any:
+        """Upload (failing within a minute, not after MLflow's 8 minutes of retries); once the store has
+        failed, this and every later artifact are written under `kept_dir` instead."""
+        if self.upload_error is None:
+            try:
+                with fail_fast_uploads():
+                    return upload()
+            except Exception as exc:  # noqa: BLE001 - any store failure: keep the artifacts locally
+                if not is_store_failure(exc):
+                    raise
+                self.upload_error = short_reason(exc)
+                print(f"warning: the artifact store failed ({self.upload_error}); keeping this run's artifacts "
+                      f"in {self.kept_dir}", file=sys.stderr)
+        self.kept_dir.mkdir(parents=True, exist_ok=True)
+        keep(self.kept_dir)
+        return None
+
+    def log_figure(self, figure: Figure, path: str) -> None:
+        import matplotlib.pyplot as plt
+
+        def keep(root: Path) -> None:
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            figure.savefig(root / path)
+
+        try:
+            self._artifact(lambda: mlflow.log_figure(figure, path), keep)
+        finally:
+            plt.close(figure)
+
+    def log_text(self, text: str, path: str) -> None:
+        text = redact(text)
+
+        def keep(root: Path) -> None:
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            (root / path).write_text(text)
+
+        self._artifact(lambda: mlflow.log_text(text, path), keep)
+
+    def log_file(self, local_path: Path, artifact_dir: str) -> None:
+        def keep(root: Path) -> None:
+            (root / artifact_dir).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(local_path, root / artifact_dir / Path(local_path).name)
+
+        self._artifact(lambda: mlflow.log_artifact(str(local_path), artifact_dir), keep)
+
+    def log_model(self, model: nn.Module, input_example: np.ndarray, registered_name: str | None) -> None:
+        import mlflow.pytorch
+        import torch
+        import torchvision
+
+        # Given explicitly: MLflow's own inference of requirements re-loads the model in a subprocess.
+        requirements = [f"torch=={torch.__version__.split('+')[0]}",
+                        f"torchvision=={torchvision.__version__.split('+')[0]}"]
+        # Default "pt2" (torch.export): loads without this package's code; a pickle where export fails.
+        serialization = {}
+
+        def upload():
+            return mlflow.pytorch.log_model(model, name="model", input_example=input_example,
+                                            pip_requirements=requirements, registered_model_name=registered_name,
+                                            **serialization)
+
+        def keep(root: Path) -> None:
+            shutil.rmtree(root / "model", ignore_errors=True)
+            mlflow.pytorch.save_model(model, str(root / "model"), input_example=input_example,
+                                      pip_requirements=requirements, **serialization)
+
+        try:
+            info = self._artifact(upload, keep)
+        except Exception as exc:  # noqa: BLE001 - e.g. a user model torch.export cannot trace
+            warnings.warn(f"torch.export could not export the model ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:200]}); logging it as a pickle instead", stacklevel=2)
+            serialization["serialization_format"] = "pickle"
+            info = self._artifact(upload, keep)
+        self.registered_version = info.registered_model_version if info is not None else None
+
+    @deferring
+    @reporting_stalls("closing the run")
+    def end(self, status: str) -> None:
+        try:
+            self.flush()
+        finally:
+            self._end(status)
+
+    def _end(self, status: str) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == self.run_id:
+            mlflow.end_run(status=status)
+
+
+def set_model_alias(uri: str, name: str, version: int, alias: str) -> None:
+    """Point `alias` (e.g. champion) of registered model `name` at `version`."""
+    MlflowClient(uri).set_registered_model_alias(name, alias, str(version))

@@ -1,0 +1,131 @@
+"""The tracking store itself: which URI, is it there, the experiment's id, params and tags written race-safely."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any
+
+import mlflow
+from mlflow.entities import Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from cifar_mlflow.errors import ConfigError
+from cifar_mlflow.redaction import redact, split_tracking_credentials
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+# Params that `mlflow run` logged with a value we resolved differently (e.g. lr=auto) are kept,
+# and the resolved value is logged under this prefix (MLflow params cannot change).
+RESOLVED_PREFIX = "resolved."
+
+
+def tracking_uri(explicit: str | None) -> str:
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else the embedded SQLite store in the working directory.
+
+    Credentials in an http(s) URI move to `MLFLOW_TRACKING_USERNAME/PASSWORD`; the URI returned has none.
+    """
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    clean = split_tracking_credentials(uri)
+    if clean != uri and not explicit:
+        os.environ["MLFLOW_TRACKING_URI"] = clean  # MLflow reads it too (and prints it)
+    return clean
+
+
+def _same_value(logged: str, ours: str) -> bool:
+    if logged == ours:
+        return True
+    try:
+        a, b = float(logged), float(ours)
+    except ValueError:
+        return logged.strip().lower() == ours.strip().lower()
+    return math.isclose(a, b, rel_tol=1e-9) or (math.isnan(a) and math.isnan(b))
+
+
+def check_tracking_server(uri: str, timeout: float = 10.0) -> None:
+    """Ask an http(s) tracking server one cheap question, before any data is read.
+
+    Raises:
+        ConfigError: the server cannot be reached, refuses the credentials, or answers with an error.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return  # the embedded store (or a database) is opened where it is used
+    import requests
+
+    auth = None
+    if os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        auth = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
+    headers = {"Authorization": f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"} \
+        if os.environ.get("MLFLOW_TRACKING_TOKEN") else {}
+    verify = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or \
+        os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() != "true"
+    where = f"the MLflow tracking server at {uri}"
+    try:
+        response = requests.get(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search",
+                                params={"max_results": 1}, auth=auth, headers=headers, timeout=timeout,
+                                verify=verify)
+    except requests.RequestException as exc:
+        if isinstance(exc, requests.Timeout):
+            reason = f"no answer in {timeout:g} s"
+        elif "Connection refused" in str(exc):
+            reason = "connection refused"
+        elif "Name or service not known" in str(exc) or "NameResolutionError" in str(exc):
+            reason = "unknown host name"
+        else:
+            reason = type(exc).__name__
+        raise ConfigError(f"cannot reach {where} ({reason}); start it, or point --tracking-uri / "
+                          "$MLFLOW_TRACKING_URI at a running one") from None
+    if response.status_code == 401:
+        raise ConfigError(f"{where} refused the credentials (401): set MLFLOW_TRACKING_USERNAME and "
+                          "MLFLOW_TRACKING_PASSWORD (docs/deployment.md)")
+    if response.status_code == 403:
+        raise ConfigError(f"{where} denied access (403): ask its admin for permission")
+    if response.status_code >= 400:
+        raise ConfigError(f"{where} answered HTTP {response.status_code} to a search; is it an MLflow server "
+                          "(docs/tracking.md)?")
+
+
+def experiment_id_for(client: MlflowClient, name: str) -> str:
+    """The id of experiment `name`, created if missing; safe when many processes create it at once.
+
+    `mlflow.set_experiment` is not: when its create loses the race to another process it returns the
+    experiment without making it active, and the next `start_run` lands in "Default". So: get,
+    create, and on "already exists" get again; every run is started with the explicit id.
+    """
+    for attempt in range(5):
+        found = client.get_experiment_by_name(name)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                raise ConfigError(f"experiment {name!r} is deleted; restore it (mlflow experiments restore "
+                                  f"--experiment-id {found.experiment_id}) or choose another name")
+            return found.experiment_id
+        try:
+            return client.create_experiment(name)
+        except mlflow.exceptions.MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS" and "already exists" not in str(exc):
+                raise
+            time.sleep(0.1 * attempt)  # another process created it: read it back
+    raise RuntimeError(f"experiment {name!r} was created by another process but cannot be read back")
+
+
+def log_params_once(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    """Log params a run does not have yet; a different existing value gets a `resolved.` twin."""
+    existing = client.get_run(run_id).data.params
+    batch = []
+    for key, value in params.items():
+        text = redact(str(value))
+        if key not in existing:
+            batch.append(Param(key, text))
+        elif not _same_value(existing[key], text) and RESOLVED_PREFIX + key not in existing:
+            batch.append(Param(RESOLVED_PREFIX + key, text))
+    for start in range(0, len(batch), 100):
+        client.log_batch(run_id, params=batch[start:start + 100])
+
+
+def set_tags(client: MlflowClient, run_id: str, tags: dict[str, Any]) -> None:
+    """Tags in one `log_batch`: MLflow's SQL store retries the insert when another worker's tags on the same
+    run race it (single `set_tag` calls fail with a UNIQUE-constraint error there)."""
+    if tags:
+        client.log_batch(run_id, tags=[RunTag(key, redact(str(value))) for key, value in tags.items()])

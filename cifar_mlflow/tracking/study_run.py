@@ -1,0 +1,104 @@
+"""The tuning study's parent run, and the trials of workers that died."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from cifar_mlflow.interrupts import deferring
+from cifar_mlflow.tracking.heartbeat import Heartbeat, mark_stale_runs
+from cifar_mlflow.tracking.store import experiment_id_for, log_params_once, set_tags
+
+
+def fail_stale_run(uri: str, run_id: str) -> None:
+    """Close the MLflow run of a trial whose worker died, so it is not left RUNNING."""
+    client = MlflowClient(uri)
+    if client.get_run(run_id).info.status == "RUNNING":
+        set_tags(client, run_id, {"optuna.state": "FAIL",
+                                  "optuna.fail_reason": "worker stopped sending heartbeats (killed or crashed)"})
+        client.set_terminated(run_id, status="FAILED")
+
+
+class StudyTracker:
+    """The parent run of a tuning study: created once, reused when the study is resumed.
+
+    Written through `MlflowClient` (not the fluent, per-thread active run), so trials running
+    in parallel threads can nest their own runs under it.
+    """
+
+    def __init__(self, uri: str, experiment_name: str, study_name: str) -> None:
+        self.uri = uri
+        self.experiment_name = experiment_name
+        self.study_name = study_name
+        self.run_id: str | None = None
+        self.closed_stale: list[str] = []
+        self._heartbeat: Heartbeat | None = None
+        mlflow.set_tracking_uri(uri)
+        self.client = MlflowClient(uri)
+
+    @deferring
+    def open(self, known_run_id: str | None) -> str:
+        """Reopen the study's parent run (`known_run_id`, or the run `mlflow run` created), else create it."""
+        env_run = os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run -e tune`: that run is the parent
+        run_id = env_run or known_run_id
+        if run_id is not None:
+            try:
+                run = self.client.get_run(run_id)
+            except mlflow.exceptions.MlflowException:
+                run = None
+            if run is not None and run.info.lifecycle_stage == "active":
+                self.client.update_run(run_id, status="RUNNING")
+                self.run_id = run_id
+        if self.run_id is None:
+            run = self.client.create_run(experiment_id_for(self.client, self.experiment_name),
+                                         run_name=self.study_name)
+            self.run_id = run.info.run_id
+        set_tags(self.client, self.run_id, {"optuna.study_name": self.study_name, "cifar_mlflow.kind": "study"})
+        # Trials go where the parent is (under `mlflow run`, that run's experiment).
+        experiment_id = self.client.get_run(self.run_id).info.experiment_id
+        self.experiment_name = self.client.get_experiment(experiment_id).name
+        self.closed_stale = mark_stale_runs(self.uri, experiment_id, keep=self.run_id)
+        if self._heartbeat is None:
+            self._heartbeat = Heartbeat(self.uri, self.run_id)
+        return self.run_id
+
+    def discard(self) -> None:
+        """Delete a parent run that lost the race to another worker's."""
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
+        self.client.delete_run(self.run_id)
+
+    @deferring
+    def log_params(self, params: dict[str, Any]) -> None:
+        log_params_once(self.client, self.run_id, params)
+
+    @deferring
+    def log_progress(self, metrics: dict[str, float], params: dict[str, Any], step: int) -> None:
+        """Study-level metrics (step = finished trials) and the best params so far (as tags: they change)."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        set_tags(self.client, self.run_id, params)  # workers sharing the study update these at once
+
+    @deferring
+    def mark_best(self, best_run_id: str | None, previous_run_id: str | None) -> None:
+        if previous_run_id and previous_run_id != best_run_id:
+            set_tags(self.client, previous_run_id, {"best_trial": "false"})
+        if best_run_id:
+            set_tags(self.client, best_run_id, {"best_trial": "true"})
+
+    def log_artifact_dir(self, local_dir: Path) -> None:
+        self.client.log_artifacts(self.run_id, str(local_dir))
+
+    @deferring
+    def close(self, status: str) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, status=status)
