@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import torch
-
 import pytest
+import torch
 
 from cifar_mlflow.data.augment import BatchTransform, random_crop, random_erasing
 from cifar_mlflow.data.loader import DeviceLoader

@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifar_mlflow.comparison import (RunRecord, best_per_column, confusion_difference, largest_confusion_changes,
-                                     params_table, per_class_accuracy)
+from cifar_mlflow.comparison import (
+    RunRecord,
+    best_per_column,
+    confusion_difference,
+    largest_confusion_changes,
+    params_table,
+    per_class_accuracy,
+)
 from cifar_mlflow.comparison_report import build_report
 
 CLASSES = ["cat", "dog", "ship"]

@@ -11,8 +11,8 @@ from mlflow.tracking import MlflowClient
 
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.errors import ConfigError
-from cifar_mlflow.search_space import default_search_space, parse_search_space, sample_config
 from cifar_mlflow.tune import main
+from cifar_mlflow.tune.search_space import default_search_space, parse_search_space, sample_config
 
 BAD_SPACES = [
     ({"lr": {"type": "floaty", "low": 0.1, "high": 1}}, "lr.type"),
@@ -203,8 +203,8 @@ def test_parallel_trials_in_threads_keep_their_own_runs(imagefolder, tmp_path) -
                                        ("cmaes", optuna.samplers.CmaEsSampler), ("gp", optuna.samplers.GPSampler),
                                        ("grid", optuna.samplers.GridSampler)])
 def test_every_sampler_name_builds_its_sampler(name, cls) -> None:
-    from cifar_mlflow.study import build_sampler
-    from cifar_mlflow.tune_config import TuneConfig
+    from cifar_mlflow.tune.options import TuneConfig
+    from cifar_mlflow.tune.study import build_sampler
 
     space = parse_search_space({"batch_size": {"type": "categorical", "choices": [64, 128]},
                                 "epochs": {"type": "int", "low": 2, "high": 6, "step": 2}})
@@ -223,8 +223,8 @@ def _draws(study: optuna.Study, n: int) -> list[tuple[float, int]]:
 
 @pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes", "gp"])
 def test_workers_and_resumptions_with_one_seed_draw_new_points(sampler, tmp_path) -> None:
-    from cifar_mlflow.study import build_sampler
-    from cifar_mlflow.tune_config import TuneConfig
+    from cifar_mlflow.tune.options import TuneConfig
+    from cifar_mlflow.tune.study import build_sampler
 
     def worker(storage: str) -> optuna.Study:  # a process of its own: its own sampler, seeded alike
         return optuna.create_study(study_name="s", storage=storage, load_if_exists=True,
@@ -244,8 +244,8 @@ def test_workers_and_resumptions_with_one_seed_draw_new_points(sampler, tmp_path
 
 
 def test_grid_sampler_refuses_continuous_ranges() -> None:
-    from cifar_mlflow.study import build_sampler
-    from cifar_mlflow.tune_config import TuneConfig
+    from cifar_mlflow.tune.options import TuneConfig
+    from cifar_mlflow.tune.study import build_sampler
 
     space = parse_search_space({"lr": {"type": "float", "low": 0.01, "high": 0.1}})
     with pytest.raises(ConfigError, match="grid sampler .* 'lr' is a float range"):
@@ -258,8 +258,8 @@ def test_grid_sampler_refuses_continuous_ranges() -> None:
                                        ("successive_halving", optuna.pruners.SuccessiveHalvingPruner),
                                        ("none", optuna.pruners.NopPruner)])
 def test_every_pruner_name_builds_its_pruner(name, cls) -> None:
-    from cifar_mlflow.study import build_pruner
-    from cifar_mlflow.tune_config import TuneConfig
+    from cifar_mlflow.tune.options import TuneConfig
+    from cifar_mlflow.tune.study import build_pruner
 
     assert isinstance(build_pruner(TuneConfig(pruner=name), epochs=10), cls)
 
@@ -280,7 +280,7 @@ def test_bad_tune_options_exit_2_before_anything_exists(argv, message, imagefold
 
 
 def test_the_fast_recipe_is_tuned_with_a_validation_split() -> None:
-    from cifar_mlflow.tune import parse_configs
+    from cifar_mlflow.tune.cli import parse_configs
 
     _, base = parse_configs(["--recipe", "fast", "--dataset", "synthetic"])
     assert (base.arch, base.val_fraction, base.batch_size) == ("airbench", 0.1, 1024)

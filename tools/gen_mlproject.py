@@ -8,9 +8,9 @@ import typing
 from pathlib import Path
 
 from cifar_mlflow.cli import _base_type
-from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.compare import CompareConfig
-from cifar_mlflow.tune_config import TuneConfig
+from cifar_mlflow.config import TrainConfig
+from cifar_mlflow.tune.options import TuneConfig
 
 # Set by `mlflow run` itself (tracking URI, run name) or meaningless under it (resume).
 EXCLUDED = ("tracking_uri", "resume", "run_name")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from cifar_mlflow.bench_config import BenchConfig
-from cifar_mlflow.config import TrainConfig
-from cifar_mlflow.compare import CompareConfig
-from cifar_mlflow.tune_config import TuneConfig
 from gen_mlproject import EXCLUDED, mlproject_default
+
+from cifar_mlflow.bench_config import BenchConfig
+from cifar_mlflow.compare import CompareConfig
+from cifar_mlflow.config import TrainConfig
+from cifar_mlflow.tune.options import TuneConfig
 
 
 def render() -> str:

@@ -14,7 +14,7 @@ from cifar_mlflow.cli import add_config_arguments, collect_values
 from cifar_mlflow.config import TrainConfig, build_config, resolve_config
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.redaction import protect_console, redact
-from cifar_mlflow.tune_config import TuneConfig, storage_url, validate_tune_config
+from cifar_mlflow.tune.options import TuneConfig, storage_url, validate_tune_config
 
 TRAIN_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
 TUNE_NAMES = tuple(f.name for f in dataclasses.fields(TuneConfig))
@@ -56,54 +56,63 @@ def parse_configs(argv: list[str] | None) -> tuple[TuneConfig, TrainConfig]:
 
 def main(argv: list[str] | None = None) -> int:
     protect_console()
-    import optuna
-
-    from cifar_mlflow import study as S
-    from cifar_mlflow.models.registry import check_model_name
-    from cifar_mlflow.search_space import default_search_space, load_search_space
-    from cifar_mlflow.tracking import StudyTracker, check_tracking_server, tracking_uri
+    # Imported here, after the options parse: `--help` answers without loading torch, MLflow or Optuna.
+    from cifar_mlflow.tune.study import open_study
 
     try:
-        tune, base = parse_configs(argv)
-        space = load_search_space(tune.search_space) if tune.search_space else default_search_space()
-        check_model_name(base.arch)
-        for spec in space:
-            if spec.name == "arch":
-                for choice in spec.choices:
-                    check_model_name(str(choice))
-        sampler = S.build_sampler(tune, space, base.seed)
-        pruner = S.build_pruner(tune, base.epochs)
-        study_name = tune.study_name or f"{base.arch.replace(':', '-')}-{base.dataset}"
-        uri = tracking_uri(base.tracking_uri)
-        if base.tracking_uri:
-            base = dataclasses.replace(base, tracking_uri=uri)  # credentials of an http URI: in the environment
-        check_tracking_server(uri)
-        storage = S.build_storage(tune, uri)  # both before the data is read
-        tracker = StudyTracker(uri, base.experiment_name or base.dataset, study_name)
-        ctx = S.StudyContext(tune, base, space, uri, tracker)
-        ctx.data_for(base)  # a missing data set fails here, before the study exists
+        ctx, sampler, pruner, storage = _prepare(argv)
+        study = open_study(ctx, storage=storage, sampler=sampler, pruner=pruner)
     except ConfigError as exc:
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2
+    return _run(ctx, study)
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
-                                direction=tune.direction, load_if_exists=True)
-    if study.direction.name.lower() != tune.direction:
-        print(f"error: study {study_name!r} {study.direction.name.lower()}s; --metric {tune.metric} "
-              f"{tune.direction}s: use another --study-name", file=sys.stderr)
-        return 2
-    study.set_user_attr("metric", tune.metric)
+
+def _prepare(argv: list[str] | None):
+    """Everything checked and built before the study exists: options, search space, architectures,
+    sampler, pruner, the tracking server, the storage and the data. Raises `ConfigError`."""
+    from cifar_mlflow.models.registry import check_model_name
+    from cifar_mlflow.tracking import StudyTracker, check_tracking_server, tracking_uri
+    from cifar_mlflow.tune.search_space import default_search_space, load_search_space
+    from cifar_mlflow.tune.study import StudyContext, build_pruner, build_sampler, build_storage
+
+    tune, base = parse_configs(argv)
+    space = load_search_space(tune.search_space) if tune.search_space else default_search_space()
+    check_model_name(base.arch)
+    for spec in space:
+        if spec.name == "arch":
+            for choice in spec.choices:
+                check_model_name(str(choice))
+    sampler = build_sampler(tune, space, base.seed)
+    pruner = build_pruner(tune, base.epochs)
+    study_name = tune.study_name or f"{base.arch.replace(':', '-')}-{base.dataset}"
+    uri = tracking_uri(base.tracking_uri)
+    if base.tracking_uri:
+        base = dataclasses.replace(base, tracking_uri=uri)  # credentials of an http URI: in the environment
+    check_tracking_server(uri)
+    storage = build_storage(tune, uri)  # both before the data is read
+    tracker = StudyTracker(uri, base.experiment_name or base.dataset, study_name)
+    ctx = StudyContext(tune, base, space, uri, tracker)
+    ctx.data_for(base)  # a missing data set fails here, before the study exists
+    return ctx, sampler, pruner, storage
+
+
+def _run(ctx, study) -> int:
+    """Run the trials (and the retraining), keep the parent run's report current, close it with the
+    status seen; returns the exit status."""
+    from cifar_mlflow.tune.study import base_params, open_parent, optimize, publish, retrain_best, top_trials_text
+
+    tune, tracker = ctx.tune, ctx.tracker
     before = len(study.trials)
-    S.open_parent(ctx, study)
-    tracker.log_params(S.base_params(base, tune))
-    print(f"study {study_name!r}: {before} earlier trials; running {tune.trials} more "
-          f"(MLflow parent run {tracker.run_id} at {uri})", file=sys.stderr)
+    open_parent(ctx, study)
+    tracker.log_params(base_params(ctx.base, tune))
+    print(f"study {tracker.study_name!r}: {before} earlier trials; running {tune.trials} more "
+          f"(MLflow parent run {tracker.run_id} at {ctx.uri})", file=sys.stderr)
     status, code = "FAILED", 1
     try:
-        S.optimize(ctx, study)
+        optimize(ctx, study)
         if tune.retrain_best:
-            S.retrain_best(ctx, study)
+            retrain_best(ctx, study)
         status, code = "FINISHED", 0
     except ConfigError as exc:  # retraining the best trial could not rebuild its configuration
         status, code = "FINISHED", 1
@@ -114,13 +123,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
     finally:
         try:
-            S.publish(ctx, study, with_artifacts=True)
+            publish(ctx, study, with_artifacts=True)
         except Exception as exc:  # noqa: BLE001 - the study itself is safe in its storage
             print(f"warning: could not update the parent run's report: {redact(str(exc))}", file=sys.stderr)
         tracker.close(status)
-    print(S.top_trials_text(study))
+    print(top_trials_text(study))
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,7 +10,7 @@ model_args.width_mult: {type: categorical, choices: [0.5, 0.75, 1.0], when: {arc
 
 Keys are training options (`TrainConfig` fields) or `model_args.<name>`. `when` makes a parameter
 conditional on values of parameters declared before it or, failing that, of the fixed base config.
-This module is pure: `cifar_mlflow.study` asks Optuna for the values.
+This module is pure: `cifar_mlflow.tune.study` asks Optuna for the values.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def load_search_space(path: str) -> list[ParamSpec]:
 
 def default_search_space() -> list[ParamSpec]:
     """The shipped space: optimizer settings for every arch, model arguments per architecture family."""
-    text = resources.files("cifar_mlflow").joinpath("search_spaces", "default.yaml").read_text()
+    text = resources.files("cifar_mlflow.tune").joinpath("search_spaces", "default.yaml").read_text()
     return parse_search_space(yaml.safe_load(text), "default search space")
 
 

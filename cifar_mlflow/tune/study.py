@@ -14,13 +14,13 @@ import tempfile
 import threading
 import time
 import types
-from dataclasses import dataclass, field
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
-import warnings
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable in practice
 from optuna.trial import TrialState
@@ -31,10 +31,10 @@ from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.interrupts import deferring
 from cifar_mlflow.logger import ended_run
 from cifar_mlflow.redaction import redact
-from cifar_mlflow.search_space import ParamSpec, sample_config
 from cifar_mlflow.tracking import MlflowLogger, StudyTracker, fail_stale_run, set_model_alias, set_tags
 from cifar_mlflow.training import load_splits, prepare, run, run_datasets, run_params, run_tags
-from cifar_mlflow.tune_config import TuneConfig
+from cifar_mlflow.tune.options import TuneConfig
+from cifar_mlflow.tune.search_space import ParamSpec, sample_config
 
 PARENT_ATTR = "mlflow_parent_run_id"
 RUN_ATTR = "mlflow_run_id"
@@ -346,6 +346,20 @@ def publish(ctx: StudyContext, study: optuna.Study, with_artifacts: bool) -> Non
             figure.savefig(out / "plots" / f"{name}.png", dpi=110, bbox_inches="tight")
             plt.close(figure)
         ctx.tracker.log_artifact_dir(out)
+
+
+def open_study(ctx: StudyContext, *, storage: optuna.storages.RDBStorage, sampler: optuna.samplers.BaseSampler,
+               pruner: optuna.pruners.BasePruner) -> optuna.Study:
+    """The study `ctx` names, created or resumed; `ConfigError` when it optimises the other way."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    name, direction = ctx.tracker.study_name, ctx.tune.direction
+    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
+                                direction=direction, load_if_exists=True)
+    if study.direction.name.lower() != direction:
+        raise ConfigError(f"study {name!r} {study.direction.name.lower()}s; --metric {ctx.tune.metric} "
+                          f"{direction}s: use another --study-name")
+    study.set_user_attr("metric", ctx.tune.metric)
+    return study
 
 
 def open_parent(ctx: StudyContext, study: optuna.Study) -> None:
