@@ -18,8 +18,14 @@ from typing import Any
 from cifar_mlflow import distributed as D
 from cifar_mlflow.checkpoint import checkpoint_path, load_checkpoint
 from cifar_mlflow.cli import add_config_arguments, collect_values
-from cifar_mlflow.config import (COMMON_SETTINGS, RECIPE_SETTINGS, RECOMMENDED, TrainConfig, build_config,
-                                 default_run_name)
+from cifar_mlflow.config import (
+    COMMON_SETTINGS,
+    RECIPE_SETTINGS,
+    RECOMMENDED,
+    TrainConfig,
+    build_config,
+    default_run_name,
+)
 from cifar_mlflow.errors import ConfigError, NonFiniteLossError
 from cifar_mlflow.models import list_models, model_description
 from cifar_mlflow.redaction import protect_console, redact

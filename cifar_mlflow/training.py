@@ -36,8 +36,8 @@ from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.hardware import select_device, select_precision, use_channels_last
 from cifar_mlflow.logger import NullLogger, RunLogger
 from cifar_mlflow.models import get_model
-from cifar_mlflow.models.registry import check_model_name
 from cifar_mlflow.models.inference import NormalizedClassifier, with_tta
+from cifar_mlflow.models.registry import check_model_name
 from cifar_mlflow.optim import Lookahead, build_optimizer, build_schedule
 from cifar_mlflow.redaction import redact
 

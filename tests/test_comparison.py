@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifar_mlflow.comparison import (
+from cifar_mlflow.compare.analysis import (
     RunRecord,
     best_per_column,
     confusion_difference,
@@ -17,7 +17,7 @@ from cifar_mlflow.comparison import (
     params_table,
     per_class_accuracy,
 )
-from cifar_mlflow.comparison_report import build_report
+from cifar_mlflow.compare.report import build_report
 
 CLASSES = ["cat", "dog", "ship"]
 # Run A confuses cats with dogs a lot; run B mostly fixed that but confuses ships with cats a little.

@@ -8,7 +8,7 @@ import typing
 from pathlib import Path
 
 from cifar_mlflow.cli import _base_type
-from cifar_mlflow.compare import CompareConfig
+from cifar_mlflow.compare.cli import CompareConfig
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.tune.options import TuneConfig
 

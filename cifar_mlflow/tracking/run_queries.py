@@ -63,7 +63,7 @@ def select_runs(uri: str, *, run_ids: list[str] | None = None, experiment: str |
 
 def fetch_run_records(uri: str, runs: list, workdir: Path) -> list:
     """`RunRecord`s with per-epoch histories and, where logged, the confusion matrix."""
-    from cifar_mlflow.comparison import RunRecord
+    from cifar_mlflow.records import RunRecord
 
     client = MlflowClient(uri)
     records = []

@@ -1,12 +1,12 @@
 """Comparing runs: the maths and the figures, on plain data (no MLflow here).
 
-`RunRecord` is what a comparison needs of one run; `cifar_mlflow.tracking.fetch_run_records`
-builds them from MLflow. Runs without some metric or artifact are compared on what they have.
+`RunRecord` (`cifar_mlflow.records`) is what a comparison needs of one run;
+`cifar_mlflow.tracking.fetch_run_records` builds them from MLflow. Runs without some metric or artifact are compared on what they have.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import matplotlib
 
@@ -18,30 +18,13 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from cifar_mlflow.metrics import row_normalised  # noqa: E402
+from cifar_mlflow.records import RunRecord  # noqa: E402
 
 # Final metrics shown in the table, and whether higher is better.
 TABLE_METRICS = {"test_acc": True, "test_loss": False, "test_f1_macro": True, "best_val_acc": True,
                  "best_epoch": None, "epochs_trained": None}
 # Params that always differ between runs and say nothing about the recipe.
 IGNORED_PARAMS = {"run_name", "resume", "tracking_uri", "checkpoint_dir", "progress", "experiment_name"}
-
-
-@dataclass
-class RunRecord:
-    """One run as a comparison sees it."""
-
-    run_id: str
-    name: str
-    params: dict[str, str]
-    metrics: dict[str, float]  # final values
-    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # key -> [(epoch, value)]
-    confusion: np.ndarray | None = None  # counts, rows = true class
-    classes: list[str] | None = None
-    wall_seconds: float | None = None
-
-    @property
-    def label(self) -> str:
-        return f"{self.name} ({self.run_id[:7]})"
 
 
 def params_table(runs: list[RunRecord]) -> pd.DataFrame:

@@ -56,9 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cifar_mlflow.comparison_report import build_report
-    from cifar_mlflow.tracking import (check_tracking_server, fetch_run_records, log_comparison, select_runs,
-                                       tracking_uri)
+    from cifar_mlflow.compare.report import build_report
+    from cifar_mlflow.tracking import (
+        check_tracking_server,
+        fetch_run_records,
+        log_comparison,
+        select_runs,
+        tracking_uri,
+    )
 
     protect_console()
     args = build_parser().parse_args(argv)
@@ -97,7 +102,3 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

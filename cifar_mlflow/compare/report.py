@@ -12,8 +12,8 @@ from datetime import datetime, timezone
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cifar_mlflow import comparison as C
-from cifar_mlflow.comparison import RunRecord
+from cifar_mlflow.compare import analysis
+from cifar_mlflow.records import RunRecord
 
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
@@ -61,8 +61,8 @@ def build_report(runs: list[RunRecord], *, title: str = "Run comparison", with_t
         if missing:
             notes.append(f"{r.label} has no {', '.join(missing)}: it is shown with what it has.")
 
-    table = C.params_table(runs)
-    best = C.best_per_column(table)
+    table = analysis.params_table(runs)
+    best = analysis.best_per_column(table)
     sections.append("<h2>Parameters that differ, and final metrics</h2>" + _table_html(table, best)
                     + "<p>Bold: the best value of each metric.</p>")
 
@@ -72,25 +72,25 @@ def build_report(runs: list[RunRecord], *, title: str = "Run comparison", with_t
         sections.append(f"<h2>{html.escape(heading)}</h2>{text}<img alt='{name}' src='data:image/png;base64,{encoded}'>")
 
     if any(r.history.get("val_acc") for r in runs):
-        add("learning_curves", "Learning curves", C.learning_curves_figure(runs, with_train))
-    per_class = C.per_class_accuracy(runs)
+        add("learning_curves", "Learning curves", analysis.learning_curves_figure(runs, with_train))
+    per_class = analysis.per_class_accuracy(runs)
     if not per_class.empty:
-        add("per_class_accuracy", "Per-class test accuracy", C.per_class_heatmap_figure(per_class))
+        add("per_class_accuracy", "Per-class test accuracy", analysis.per_class_heatmap_figure(per_class))
     with_cm = [r for r in runs if r.confusion is not None]
     pairs = list(itertools.combinations(with_cm, 2)) if len(with_cm) <= 4 else [(with_cm[0], r) for r in with_cm[1:]]
     for a, b in pairs:
         if a.confusion.shape != b.confusion.shape:
             notes.append(f"{a.label} and {b.label} have different classes: no confusion difference.")
             continue
-        changes = C.largest_confusion_changes(a.confusion, b.confusion, a.classes)
+        changes = analysis.largest_confusion_changes(a.confusion, b.confusion, a.classes)
         text = "<p>Largest changes, as the share of the true class predicted as another class (" \
                f"{html.escape(a.name)} -> {html.escape(b.name)}):</p><ul>" + \
                "".join(f"<li>{html.escape(c.describe())}</li>" for c in changes) + "</ul>"
         add(f"confusion_difference_{a.run_id[:7]}_{b.run_id[:7]}", f"Confusion: {a.label} vs {b.label}",
-            C.confusion_difference_figure(a, b), text)
+            analysis.confusion_difference_figure(a, b), text)
     if any("test_acc" in r.metrics for r in runs):
-        add("pareto", "Accuracy against size and speed", C.pareto_figure(runs))
-    add("time", "Wall time and epochs", C.time_figure(runs))
+        add("pareto", "Accuracy against size and speed", analysis.pareto_figure(runs))
+    add("time", "Wall time and epochs", analysis.time_figure(runs))
 
     runs_list = "".join(f"<li><code>{html.escape(r.run_id)}</code> {html.escape(r.name)}</li>" for r in runs)
     note_html = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in notes)
