@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gen_mlproject import EXCLUDED, mlproject_default
 
-from cifar_mlflow.bench_config import BenchConfig
+from cifar_mlflow.bench.options import BenchConfig
 from cifar_mlflow.compare.cli import CompareConfig
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.tune.options import TuneConfig

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cifar_mlflow.config import DATASETS, PRECISIONS, _field, check_choices
 from cifar_mlflow.errors import ConfigError
@@ -100,3 +101,13 @@ def section_list(config: BenchConfig) -> list[str]:
 
 def arch_list(config: BenchConfig) -> list[str]:
     return config.archs.replace(",", " ").split()
+
+
+def train_config(bench: BenchConfig, **values: Any):
+    """The `TrainConfig` a section trains with: the benchmark's data, caps, device and precision."""
+    from cifar_mlflow.config import TrainConfig
+
+    values.setdefault("max_train_samples", bench.max_train_samples)
+    values.setdefault("max_eval_samples", bench.max_eval_samples)
+    return TrainConfig(dataset=bench.dataset, data_dir=bench.data_dir, device=bench.device,
+                       precision=bench.precision, progress=False, **values)

@@ -1,0 +1,142 @@
+"""`python -m cifar_mlflow.bench`: how fast this pipeline trains, next to the conventional one.
+
+Prints markdown tables (and writes JSON, and logs to MLflow, when asked):
+- training images/s per architecture: this project's device-resident data path against a
+  torchvision `DataLoader` + PIL transforms pipeline, same model, batch size and device;
+- the data paths alone, no model;
+- tracking overhead: the same short training with logging to a live `mlflow server` on and off;
+- time to accuracy: the `fast` recipe on real CIFAR-10, over several seeds (GPU).
+
+A benchmark, not a test: numbers depend on the machine; docs/benchmarks.md records them.
+Exit status: 0 done, 2 bad input (nothing measured or created), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from cifar_mlflow.bench.options import BenchConfig, arch_list, resolve_bench_config, section_list, train_config
+from cifar_mlflow.bench.sections import measure_data_path, measure_time_to_accuracy, measure_tracking, measure_training
+from cifar_mlflow.bench.tables import markdown_tables
+from cifar_mlflow.cli import add_config_arguments, collect_values
+from cifar_mlflow.errors import ConfigError
+from cifar_mlflow.redaction import protect_console, redact
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cifar_mlflow.bench",
+        description="Benchmark the training pipeline: images/s against a conventional DataLoader + PIL pipeline, "
+                    "the data path alone, MLflow tracking overhead and the fast recipe's time to 94%% accuracy.",
+        epilog="examples:\n  python -m cifar_mlflow.bench --device cpu --archs mlp lenet cnn_small\n"
+               "  python -m cifar_mlflow.bench --dataset cifar10 --json bench.json --log   # on a GPU machine\n"
+               "  python -m cifar_mlflow.bench --dataset imagefolder --data-dir data/cifar10-jpg "
+               "--sections time_to_accuracy\n\nrecorded results: docs/benchmarks.md",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser, BenchConfig)
+    return parser
+
+
+def machine_description(device) -> dict[str, Any]:
+    import torch
+
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_cores": os.cpu_count(), "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _run_sections(bench: BenchConfig, device, data, workdir: Path) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    from cifar_mlflow.local_server import local_mlflow_server
+
+    sections = section_list(bench)
+    total = (len(arch_list(bench)) * ("training" in sections) + ("data_path" in sections)
+             + bench.tracking_repeats * ("tracking" in sections) + bench.seeds * ("time_to_accuracy" in sections))
+    results: dict[str, Any] = {}
+    with tqdm(total=total, disable=not bench.progress, file=sys.stderr, dynamic_ncols=True) as progress:
+        if "training" in sections:
+            results["rows"] = measure_training(bench, data, device, progress)
+        if "data_path" in sections:
+            results["data_path"] = measure_data_path(bench, data, device, progress)
+        if "tracking" in sections or "time_to_accuracy" in sections:
+            with local_mlflow_server(workdir / "mlflow-server") as uri:
+                if "tracking" in sections:
+                    results["tracking_overhead"] = measure_tracking(bench, data, device, uri, workdir, progress)
+                if "time_to_accuracy" in sections:
+                    results["time_to_accuracy"] = measure_time_to_accuracy(bench, data, device, uri, workdir, progress)
+    if "time_to_accuracy" not in sections:
+        results["time_to_accuracy_note"] = ("GPU only: not run on the CPU unless --sections names time_to_accuracy"
+                                            if device.type != "cuda" else "not in --sections")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    protect_console()
+    args = build_parser().parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="cifar_mlflow-bench-"))
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        return _bench(args, argv, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _bench(args: argparse.Namespace, argv: list[str] | None, workdir: Path) -> int:
+    from cifar_mlflow.hardware import select_device
+    from cifar_mlflow.training import load_splits
+
+    try:
+        values, _ = collect_values(args, BenchConfig)
+        bench = BenchConfig(**values)
+        _resolved_probe(bench)  # validates the device name and the fast recipe's settings
+        device = select_device(bench.device)
+        bench = resolve_bench_config(bench, device.type == "cuda")
+        if "time_to_accuracy" in section_list(bench) and bench.dataset == "synthetic":
+            print("note: time_to_accuracy on synthetic data measures speed, not CIFAR-10 accuracy", file=sys.stderr)
+        # Without a validation split: the fast recipe trains on all of it, and throughput uses it all.
+        data = load_splits(train_config(bench, val_fraction=0.0))
+        results = _run_sections(bench, device, data, workdir)
+    except ConfigError as exc:
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: nothing written", file=sys.stderr)
+        return 130
+    command = "python -m cifar_mlflow.bench " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    results = {"machine": machine_description(device), "date": datetime.date.today().isoformat(), "command": command,
+               "dataset": bench.dataset, "data_source": data.source, "train_images": len(data.train),
+               "target_accuracy": bench.target_accuracy, "rounds": bench.rounds, "steps": bench.steps,
+               "warmup_steps": bench.warmup_steps, **results}
+    table = markdown_tables(results)
+    print(table)
+    if bench.json:
+        Path(bench.json).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"figures written to {bench.json}", file=sys.stderr)
+    if bench.log:
+        from cifar_mlflow.tracking import log_benchmark, tracking_uri
+
+        run_id = log_benchmark(tracking_uri(bench.tracking_uri), bench.experiment_name, dataclasses.asdict(bench),
+                               results, table)
+        print(f"benchmark logged as run {run_id}", file=sys.stderr)
+    return 0
+
+
+def _resolved_probe(bench: BenchConfig):
+    """The fast recipe's config as the time_to_accuracy section will run it (validated before any work)."""
+    from cifar_mlflow.config import resolve_config
+
+    return resolve_config(train_config(bench, recipe="fast", epochs=bench.fast_epochs))
