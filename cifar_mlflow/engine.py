@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from cifar_mlflow import distributed as D
+from cifar_mlflow import distributed
 from cifar_mlflow.data.loader import DeviceLoader
 from cifar_mlflow.errors import NonFiniteLossError
 from cifar_mlflow.optim import Lookahead, Schedule
@@ -49,7 +49,7 @@ def train_one_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.opt
     """Train for one pass over `loader`; raises `NonFiniteLossError` as soon as the loss is NaN/inf."""
     model.train()
     device = loader.device
-    distributed = D.world_size() > 1
+    several_ranks = distributed.world_size() > 1
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
@@ -74,14 +74,14 @@ def train_one_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.opt
         bar.update(1)
         if step % _SYNC_EVERY == 0 or step == len(loader):
             running = loss_sum.item() / seen
-            if not distributed:  # under torchrun, all ranks check the summed loss together, below
+            if not several_ranks:  # under torchrun, all ranks check the summed loss together, below
                 _check_finite(running, epoch, step, optimizer.param_groups[0]["lr"])
             bar.set_postfix(loss=f"{running:.4f}", acc=f"{correct.item() / seen:.4f}", refresh=False)
     bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    total_loss, total_correct, total_seen = D.sum_across_ranks([loss_sum.item(), correct.item(), seen], device)
+    total_loss, total_correct, total_seen = distributed.sum_across_ranks([loss_sum.item(), correct.item(), seen], device)
     _check_finite(total_loss / max(total_seen, 1), epoch, len(loader), optimizer.param_groups[0]["lr"])
     return EpochStats(total_loss / max(total_seen, 1), total_correct / max(total_seen, 1), int(total_seen), seconds)
 
@@ -115,7 +115,7 @@ def evaluate(model: nn.Module, loader: DeviceLoader, loss_fn: nn.Module, precisi
     logits = torch.cat(logits_all)
     labels = torch.cat(labels_all)
     # Sums, so shards of a split evaluated by several ranks add up to the whole split's numbers.
-    loss_sum, correct, count = D.sum_across_ranks(
+    loss_sum, correct, count = distributed.sum_across_ranks(
         [loss_fn(logits, labels).item() * len(labels), (logits.argmax(1) == labels).sum().item(), len(labels)],
         loader.device)
     return Evaluation(loss_sum / max(count, 1), correct / max(count, 1), logits.cpu(), labels.cpu())

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from cifar_mlflow import distributed as D
+from cifar_mlflow import distributed
 from cifar_mlflow.checkpoint import checkpoint_path, load_checkpoint
 from cifar_mlflow.cli import add_config_arguments, collect_values
 from cifar_mlflow.config import (
@@ -139,7 +139,7 @@ def _follow(prepared) -> int:
     except NonFiniteLossError:
         return 1
     finally:
-        D.shutdown()
+        distributed.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,12 +163,12 @@ def main(argv: list[str] | None = None) -> int:
             values["tracking_uri"] = uri  # credentials of an http URI are in the environment now
         check_tracking_server(uri)  # before the data is read: an unreachable server fails in seconds
         state = None
-        if D.launched_by_torchrun():
+        if distributed.launched_by_torchrun():
             if values.get("resume"):
                 raise ConfigError("--resume is not supported under torchrun yet; resume with a single process")
             import torch
 
-            D.init("cuda" if values.get("device", "auto") != "cpu" and torch.cuda.is_available() else "cpu")
+            distributed.init("cuda" if values.get("device", "auto") != "cpu" and torch.cuda.is_available() else "cpu")
         if values.get("resume"):
             run_id = values["resume"]
             values, state = _resume_values(values, given, uri, workdir)
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
     config = prepared.config
-    if not D.is_main():
+    if not distributed.is_main():
         shutil.rmtree(workdir, ignore_errors=True)
         return _follow(prepared)
     if os.environ.get("MLFLOW_RUN_ID") and config.experiment_name:
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         _close_run(logger, status, ckpt)
         signal.signal(signal.SIGTERM, previous_term)
         shutil.rmtree(workdir, ignore_errors=True)
-        D.shutdown()
+        distributed.shutdown()
     if logger.upload_error is not None:
         print(f"error: the artifact store failed ({logger.upload_error}); run {logger.run_id} is marked FAILED and "
               f"its model, reports and checkpoint are kept in {logger.kept_dir}; once the store works, upload them "

@@ -24,8 +24,8 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from cifar_mlflow import distributed as D
-from cifar_mlflow import metrics as M
+from cifar_mlflow import distributed
+from cifar_mlflow import metrics
 from cifar_mlflow import plots
 from cifar_mlflow.checkpoint import CheckpointWriter, checkpoint_path, cpu_copy
 from cifar_mlflow.config import TrainConfig, config_to_dict, resolve_config
@@ -98,8 +98,8 @@ def prepare(config: TrainConfig, data: DataSplits | None = None) -> Prepared:
     config = resolve_config(config)
     check_model_name(config.arch)  # before the data set is read
     device = select_device(config.device)
-    if device.type == "cuda" and D.world_size() > 1 and device.index is None:
-        device = torch.device("cuda", D.local_rank())  # one GPU per torchrun process
+    if device.type == "cuda" and distributed.world_size() > 1 and device.index is None:
+        device = torch.device("cuda", distributed.local_rank())  # one GPU per torchrun process
     precision = select_precision(config.precision, device)  # before the data set is read, as the device
     seed_everything(config.seed, config.deterministic)
     if data is None:
@@ -151,7 +151,7 @@ def run_params(prepared: Prepared) -> dict[str, Any]:
     params.update(num_parameters=prepared.num_parameters, train_size=len(data.train), val_size=len(data.val),
                   test_size=len(data.test), num_classes=data.num_classes, image_shape="x".join(map(str, data.image_shape)),
                   data_mean=",".join(f"{v:.4f}" for v in data.mean), data_std=",".join(f"{v:.4f}" for v in data.std),
-                  world_size=D.world_size())
+                  world_size=distributed.world_size())
     return params
 
 
@@ -213,7 +213,7 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
     config, data, device = prepared.config, prepared.data, prepared.device
     model = prepared.model
     channels_last, precision = prepared.channels_last, prepared.precision
-    shard = {"rank": D.rank(), "world_size": D.world_size()}  # under torchrun: this process's part
+    shard = {"rank": distributed.rank(), "world_size": distributed.world_size()}  # under torchrun: this process's part
     augment = BatchTransform(config.augment, data.mean, data.std, data.hflip_ok, flip=config.flip)
     train_loader = DeviceLoader(data.train, config.batch_size, augment,
                                 device, shuffle=True, seed=config.seed, channels_last=channels_last, **shard)
@@ -230,13 +230,13 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
     lookahead = Lookahead(model, config.epochs * len(train_loader)) if config.lookahead else None
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     train_model = model
-    if D.world_size() > 1:  # gradients averaged across ranks; buffers follow rank 0
+    if distributed.world_size() > 1:  # gradients averaged across ranks; buffers follow rank 0
         from torch.nn.parallel import DistributedDataParallel
 
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile:
         train_model = torch.compile(train_model)
-    main_process = D.is_main()
+    main_process = distributed.is_main()
 
     history: list[dict[str, float]] = []
     best_epoch, best_val_acc, best_val_loss = 0, -1.0, float("inf")
@@ -309,7 +309,7 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
     # In fp32, as the logged model computes: its predictions give exactly the reported test_acc.
     test = evaluate(with_tta(model, config.tta), test_loader, loss_fn)
     final = {"test_loss": test.loss, "test_acc": test.acc, "best_epoch": float(best_epoch),
-             "epochs_trained": float(len(history)), **M.final_metrics(test.labels, test.predictions, data.classes)}
+             "epochs_trained": float(len(history)), **metrics.final_metrics(test.labels, test.predictions, data.classes)}
     if has_val:
         final["best_val_acc"] = best_val_acc
     logger.log_metrics(final)
@@ -322,7 +322,7 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
 def log_report(prepared: Prepared, result: TrainResult, logger: RunLogger) -> None:
     """Plots, confusion matrix CSV, classification report and the resolved config as artifacts."""
     data = prepared.data
-    cm = M.confusion_matrix(result.test.labels, result.test.predictions, data.num_classes)
+    cm = metrics.confusion_matrix(result.test.labels, result.test.predictions, data.num_classes)
     logger.log_figure(plots.learning_curves_figure(result.history, result.best_epoch), "plots/learning_curves.png")
     logger.log_figure(plots.confusion_matrix_figure(cm, data.classes), "plots/confusion_matrix.png")
     logger.log_figure(plots.per_class_accuracy_figure(cm, data.classes), "plots/per_class_accuracy.png")
@@ -331,7 +331,7 @@ def log_report(prepared: Prepared, result: TrainResult, logger: RunLogger) -> No
     header = "true\\predicted," + ",".join(data.classes)
     rows = [f"{name}," + ",".join(str(int(v)) for v in row) for name, row in zip(data.classes, cm)]
     logger.log_text("\n".join([header, *rows]) + "\n", "reports/confusion_matrix.csv")
-    report_dict, report_text = M.report(result.test.labels, result.test.predictions, data.classes)
+    report_dict, report_text = metrics.report(result.test.labels, result.test.predictions, data.classes)
     logger.log_text(json.dumps(report_dict, indent=2), "reports/classification_report.json")
     logger.log_text(report_text, "reports/classification_report.txt")
     logger.log_text(yaml.safe_dump(redact(config_to_dict(prepared.config)), sort_keys=False), "config.yaml")
