@@ -5,7 +5,8 @@
 params, saved in checkpoints, and the tuner changes it with `dataclasses.replace`.
 
 Fields whose default is `None` and whose help says "recommended" are filled in per
-architecture by `resolve_config` (see `RECOMMENDED`); anything the user sets wins.
+architecture by `resolve_config` (`recommended_for`: the settings each model registers beside its
+builder, `GENERIC_RECOMMENDED` for the others); anything the user sets wins.
 """
 
 from __future__ import annotations
@@ -133,37 +134,10 @@ class TrainConfig:
                                 "checkpoint")
 
 
-# Recommended settings per architecture: the settings the reference recipes use for CIFAR-style
-# 32x32 data. `_generic` covers torchvision models and user builders.
-RECOMMENDED: dict[str, dict[str, Any]] = {
-    "_generic": dict(optimizer="sgd", lr=0.05, weight_decay=5e-4, scheduler="onecycle",
-                     epochs=30, batch_size=128, augment="standard", label_smoothing=0.0),
-    # airbench94's settings, for a mean (not summed) loss: lr 11.5 per 1024 images at momentum
-    # 0.85 is 1.5 here; its decoupled weight decay of 2e-3 per step is 2e-3 / lr.
-    "airbench": dict(optimizer="sgd", lr=1.5, momentum=0.85, weight_decay=2e-3 / 1.5,
-                     scheduler="linear", warmup_epochs=2.3, epochs=10, batch_size=1024,
-                     augment="light", flip="alternating", label_smoothing=0.2, lookahead=True),
-    "mlp": dict(optimizer="adamw", lr=1e-3, weight_decay=1e-4, scheduler="onecycle",
-                epochs=30, batch_size=128, augment="none", label_smoothing=0.0),
-    "lenet": dict(optimizer="sgd", lr=0.05, weight_decay=5e-4, scheduler="onecycle",
-                  epochs=30, batch_size=128, augment="standard", label_smoothing=0.0),
-    "cnn_small": dict(optimizer="sgd", lr=0.05, weight_decay=5e-4, scheduler="onecycle",
-                      epochs=30, batch_size=128, augment="standard", label_smoothing=0.0),
-    "cnn": dict(optimizer="sgd", lr=0.05, weight_decay=5e-4, scheduler="onecycle",
-                epochs=30, batch_size=128, augment="standard", label_smoothing=0.1),
-    "mobilenetv2": dict(optimizer="sgd", lr=0.1, weight_decay=4e-5, scheduler="cosine",
-                        epochs=60, batch_size=128, augment="standard", label_smoothing=0.1),
-    "mobilenetv3_small": dict(optimizer="sgd", lr=0.1, weight_decay=4e-5, scheduler="cosine",
-                              epochs=60, batch_size=128, augment="standard",
-                              label_smoothing=0.1),
-    "mobilenetv3_large": dict(optimizer="sgd", lr=0.1, weight_decay=4e-5, scheduler="cosine",
-                              epochs=60, batch_size=128, augment="standard",
-                              label_smoothing=0.1),
-    "resnet18": dict(optimizer="sgd", lr=0.1, weight_decay=5e-4, scheduler="onecycle",
-                     epochs=40, batch_size=128, augment="standard", label_smoothing=0.0),
-    "resnet9": dict(optimizer="sgd", lr=0.2, weight_decay=5e-4, scheduler="onecycle",
-                    epochs=24, batch_size=512, augment="standard", label_smoothing=0.2),
-}
+# The settings of tv: classifiers and user builders; built-in models carry their own, next to their
+# builder (`@register_model(name, recommended=...)`, in cifar_mlflow/models/).
+GENERIC_RECOMMENDED: dict[str, Any] = dict(optimizer="sgd", lr=0.05, weight_decay=5e-4, scheduler="onecycle",
+                                           epochs=30, batch_size=128, augment="standard", label_smoothing=0.0)
 
 
 # Settings every architecture gets when its own recommendations leave them out.
@@ -171,8 +145,11 @@ COMMON_SETTINGS = dict(momentum=0.9, warmup_epochs=1.0, val_fraction=0.1, tta="n
                        flip="random")
 
 def recommended_for(arch: str) -> dict[str, Any]:
-    """The recommended settings for `arch` (the generic ones for tv: and user models)."""
-    return {**COMMON_SETTINGS, **RECOMMENDED.get(arch, RECOMMENDED["_generic"])}
+    """The recommended settings for `arch`: its own (registered with the model), else the generic ones
+    (tv: and user models), over the common ones."""
+    from cifar_mlflow.models import recommended_settings  # the registry is filled when models import
+
+    return {**COMMON_SETTINGS, **(recommended_settings(arch) or GENERIC_RECOMMENDED)}
 
 
 def config_fields() -> list[dataclasses.Field]:

@@ -20,14 +20,14 @@ from cifar_mlflow.checkpoint import checkpoint_path, load_checkpoint
 from cifar_mlflow.cli import add_config_arguments, collect_values
 from cifar_mlflow.config import (
     COMMON_SETTINGS,
+    GENERIC_RECOMMENDED,
     RECIPE_SETTINGS,
-    RECOMMENDED,
     TrainConfig,
     build_config,
     default_run_name,
 )
 from cifar_mlflow.errors import ConfigError, NonFiniteLossError
-from cifar_mlflow.models import list_models, model_description
+from cifar_mlflow.models import list_models, model_description, recommended_settings
 from cifar_mlflow.redaction import protect_console, redact
 
 # Options that may differ from the interrupted run's own config when resuming it.
@@ -39,8 +39,8 @@ def _recommended_table() -> str:
     keys = ("optimizer", "lr", "weight_decay", "scheduler", "epochs", "batch_size", "augment", "label_smoothing")
     lines = ["recommended settings per architecture (used for options you leave unset):",
              "  " + "arch".ljust(18) + "".join(k.ljust(13) for k in keys)]
-    for arch, rec in RECOMMENDED.items():
-        name = "others" if arch == "_generic" else arch
+    rows = [(name, recommended_settings(name)) for name in list_models() if recommended_settings(name)]
+    for name, rec in [*rows, ("others", GENERIC_RECOMMENDED)]:
         lines.append("  " + name.ljust(18) + "".join(f"{rec[k]:<13g}" if isinstance(rec[k], float)
                                                      else str(rec[k]).ljust(13) for k in keys))
         extra = {k: v for k, v in rec.items() if k not in keys}

@@ -24,9 +24,7 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from cifar_mlflow import distributed
-from cifar_mlflow import metrics
-from cifar_mlflow import plots
+from cifar_mlflow import distributed, metrics, plots
 from cifar_mlflow.checkpoint import CheckpointWriter, checkpoint_path, cpu_copy
 from cifar_mlflow.config import TrainConfig, config_to_dict, resolve_config
 from cifar_mlflow.data import BatchTransform, DataSplits, DeviceLoader, load_image_data, split_data

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from cifar_mlflow.cli import collect_values
-from cifar_mlflow.config import RECOMMENDED, TrainConfig, build_config, resolve_config
+from cifar_mlflow.config import GENERIC_RECOMMENDED, TrainConfig, build_config, resolve_config
 from cifar_mlflow.errors import ConfigError
+from cifar_mlflow.models import list_models, recommended_settings
 from cifar_mlflow.train import build_parser
 
 
@@ -19,7 +20,7 @@ def test_recommendations_fill_what_the_user_left_unset() -> None:
     config = parse("--arch", "mlp")
     assert (config.optimizer, config.lr, config.augment) == ("adamw", 1e-3, "none")
     config = parse("--arch", "resnet9")
-    assert config.batch_size == RECOMMENDED["resnet9"]["batch_size"]
+    assert config.batch_size == recommended_settings("resnet9")["batch_size"]
 
 
 def test_user_values_win_over_recommendations() -> None:
@@ -38,7 +39,7 @@ def test_options_given_with_a_recipe_win() -> None:
     config = parse("--recipe", "fast", "--epochs", "12", "--tta", "none", "--val-fraction", "0.1", "--arch", "resnet9")
     assert (config.epochs, config.tta, config.val_fraction, config.arch) == (12, "none", 0.1, "resnet9")
     # The rest comes from the recipe, then from resnet9's own recommendations.
-    assert config.batch_size == RECOMMENDED["resnet9"]["batch_size"]
+    assert config.batch_size == recommended_settings("resnet9")["batch_size"]
 
 
 def test_without_a_recipe_the_defaults_are_unchanged() -> None:
@@ -47,7 +48,7 @@ def test_without_a_recipe_the_defaults_are_unchanged() -> None:
 
 
 def test_generic_recommendation_for_torchvision_models() -> None:
-    assert parse("--arch", "tv:resnet50").optimizer == RECOMMENDED["_generic"]["optimizer"]
+    assert parse("--arch", "tv:resnet50").optimizer == GENERIC_RECOMMENDED["optimizer"]
 
 
 def test_yaml_config_and_cli_override(tmp_path) -> None:
@@ -78,7 +79,7 @@ def test_none_is_a_value_where_it_is_a_choice() -> None:
 
 def test_mlproject_style_unset_words() -> None:
     config = parse("--lr", "auto", "--max-train-samples", "none", "--model-args", "{}")
-    assert config.lr == RECOMMENDED["cnn"]["lr"]
+    assert config.lr == recommended_settings("cnn")["lr"]
     assert config.max_train_samples is None
 
 
@@ -120,3 +121,14 @@ def test_help_lists_every_option_with_its_default(capsys) -> None:
         assert "--" + f.name.replace("_", "-") in text
     assert "(default: cnn, or the net the recipe recommends)" in text and "default: 0.1, or the recipe's" in text
     assert "recommended settings per architecture" in text and "mobilenetv2" in text
+
+
+@pytest.mark.parametrize("arch", list_models())
+def test_every_registered_model_recommends_a_complete_valid_recipe(arch) -> None:
+    """A model added with `@register_model(name, recommended=...)` is checked here without further ado."""
+    own = recommended_settings(arch)
+    assert own, f"{arch} registers no recommended settings"
+    config = resolve_config(TrainConfig(arch=arch))
+    for key, value in own.items():
+        assert getattr(config, key) == value  # its own settings are the ones used
+    assert config.optimizer and config.lr > 0 and config.epochs > 0 and config.batch_size > 0

@@ -11,7 +11,9 @@ def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
-@register_model("cnn")
+@register_model("cnn", recommended=dict(
+    optimizer="sgd", lr=0.05, weight_decay=5e-4, scheduler="onecycle", epochs=30, batch_size=128,
+    augment="standard", label_smoothing=0.1))
 def cnn(*, num_classes: int = 10, in_channels: int = 3, dropout: float = 0.25,
         head_dropout: float = 0.5) -> nn.Module:
     """Three double-conv blocks (32-64, 128-128, 256-256) with batch norm, max-pool, dropout and a 1024-512 head."""
@@ -27,7 +29,9 @@ def cnn(*, num_classes: int = 10, in_channels: int = 3, dropout: float = 0.25,
     return nn.Sequential(*layers, *head)
 
 
-@register_model("cnn_small")
+@register_model("cnn_small", recommended=dict(
+    optimizer="sgd", lr=0.05, weight_decay=5e-4, scheduler="onecycle", epochs=30, batch_size=128,
+    augment="standard", label_smoothing=0.0))
 def cnn_small(*, num_classes: int = 10, in_channels: int = 3, dropout: float = 0.4,
               spatial_dropout: float = 0.1) -> nn.Module:
     """Three conv layers (32/64/128) with batch norm, Dropout2d and max-pool, dropout 0.4 and a linear head."""
@@ -39,7 +43,9 @@ def cnn_small(*, num_classes: int = 10, in_channels: int = 3, dropout: float = 0
     return nn.Sequential(*layers, nn.Flatten(), nn.Dropout(dropout), nn.LazyLinear(num_classes))
 
 
-@register_model("lenet")
+@register_model("lenet", recommended=dict(
+    optimizer="sgd", lr=0.05, weight_decay=5e-4, scheduler="onecycle", epochs=30, batch_size=128,
+    augment="standard", label_smoothing=0.0))
 def lenet(*, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """LeNet-5: two 5x5 conv + pool stages and a 120-84 head (padding keeps 28x28 inputs at LeNet's geometry)."""
     return nn.Sequential(

@@ -11,7 +11,9 @@ from cifar_mlflow.models.registry import register_model
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 
 
-@register_model("mlp")
+@register_model("mlp", recommended=dict(
+    optimizer="adamw", lr=1e-3, weight_decay=1e-4, scheduler="onecycle", epochs=30, batch_size=128,
+    augment="none", label_smoothing=0.0))
 def mlp(*, num_classes: int = 10, in_channels: int = 3, hidden_sizes: Sequence[int] = (1024, 512, 256),
         activation: str = "relu", batch_norm: bool = True, dropout: float = 0.2) -> nn.Module:
     """Multi-layer perceptron on flattened pixels (hidden sizes, relu/gelu, batch norm, dropout)."""

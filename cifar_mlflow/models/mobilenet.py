@@ -45,7 +45,9 @@ _V2_STAGES = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96
               (6, 160, 3, 2), (6, 320, 1, 1))
 
 
-@register_model("mobilenetv2")
+@register_model("mobilenetv2", recommended=dict(
+    optimizer="sgd", lr=0.1, weight_decay=4e-5, scheduler="cosine", epochs=60, batch_size=128,
+    augment="standard", label_smoothing=0.1))
 def mobilenetv2(*, num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0,
                 dropout: float = 0.2) -> nn.Module:
     """MobileNetV2 (inverted residuals, linear bottlenecks; width_mult, dropout), CIFAR stem."""
@@ -91,14 +93,18 @@ def _mobilenetv3(blocks: tuple, last_conv: int, hidden: int, num_classes: int, i
     return nn.Sequential(*layers, *head)
 
 
-@register_model("mobilenetv3_small")
+@register_model("mobilenetv3_small", recommended=dict(
+    optimizer="sgd", lr=0.1, weight_decay=4e-5, scheduler="cosine", epochs=60, batch_size=128,
+    augment="standard", label_smoothing=0.1))
 def mobilenetv3_small(*, num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0,
                       dropout: float = 0.2) -> nn.Module:
     """MobileNetV3-Small (squeeze-excitation, hard-swish; width_mult, dropout), CIFAR stem."""
     return _mobilenetv3(_V3_SMALL, 576, 1024, num_classes, in_channels, width_mult, dropout)
 
 
-@register_model("mobilenetv3_large")
+@register_model("mobilenetv3_large", recommended=dict(
+    optimizer="sgd", lr=0.1, weight_decay=4e-5, scheduler="cosine", epochs=60, batch_size=128,
+    augment="standard", label_smoothing=0.1))
 def mobilenetv3_large(*, num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0,
                       dropout: float = 0.2) -> nn.Module:
     """MobileNetV3-Large (squeeze-excitation, hard-swish; width_mult, dropout), CIFAR stem."""

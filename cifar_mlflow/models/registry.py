@@ -8,6 +8,7 @@ import inspect
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,18 +17,39 @@ from cifar_mlflow.errors import ConfigError
 
 ModelBuilder = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelBuilder] = {}
+_RECOMMENDED: dict[str, dict[str, Any]] = {}
 
 
-def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
-    """Decorator adding a builder `fn(*, num_classes, in_channels, **kwargs)` under `name`."""
+def register_model(name: str, *, recommended: dict[str, Any] | None = None) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Decorator adding a builder `fn(*, num_classes, in_channels, **kwargs)` under `name`.
+
+    Args:
+        recommended: the training settings this model is known to do well with on 32x32 data
+            (`TrainConfig` field names: optimizer, lr, epochs, ...), used for options the user leaves
+            unset. Without them, the generic settings apply.
+    """
+    if recommended is not None:
+        from cifar_mlflow.config import TrainConfig
+
+        unknown = sorted(set(recommended) - set(TrainConfig.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"model {name!r} recommends unknown settings {unknown}")
 
     def add(fn: ModelBuilder) -> ModelBuilder:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
         _REGISTRY[name] = fn
+        if recommended is not None:
+            _RECOMMENDED[name] = dict(recommended)
         return fn
 
     return add
+
+
+def recommended_settings(name: str) -> dict[str, Any] | None:
+    """The settings registered with built-in model `name`, or None (tv: models, user builders)."""
+    settings = _RECOMMENDED.get(name)
+    return dict(settings) if settings is not None else None
 
 
 def list_models(pattern: str = "*") -> list[str]:

@@ -9,7 +9,9 @@ from torchvision.models import resnet18 as torchvision_resnet18
 from cifar_mlflow.models.registry import register_model
 
 
-@register_model("resnet18")
+@register_model("resnet18", recommended=dict(
+    optimizer="sgd", lr=0.1, weight_decay=5e-4, scheduler="onecycle", epochs=40, batch_size=128,
+    augment="standard", label_smoothing=0.0))
 def resnet18(*, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """ResNet-18 with the CIFAR stem (3x3 stride-1 first conv, no max-pool): 11M parameters."""
     model = torchvision_resnet18(weights=None, num_classes=num_classes)
@@ -44,7 +46,9 @@ class _Scale(nn.Module):
         return x * self.scale
 
 
-@register_model("resnet9")
+@register_model("resnet9", recommended=dict(
+    optimizer="sgd", lr=0.2, weight_decay=5e-4, scheduler="onecycle", epochs=24, batch_size=512,
+    augment="standard", label_smoothing=0.2))
 def resnet9(*, num_classes: int = 10, in_channels: int = 3, width: int = 64, scale: float = 0.125) -> nn.Module:
     """ResNet-9 (Page's DAWNBench net): fast, strong runs in few epochs; width sets the first layer's channels."""
     w = width
