@@ -1,4 +1,5 @@
-"""The resumable checkpoint: model, optimizer, schedule, epoch, history and random-number states."""
+"""The one home of the checkpoint format: `TrainingState` (model, optimizer, schedule, lookahead,
+epoch, history, best epoch, random-number states), written atomically on a background thread."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import shutil
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import torch
 from cifar_mlflow.errors import ConfigError
 
 CHECKPOINT_NAME = "last.pt"
+REQUIRED_KEYS = {"config", "epoch", "model", "optimizer", "schedule", "history", "rng"}
 
 
 def checkpoint_path(checkpoint_dir: str, run_id: str) -> Path:
@@ -118,7 +121,69 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - corrupt, truncated or foreign file
         raise ConfigError(f"cannot read checkpoint {path}: {type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:200] if str(exc) else 'unreadable'}") from None
-    required = {"config", "epoch", "model", "optimizer", "schedule", "history", "rng"}
-    if not isinstance(state, dict) or not required <= set(state):
-        raise ConfigError(f"{path} is not a cifar_mlflow checkpoint (missing {sorted(required - set(state or {}))})")
+    if not isinstance(state, dict) or not REQUIRED_KEYS <= set(state):
+        raise ConfigError(f"{path} is not a cifar_mlflow checkpoint (missing {sorted(REQUIRED_KEYS - set(state or {}))})")
     return state
+
+
+@dataclass
+class BestEpoch:
+    """The epoch with the best validation accuracy so far, and its weights (on the CPU)."""
+
+    epoch: int = 0
+    val_acc: float = -1.0
+    val_loss: float = float("inf")
+    state: dict[str, torch.Tensor] | None = None
+
+
+class TrainingState:
+    """Everything a run needs to go on after any epoch, as one checkpoint dict (`state_dict` /
+    `load_state_dict`, as torchvision's reference script keeps one).
+
+    Holds references to the live model, optimizer, schedule, lookahead and training loader; keeps
+    the epoch, the history and the best epoch itself.
+    """
+
+    def __init__(self, *, config: dict[str, Any], model, optimizer, schedule, lookahead, loader,
+                 data_digest: str) -> None:
+        self.config = config  # the resolved config, URL passwords already masked
+        self.model, self.optimizer, self.schedule, self.lookahead = model, optimizer, schedule, lookahead
+        self.loader = loader
+        self.data_digest = data_digest
+        self.epoch = 0
+        self.history: list[dict[str, float]] = []
+        self.best = BestEpoch()
+
+    def end_epoch(self, row: dict[str, float], val_acc: float | None = None, val_loss: float | None = None) -> None:
+        """Record a finished epoch; without validation the last epoch is the one kept."""
+        self.epoch = int(row["epoch"])
+        self.history.append(row)
+        if val_acc is None:
+            self.best = BestEpoch(epoch=self.epoch)
+        elif val_acc > self.best.val_acc:  # strictly better: what early stopping waits for
+            self.best = BestEpoch(self.epoch, val_acc, val_loss, cpu_copy(self.model.state_dict()))
+
+    def state_dict(self) -> dict[str, Any]:
+        best = self.best
+        return {"config": self.config, "epoch": self.epoch, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+                "history": self.history,
+                "lookahead": self.lookahead.state_dict() if self.lookahead is not None else None,
+                "best": {"epoch": best.epoch, "val_acc": best.val_acc, "val_loss": best.val_loss, "state": best.state},
+                "rng": {"torch": torch.get_rng_state(), "loader": self.loader.generator.get_state().cpu()},
+                "data_digest": self.data_digest}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        if self.lookahead is not None and state.get("lookahead"):
+            self.lookahead.load_state_dict(state["lookahead"])
+        self.history = list(state["history"])
+        best = state["best"]
+        self.best = BestEpoch(best["epoch"], best["val_acc"], best["val_loss"], best["state"])
+        torch.set_rng_state(state["rng"]["torch"])
+        generator = self.loader.generator
+        generator.set_state(state["rng"]["loader"].to(generator.get_state().device))
+        self.epoch = state["epoch"]
+        self.loader.epoch = state["epoch"]  # the passes done: alternating flips go on from there

@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cifar_mlflow import distributed, metrics, plots
-from cifar_mlflow.checkpoint import CheckpointWriter, checkpoint_path, cpu_copy
+from cifar_mlflow.checkpoint import CheckpointWriter, TrainingState, checkpoint_path
 from cifar_mlflow.config import TrainConfig, config_to_dict, resolve_config
 from cifar_mlflow.data import BatchTransform, DataSplits, DeviceLoader, load_image_data, split_data
 from cifar_mlflow.data.sources import SYNTHETIC_TEST, SYNTHETIC_TRAIN
@@ -195,6 +195,68 @@ def _epoch_line(row: dict[str, float], epochs: int) -> str:
             f"{row['train_images_per_second']:.0f} img/s")
 
 
+@dataclass
+class _Loop:
+    """What one training run iterates with, built from a `Prepared`."""
+
+    train_loader: DeviceLoader
+    val_loader: DeviceLoader | None  # None without a validation split
+    test_loader: DeviceLoader
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    lookahead: Lookahead | None
+    loss_fn: nn.Module
+    train_model: nn.Module  # the model, wrapped for torchrun and torch.compile where asked
+
+
+def _build_loop(prepared: Prepared) -> _Loop:
+    config, data, device, model = prepared.config, prepared.data, prepared.device, prepared.model
+    layout = {"channels_last": prepared.channels_last}
+    shard = {"rank": distributed.rank(), "world_size": distributed.world_size()}  # under torchrun: this process's part
+    augment = BatchTransform(config.augment, data.mean, data.std, data.hflip_ok, flip=config.flip)
+    train_loader = DeviceLoader(data.train, config.batch_size, augment, device, shuffle=True, seed=config.seed,
+                                **layout, **shard)
+    plain = BatchTransform("none", data.mean, data.std)
+    eval_batch = max(config.batch_size, 256)
+    # No validation split (the tuner's retraining on train + validation): no val metrics, no early
+    # stopping, and the last epoch's weights are final.
+    val_loader = (DeviceLoader(data.val, eval_batch, plain, device, shuffle=False, **layout, **shard)
+                  if len(data.val) > 0 else None)
+    test_loader = DeviceLoader(data.test, eval_batch, plain, device, shuffle=False, **layout)
+    optimizer = build_optimizer(config, model)
+    schedule = build_schedule(config, optimizer, len(train_loader))
+    lookahead = Lookahead(model, config.epochs * len(train_loader)) if config.lookahead else None
+    train_model = model
+    if distributed.world_size() > 1:  # gradients averaged across ranks; buffers follow rank 0
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        train_model = torch.compile(train_model)
+    return _Loop(train_loader, val_loader, test_loader, optimizer, schedule, lookahead,
+                 nn.CrossEntropyLoss(label_smoothing=config.label_smoothing), train_model)
+
+
+def _train_epoch(prepared: Prepared, loop: _Loop, epoch: int) -> tuple[dict[str, float], Evaluation | None]:
+    """One epoch of training, then validation; the schedule stepped. Returns the epoch's row."""
+    config = prepared.config
+    lr = loop.optimizer.param_groups[0]["lr"]
+    stats = train_one_epoch(loop.train_model, loop.train_loader, loop.optimizer, loop.schedule, loop.loss_fn,
+                            epoch=epoch, epochs=config.epochs, grad_clip=config.grad_clip,
+                            progress=config.progress and distributed.is_main(), lookahead=loop.lookahead,
+                            precision=prepared.precision)
+    row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc, "lr": lr,
+           "epoch_seconds": stats.seconds, "epoch_images": stats.images,
+           "train_images_per_second": stats.images / max(stats.seconds, 1e-9)}
+    if loop.val_loader is None:
+        loop.schedule.step_epoch(stats.loss)
+        return row, None
+    val = evaluate(with_tta(loop.train_model, config.tta), loop.val_loader, loop.loss_fn, prepared.precision)
+    loop.schedule.step_epoch(val.loss)
+    row.update(val_loss=val.loss, val_acc=val.acc)
+    return row, val
+
+
 def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Sequence[EpochCallback] = (),
         checkpoint_file: Path | None = None, resume_state: dict[str, Any] | None = None) -> TrainResult:
     """Train with per-epoch validation, then evaluate the best epoch's weights on the test set.
@@ -208,113 +270,59 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
         resume_state: a checkpoint to continue from.
     """
     logger = logger or NullLogger()
-    config, data, device = prepared.config, prepared.data, prepared.device
-    model = prepared.model
-    channels_last, precision = prepared.channels_last, prepared.precision
-    shard = {"rank": distributed.rank(), "world_size": distributed.world_size()}  # under torchrun: this process's part
-    augment = BatchTransform(config.augment, data.mean, data.std, data.hflip_ok, flip=config.flip)
-    train_loader = DeviceLoader(data.train, config.batch_size, augment,
-                                device, shuffle=True, seed=config.seed, channels_last=channels_last, **shard)
-    plain = BatchTransform("none", data.mean, data.std)
-    eval_batch = max(config.batch_size, 256)
-    # No validation split (the tuner's retraining on train + validation): no val metrics, no early
-    # stopping, and the last epoch's weights are final.
-    has_val = len(data.val) > 0
-    val_loader = (DeviceLoader(data.val, eval_batch, plain, device, shuffle=False, channels_last=channels_last, **shard)
-                  if has_val else None)
-    test_loader = DeviceLoader(data.test, eval_batch, plain, device, shuffle=False, channels_last=channels_last)
-    optimizer = build_optimizer(config, model)
-    schedule = build_schedule(config, optimizer, len(train_loader))
-    lookahead = Lookahead(model, config.epochs * len(train_loader)) if config.lookahead else None
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    train_model = model
-    if distributed.world_size() > 1:  # gradients averaged across ranks; buffers follow rank 0
-        from torch.nn.parallel import DistributedDataParallel
-
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.compile:
-        train_model = torch.compile(train_model)
-    main_process = distributed.is_main()
-
-    history: list[dict[str, float]] = []
-    best_epoch, best_val_acc, best_val_loss = 0, -1.0, float("inf")
-    best_state: dict[str, torch.Tensor] | None = None
-    start_epoch = 1
+    config = prepared.config
+    loop = _build_loop(prepared)
+    state = TrainingState(config=redact(config_to_dict(config)), model=prepared.model, optimizer=loop.optimizer,
+                          schedule=loop.schedule, lookahead=loop.lookahead, loader=loop.train_loader,
+                          data_digest=prepared.data.digest)
     if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        schedule.load_state_dict(resume_state["schedule"])
-        if lookahead is not None and resume_state.get("lookahead"):
-            lookahead.load_state_dict(resume_state["lookahead"])
-        history = list(resume_state["history"])
-        best_epoch, best_val_acc, best_val_loss = (resume_state["best"]["epoch"], resume_state["best"]["val_acc"],
-                                                   resume_state["best"]["val_loss"])
-        best_state = resume_state["best"]["state"]
-        torch.set_rng_state(resume_state["rng"]["torch"])
-        train_loader.generator.set_state(resume_state["rng"]["loader"].to(train_loader.generator.get_state().device))
-        start_epoch = resume_state["epoch"] + 1
-        train_loader.epoch = resume_state["epoch"]  # the passes done: alternating flips go on from there
-
-    stopped_early = False
+        state.load_state_dict(resume_state)
+    main_process = distributed.is_main()
     writer = CheckpointWriter(checkpoint_file) if checkpoint_file is not None and main_process else None
+    stopped_early = False
     try:
-        for epoch in range(start_epoch, config.epochs + 1):
-            lr = optimizer.param_groups[0]["lr"]
-            stats = train_one_epoch(train_model, train_loader, optimizer, schedule, loss_fn, epoch=epoch,
-                                    epochs=config.epochs, grad_clip=config.grad_clip,
-                                    progress=config.progress and main_process, lookahead=lookahead,
-                                    precision=precision)
-            row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc, "lr": lr,
-                   "epoch_seconds": stats.seconds, "epoch_images": stats.images,
-                   "train_images_per_second": stats.images / max(stats.seconds, 1e-9)}
-            if not has_val:
-                schedule.step_epoch(stats.loss)
-                best_epoch = epoch
-            else:
-                val = evaluate(with_tta(train_model, config.tta), val_loader, loss_fn, precision)
-                schedule.step_epoch(val.loss)
-                row.update(val_loss=val.loss, val_acc=val.acc)
-            history.append(row)
-            if has_val and val.acc > best_val_acc:  # strictly better val_acc: what early stopping waits for
-                best_epoch, best_val_acc, best_val_loss = epoch, val.acc, val.loss
-                best_state = cpu_copy(model.state_dict())
+        for epoch in range(state.epoch + 1, config.epochs + 1):
+            row, val = _train_epoch(prepared, loop, epoch)
+            state.end_epoch(row, *((val.acc, val.loss) if val is not None else ()))
             if writer is not None:
-                writer.submit({
-                    "config": redact(config_to_dict(config)), "epoch": epoch, "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "history": history,
-                    "lookahead": lookahead.state_dict() if lookahead is not None else None,
-                    "best": {"epoch": best_epoch, "val_acc": best_val_acc, "val_loss": best_val_loss, "state": best_state},
-                    "rng": {"torch": torch.get_rng_state(), "loader": train_loader.generator.get_state().cpu()},
-                    "data_digest": data.digest})
+                writer.submit(state.state_dict())
             logger.log_epoch(epoch, row)
             if main_process:
                 tqdm.write(_epoch_line(row, config.epochs), file=sys.stderr)
             for callback in callbacks:
                 callback(epoch, row)
-            if has_val and config.patience and epoch - best_epoch >= config.patience:
+            if val is not None and config.patience and epoch - state.best.epoch >= config.patience:
                 tqdm.write(f"early stopping: val_acc has not improved for {config.patience} epochs "
-                           f"(best {best_val_acc:.4f} at epoch {best_epoch})", file=sys.stderr)
+                           f"(best {state.best.val_acc:.4f} at epoch {state.best.epoch})", file=sys.stderr)
                 stopped_early = True
                 break
     finally:
         if writer is not None:
             writer.close()  # the last epoch's checkpoint is on disk before the run goes on or stops
+    return _final_test(prepared, loop, state, logger, stopped_early)
 
-    if lookahead is not None:
-        lookahead.finish()  # the averaged weights are the final ones
-    if best_state is not None:
-        model.load_state_dict(best_state)  # the final test uses the best epoch's weights
+
+def _final_test(prepared: Prepared, loop: _Loop, state: TrainingState, logger: RunLogger,
+                stopped_early: bool) -> TrainResult:
+    """The kept weights (lookahead's average, the best epoch's) on the test set, logged and printed."""
+    model, best, data = prepared.model, state.best, prepared.data
+    if loop.lookahead is not None:
+        loop.lookahead.finish()  # the averaged weights are the final ones
+    if best.state is not None:
+        model.load_state_dict(best.state)  # the final test uses the best epoch's weights
     # In fp32, as the logged model computes: its predictions give exactly the reported test_acc.
-    test = evaluate(with_tta(model, config.tta), test_loader, loss_fn)
-    final = {"test_loss": test.loss, "test_acc": test.acc, "best_epoch": float(best_epoch),
-             "epochs_trained": float(len(history)), **metrics.final_metrics(test.labels, test.predictions, data.classes)}
+    test = evaluate(with_tta(model, prepared.config.tta), loop.test_loader, loop.loss_fn)
+    final = {"test_loss": test.loss, "test_acc": test.acc, "best_epoch": float(best.epoch),
+             "epochs_trained": float(len(state.history)),
+             **metrics.final_metrics(test.labels, test.predictions, data.classes)}
+    has_val = loop.val_loader is not None
     if has_val:
-        final["best_val_acc"] = best_val_acc
+        final["best_val_acc"] = best.val_acc
     logger.log_metrics(final)
-    chosen = f"best epoch {best_epoch}, val_acc {best_val_acc:.4f}" if has_val else f"last epoch {best_epoch}"
-    if main_process:
+    chosen = f"best epoch {best.epoch}, val_acc {best.val_acc:.4f}" if has_val else f"last epoch {best.epoch}"
+    if distributed.is_main():
         tqdm.write(f"test_acc {test.acc:.4f}  test_loss {test.loss:.4f}  ({chosen})", file=sys.stderr)
-    return TrainResult(history, best_epoch, best_val_acc, test, final, stopped_early, model)
+    return TrainResult(state.history, best.epoch, best.val_acc, test, final, stopped_early, model)
 
 
 def log_report(prepared: Prepared, result: TrainResult, logger: RunLogger) -> None:
