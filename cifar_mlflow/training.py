@@ -1,16 +1,15 @@
-"""A whole training run: prepare (all validation, nothing created), fit, evaluate, report.
+"""A whole training run: `prepare` (all validation, nothing created), then `run` (open the run, `fit`,
+evaluate, report). The training command and every tuning trial call `prepare` and `run` (the command
+checks the tracking server and the resume state between the two; the tuner shares one data set
+among its trials); `train` is both in one call, for library use.
 
-`train(config, logger=..., callbacks=...)` is the one function the command line and the tuner
-call. It knows nothing of MLflow: everything goes through the `RunLogger` it is given.
+Nothing here knows MLflow: everything goes through the `RunLogger` it is given.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import math
 import random
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,12 +18,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchvision
-import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from cifar_mlflow import distributed, metrics, plots
+from cifar_mlflow import distributed, metrics
 from cifar_mlflow.checkpoint import CheckpointWriter, TrainingState, checkpoint_path
 from cifar_mlflow.config import TrainConfig, config_to_dict, resolve_config
 from cifar_mlflow.data import BatchTransform, DataSplits, DeviceLoader, load_image_data, split_data
@@ -34,10 +31,11 @@ from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.hardware import select_device, select_precision, use_channels_last
 from cifar_mlflow.logger import NullLogger, RunLogger
 from cifar_mlflow.models import get_model
-from cifar_mlflow.models.inference import NormalizedClassifier, with_tta
+from cifar_mlflow.models.inference import with_tta
 from cifar_mlflow.models.registry import check_model_name
 from cifar_mlflow.optim import Lookahead, build_optimizer, build_schedule
 from cifar_mlflow.redaction import redact
+from cifar_mlflow.run_record import log_report, log_trained_model, run_datasets, run_params, run_tags
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 # Training images a model's `init_from_data` sees.
@@ -125,54 +123,6 @@ def prepare(config: TrainConfig, data: DataSplits | None = None) -> Prepared:
     channels_last = use_channels_last(model, example)
     model.to(device)
     return Prepared(config, data, model, device, precision, channels_last)
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def run_params(prepared: Prepared) -> dict[str, Any]:
-    """The flattened config plus what the data and model turned out to be."""
-    params: dict[str, Any] = {}
-    for key, value in config_to_dict(prepared.config).items():
-        if key == "model_args":
-            params[key] = yaml.safe_dump(value, default_flow_style=True).strip() if value else "{}"
-            params.update({f"model_args.{k}": v for k, v in value.items()})
-        else:
-            params[key] = value
-    data = prepared.data
-    params.update(num_parameters=prepared.num_parameters, train_size=len(data.train), val_size=len(data.val),
-                  test_size=len(data.test), num_classes=data.num_classes, image_shape="x".join(map(str, data.image_shape)),
-                  data_mean=",".join(f"{v:.4f}" for v in data.mean), data_std=",".join(f"{v:.4f}" for v in data.std),
-                  world_size=distributed.world_size())
-    return params
-
-
-def run_tags(prepared: Prepared) -> dict[str, str]:
-    device = prepared.device
-    tags = {"arch": prepared.config.arch, "dataset": prepared.config.dataset, "device": str(device),
-            "precision": prepared.precision, "channels_last": str(prepared.channels_last).lower(),
-            "torch_version": torch.__version__, "torchvision_version": torchvision.__version__,
-            "cuda_version": str(torch.version.cuda), "data_digest": prepared.data.digest,
-            "python_version": sys.version.split()[0]}
-    if device.type == "cuda":
-        tags["gpu_name"] = torch.cuda.get_device_name(device)
-    commit = _git_commit()
-    if commit:
-        tags["git_commit"] = commit
-    return tags
-
-
-def run_datasets(prepared: Prepared) -> list[dict[str, str]]:
-    data = prepared.data
-    name = prepared.config.dataset
-    return [{"name": f"{name}-{split}", "digest": data.digest, "source": data.source, "context": context}
-            for split, context in (("train", "training"), ("val", "validation"), ("test", "testing"))]
 
 
 @dataclass
@@ -325,33 +275,6 @@ def _final_test(prepared: Prepared, loop: _Loop, state: TrainingState, logger: R
     return TrainResult(state.history, best.epoch, best.val_acc, test, final, stopped_early, model)
 
 
-def log_report(prepared: Prepared, result: TrainResult, logger: RunLogger) -> None:
-    """Plots, confusion matrix CSV, classification report and the resolved config as artifacts."""
-    data = prepared.data
-    cm = metrics.confusion_matrix(result.test.labels, result.test.predictions, data.num_classes)
-    logger.log_figure(plots.learning_curves_figure(result.history, result.best_epoch), "plots/learning_curves.png")
-    logger.log_figure(plots.confusion_matrix_figure(cm, data.classes), "plots/confusion_matrix.png")
-    logger.log_figure(plots.per_class_accuracy_figure(cm, data.classes), "plots/per_class_accuracy.png")
-    logger.log_figure(plots.misclassified_figure(data.test.images, result.test.logits, result.test.labels,
-                                                 data.classes), "plots/misclassified.png")
-    header = "true\\predicted," + ",".join(data.classes)
-    rows = [f"{name}," + ",".join(str(int(v)) for v in row) for name, row in zip(data.classes, cm)]
-    logger.log_text("\n".join([header, *rows]) + "\n", "reports/confusion_matrix.csv")
-    report_dict, report_text = metrics.report(result.test.labels, result.test.predictions, data.classes)
-    logger.log_text(json.dumps(report_dict, indent=2), "reports/classification_report.json")
-    logger.log_text(report_text, "reports/classification_report.txt")
-    logger.log_text(yaml.safe_dump(redact(config_to_dict(prepared.config)), sort_keys=False), "config.yaml")
-
-
-def log_trained_model(prepared: Prepared, result: TrainResult, logger: RunLogger) -> None:
-    """The best weights with normalisation built in, on the CPU, in float32."""
-    data = prepared.data
-    model = copy.deepcopy(result.model or prepared.model).to("cpu", memory_format=torch.contiguous_format).float().eval()
-    exported = NormalizedClassifier(with_tta(model, prepared.config.tta), data.mean, data.std).eval()
-    example = (data.test.images[:4].float() / 255.0).numpy()  # (4, C, H, W): a batch > 1 keeps N dynamic
-    logger.log_model(exported, example, prepared.config.register_model)
-
-
 def run(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Sequence[EpochCallback] = (),
         checkpoint_dir: str | None = None, resume_state: dict[str, Any] | None = None) -> TrainResult:
     """Open the run, fit, evaluate and log the report and the model.
@@ -370,7 +293,7 @@ def run(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
 
 def train(config: TrainConfig, *, logger: RunLogger | None = None, callbacks: Sequence[EpochCallback] = (),
           checkpoint_dir: str | None = None) -> TrainResult:
-    """`prepare` then `run`: the library entry point that the command line and the tuner share.
+    """`prepare` then `run`, in one call: the library entry point.
 
     Raises:
         ConfigError: bad input, raised before `logger.start` (nothing is created).

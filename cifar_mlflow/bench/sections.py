@@ -97,8 +97,9 @@ def _logged_fit(prepared, uri: str, experiment: str, run_name: str, workdir: Pat
     """One run with MLflow logging: fit timed on its own, then the one-off start and end-of-run logging."""
     from cifar_mlflow.checkpoint import checkpoint_path
     from cifar_mlflow.logger import ended_run
+    from cifar_mlflow.run_record import log_report, log_trained_model, run_datasets, run_params, run_tags
     from cifar_mlflow.tracking import MlflowLogger
-    from cifar_mlflow.training import fit, log_report, log_trained_model, run_datasets, run_params, run_tags
+    from cifar_mlflow.training import fit
 
     logger = MlflowLogger(uri, experiment, run_name, tags={"cifar_mlflow.kind": "benchmark-run"})
     started = time.perf_counter()

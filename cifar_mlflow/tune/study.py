@@ -31,8 +31,9 @@ from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.interrupts import deferring
 from cifar_mlflow.logger import ended_run
 from cifar_mlflow.redaction import redact
+from cifar_mlflow.run_record import run_datasets, run_params, run_tags
 from cifar_mlflow.tracking import MlflowLogger, StudyTracker, fail_stale_run, set_model_alias, set_tags
-from cifar_mlflow.training import load_splits, prepare, run, run_datasets, run_params, run_tags
+from cifar_mlflow.training import load_splits, prepare, run
 from cifar_mlflow.tune.options import TuneConfig
 from cifar_mlflow.tune.search_space import ParamSpec, sample_config
 

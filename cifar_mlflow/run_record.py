@@ -1,0 +1,102 @@
+"""What a run records about itself: params, tags and data inputs when it opens, the report
+artifacts (plots, confusion matrix, classification report, config) and the model when it ends.
+
+Pure of MLflow: everything goes through the `RunLogger` it is given.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torchvision
+import yaml
+
+from cifar_mlflow import distributed, metrics, plots
+from cifar_mlflow.config import config_to_dict
+from cifar_mlflow.logger import RunLogger
+from cifar_mlflow.models.inference import NormalizedClassifier, with_tta
+from cifar_mlflow.redaction import redact
+
+if TYPE_CHECKING:  # the types only: training imports this module
+    from cifar_mlflow.training import Prepared, TrainResult
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def run_params(prepared: Prepared) -> dict[str, Any]:
+    """The flattened config plus what the data and model turned out to be."""
+    params: dict[str, Any] = {}
+    for key, value in config_to_dict(prepared.config).items():
+        if key == "model_args":
+            params[key] = yaml.safe_dump(value, default_flow_style=True).strip() if value else "{}"
+            params.update({f"model_args.{k}": v for k, v in value.items()})
+        else:
+            params[key] = value
+    data = prepared.data
+    params.update(num_parameters=prepared.num_parameters, train_size=len(data.train), val_size=len(data.val),
+                  test_size=len(data.test), num_classes=data.num_classes, image_shape="x".join(map(str, data.image_shape)),
+                  data_mean=",".join(f"{v:.4f}" for v in data.mean), data_std=",".join(f"{v:.4f}" for v in data.std),
+                  world_size=distributed.world_size())
+    return params
+
+
+def run_tags(prepared: Prepared) -> dict[str, str]:
+    device = prepared.device
+    tags = {"arch": prepared.config.arch, "dataset": prepared.config.dataset, "device": str(device),
+            "precision": prepared.precision, "channels_last": str(prepared.channels_last).lower(),
+            "torch_version": torch.__version__, "torchvision_version": torchvision.__version__,
+            "cuda_version": str(torch.version.cuda), "data_digest": prepared.data.digest,
+            "python_version": sys.version.split()[0]}
+    if device.type == "cuda":
+        tags["gpu_name"] = torch.cuda.get_device_name(device)
+    commit = _git_commit()
+    if commit:
+        tags["git_commit"] = commit
+    return tags
+
+
+def run_datasets(prepared: Prepared) -> list[dict[str, str]]:
+    data = prepared.data
+    name = prepared.config.dataset
+    return [{"name": f"{name}-{split}", "digest": data.digest, "source": data.source, "context": context}
+            for split, context in (("train", "training"), ("val", "validation"), ("test", "testing"))]
+
+
+def log_report(prepared: Prepared, result: TrainResult, logger: RunLogger) -> None:
+    """Plots, confusion matrix CSV, classification report and the resolved config as artifacts."""
+    data = prepared.data
+    cm = metrics.confusion_matrix(result.test.labels, result.test.predictions, data.num_classes)
+    logger.log_figure(plots.learning_curves_figure(result.history, result.best_epoch), "plots/learning_curves.png")
+    logger.log_figure(plots.confusion_matrix_figure(cm, data.classes), "plots/confusion_matrix.png")
+    logger.log_figure(plots.per_class_accuracy_figure(cm, data.classes), "plots/per_class_accuracy.png")
+    logger.log_figure(plots.misclassified_figure(data.test.images, result.test.logits, result.test.labels,
+                                                 data.classes), "plots/misclassified.png")
+    header = "true\\predicted," + ",".join(data.classes)
+    rows = [f"{name}," + ",".join(str(int(v)) for v in row) for name, row in zip(data.classes, cm)]
+    logger.log_text("\n".join([header, *rows]) + "\n", "reports/confusion_matrix.csv")
+    report_dict, report_text = metrics.report(result.test.labels, result.test.predictions, data.classes)
+    logger.log_text(json.dumps(report_dict, indent=2), "reports/classification_report.json")
+    logger.log_text(report_text, "reports/classification_report.txt")
+    logger.log_text(yaml.safe_dump(redact(config_to_dict(prepared.config)), sort_keys=False), "config.yaml")
+
+
+def log_trained_model(prepared: Prepared, result: TrainResult, logger: RunLogger) -> None:
+    """The best weights with normalisation built in, on the CPU, in float32."""
+    data = prepared.data
+    model = copy.deepcopy(result.model or prepared.model).to("cpu", memory_format=torch.contiguous_format).float().eval()
+    exported = NormalizedClassifier(with_tta(model, prepared.config.tta), data.mean, data.std).eval()
+    example = (data.test.images[:4].float() / 255.0).numpy()  # (4, C, H, W): a batch > 1 keeps N dynamic
+    logger.log_model(exported, example, prepared.config.register_model)
