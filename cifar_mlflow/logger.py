@@ -22,7 +22,8 @@ class RunLogger(Protocol):
     run_id: str | None
 
     def start(self, *, params: dict[str, Any], tags: dict[str, str], datasets: list[dict[str, str]]) -> None:
-        """Open the run (nothing is created before this) and record its params, tags and inputs."""
+        """Record the run's params, tags and inputs, once; the run itself opens on the logger's first use
+        (this call, or an earlier log), never before."""
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         """Per-epoch metrics, with `step=epoch`."""

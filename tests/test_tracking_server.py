@@ -155,3 +155,22 @@ def test_a_run_lands_in_its_experiment_when_another_process_wins_the_create(mlfl
     run = other.get_run(logger.run_id)
     assert run.info.experiment_id == other.get_experiment_by_name("raced").experiment_id
     assert run.info.run_name == "raced-run"
+
+
+def test_the_run_logger_opens_its_run_on_first_use_and_records_params_once(mlflow_server) -> None:
+    from cifar_mlflow.tracking import MlflowLogger
+
+    client = MlflowClient(mlflow_server)
+    opened = []
+    logger = MlflowLogger(mlflow_server, "lazy", "lazy-run", params={"trial_number": 3}, on_start=opened.append)
+    assert logger.run_id is None and client.get_experiment_by_name("lazy") is None  # nothing exists yet
+    logger.log_epoch(1, {"val_acc": 0.5})  # the first use opens it
+    assert opened == [logger.run_id] and client.get_run(logger.run_id).info.status == "RUNNING"
+    logger.start(params={"lr": 0.1}, tags={"arch": "cnn"}, datasets=[])
+    with pytest.raises(RuntimeError, match="recorded once"):
+        logger.start(params={"lr": 0.2}, tags={}, datasets=[])
+    logger.end("FINISHED")
+    run = client.get_run(logger.run_id)
+    assert run.data.params == {"lr": "0.1", "trial_number": "3"} and run.data.tags["arch"] == "cnn"
+    assert [(m.step, m.value) for m in client.get_metric_history(logger.run_id, "val_acc")] == [(1, 0.5)]
+    assert run.info.status == "FINISHED"

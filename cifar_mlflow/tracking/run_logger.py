@@ -73,13 +73,16 @@ class MlflowLogger:
         run_id: attach to this existing run (resume, or the run `mlflow run` created).
         parent_run_id: create the run nested under this one (tuning trials).
         tags: extra tags set when the run starts.
-        on_start: called with the run id once the run is open (the command prints how to resume it).
+        params: extra params logged with the run's own (a trial's number).
+        on_start: called with the run id once the run is open (the command prints how to resume it,
+            the tuner records it in the trial).
         keep_root: artifacts the store refuses are kept under `keep_root/RUN_ID/not-uploaded`.
     """
 
     def __init__(self, uri: str, experiment_name: str, run_name: str, run_id: str | None = None,
                  parent_run_id: str | None = None, tags: dict[str, str] | None = None,
-                 on_start: Callable[[str], None] | None = None, keep_root: str | Path = "./checkpoints") -> None:
+                 params: dict[str, Any] | None = None, on_start: Callable[[str], None] | None = None,
+                 keep_root: str | Path = "./checkpoints") -> None:
         self.uri = uri
         self.on_start = on_start
         self._heartbeat: Heartbeat | None = None
@@ -91,18 +94,19 @@ class MlflowLogger:
         self.run_id = run_id
         self.parent_run_id = parent_run_id
         self.extra_tags = dict(tags or {})
-        self._started = False
+        self.extra_params = dict(params or {})
+        self._opened = False  # the run exists (opened on first use)
+        self._recorded = False  # its params, tags and inputs are logged (`start`)
         self.registered_version: int | None = None  # set by log_model when it registers
         # Per-epoch metrics are sent in the background; each entry is kept until `flush` sees it stored.
         self._pending: list[tuple[dict[str, float], int, Any]] = []
 
-    @deferring
-    @reporting_stalls("opening the run")
-    def start(self, *, params: dict[str, Any], tags: dict[str, str], datasets: list[dict[str, str]]) -> None:
-        """Open the run; a second call does nothing (the tuner starts a trial's run before `run` does)."""
-        if self._started:
+    def _open(self) -> None:
+        """Open the run on first use (Lightning's `MLFlowLogger.experiment` works the same way): nothing
+        exists on the server before something is logged."""
+        if self._opened:
             return
-        self._started = True
+        self._opened = True
         mlflow.set_tracking_uri(self.uri)
         client = MlflowClient()
         if self.run_id is not None:
@@ -117,24 +121,34 @@ class MlflowLogger:
             run = mlflow.start_run(experiment_id=experiment_id, run_name=self.run_name,
                                    parent_run_id=self.parent_run_id)
         self.run_id = run.info.run_id
-        log_params_once(MlflowClient(), self.run_id, params)
-        set_tags(MlflowClient(), self.run_id, {**tags, **self.extra_tags})
-        for d in datasets:
-            _log_dataset(MetaDataset(LocalArtifactDatasetSource(d["source"]), name=d["name"], digest=d["digest"]),
-                         d["context"])
         self._heartbeat = Heartbeat(self.uri, self.run_id)
         if self.on_start is not None:
             self.on_start(self.run_id)
 
     @deferring
+    @reporting_stalls("opening the run")
+    def start(self, *, params: dict[str, Any], tags: dict[str, str], datasets: list[dict[str, str]]) -> None:
+        """Open the run (if nothing opened it yet) and record its params, tags and data inputs, once."""
+        if self._recorded:
+            raise RuntimeError(f"run {self.run_id}: params, tags and inputs are recorded once, at the start")
+        self._recorded = True
+        self._open()
+        log_params_once(MlflowClient(), self.run_id, {**self.extra_params, **params})
+        set_tags(MlflowClient(), self.run_id, {**tags, **self.extra_tags})
+        for d in datasets:
+            _log_dataset(MetaDataset(LocalArtifactDatasetSource(d["source"]), name=d["name"], digest=d["digest"]),
+                         d["context"])
+
+    @deferring
     @reporting_stalls("setting tags")
     def set_tags(self, tags: dict[str, str]) -> None:
         """Tags on a run that has started (the tuner's trial outcome)."""
-        if self.run_id is not None:
+        if self._opened:
             set_tags(MlflowClient(), self.run_id, tags)
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         """Queued for MLflow's background logger: the training loop never waits for the server."""
+        self._open()
         values = {k: float(v) for k, v in metrics.items() if k != "epoch"}
         # The client's log_batch, not mlflow.log_metrics: that one first fetches the run, synchronously,
         # and a stalled server then stops training.
@@ -155,6 +169,7 @@ class MlflowLogger:
     @deferring
     @reporting_stalls("logging the final metrics")
     def log_metrics(self, metrics: dict[str, float]) -> None:
+        self._open()
         self.flush()
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, run_id=self.run_id)
 
@@ -167,6 +182,7 @@ class MlflowLogger:
     def _artifact(self, upload: Callable[[], Any], keep: Callable[[Path], None]) -> Any:
         """Upload (failing within a minute, not after MLflow's 8 minutes of retries); once the store has
         failed, this and every later artifact are written under `kept_dir` instead."""
+        self._open()
         if self.upload_error is None:
             try:
                 with fail_fast_uploads():

@@ -31,7 +31,6 @@ from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.interrupts import deferring
 from cifar_mlflow.logger import ended_run
 from cifar_mlflow.redaction import redact
-from cifar_mlflow.run_record import run_datasets, run_params, run_tags
 from cifar_mlflow.tracking import MlflowLogger, StudyTracker, fail_stale_run, set_model_alias, set_tags
 from cifar_mlflow.training import load_splits, prepare, run
 from cifar_mlflow.tune.options import TuneConfig
@@ -225,8 +224,10 @@ def make_objective(ctx: StudyContext):
         config = dataclasses.replace(config, run_name=f"trial-{trial.number}", log_model=ctx.tune.log_models,
                                      register_model=None, progress=ctx.tune.n_jobs == 1 and ctx.base.progress)
         logger = MlflowLogger(ctx.uri, ctx.tracker.experiment_name, f"trial-{trial.number}",
-                              parent_run_id=ctx.tracker.run_id,
-                              tags={"trial_number": str(trial.number), "optuna.study_name": ctx.tracker.study_name})
+                              parent_run_id=ctx.tracker.run_id, params={"trial_number": trial.number},
+                              tags={"trial_number": str(trial.number), "optuna.study_name": ctx.tracker.study_name},
+                              # the trial knows its run as soon as it exists: a worker that dies closes it
+                              on_start=lambda run_id: trial.set_user_attr(RUN_ATTR, run_id))
         reported: list[int] = []
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
@@ -241,10 +242,6 @@ def make_objective(ctx: StudyContext):
         status = "FAILED"
         try:
             prepared = prepare(config, data=ctx.data_for(config))
-            # Started here for its run id; `run` finds it started.
-            logger.start(params={"trial_number": trial.number, **run_params(prepared)},
-                         tags=run_tags(prepared), datasets=run_datasets(prepared))
-            trial.set_user_attr(RUN_ATTR, logger.run_id)
             result = run(prepared, logger=logger, callbacks=[report])
             value = best_value(result.history, ctx.tune.metric)
             logger.set_tags({"optuna.state": "COMPLETE", "objective": f"{value:.6g}"})
