@@ -138,8 +138,6 @@ def _follow(prepared) -> int:
         return 130
     except NonFiniteLossError:
         return 1
-    finally:
-        distributed.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,45 +149,60 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'tv:NAME':20s} any torchvision classifier, e.g. tv:resnet50, tv:efficientnet_b0")
         print(f"{'pkg.module:fn':20s} your own builder fn(num_classes=, in_channels=, **model_args)")
         return 0
-
-    from cifar_mlflow.tracking import MlflowLogger, check_tracking_server, refuse_live_run, tracking_uri
-    from cifar_mlflow.training import prepare, run
-
     workdir = Path(tempfile.mkdtemp(prefix="cifar_mlflow-"))
     try:
-        values, given = collect_values(args, TrainConfig, extra=("list_models",))
-        uri = tracking_uri(values.get("tracking_uri"))
-        if values.get("tracking_uri"):
-            values["tracking_uri"] = uri  # credentials of an http URI are in the environment now
-        check_tracking_server(uri)  # before the data is read: an unreachable server fails in seconds
-        state = None
-        if distributed.launched_by_torchrun():
-            if values.get("resume"):
-                raise ConfigError("--resume is not supported under torchrun yet; resume with a single process")
-            import torch
+        try:
+            prepared, uri, state = _prepare(args, workdir)
+        except ConfigError as exc:
+            print(f"error: {redact(str(exc))}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:  # while reading data: nothing was created yet
+            print("\ninterrupted before the run started; nothing was logged", file=sys.stderr)
+            return 130
+        if not distributed.is_main():
+            return _follow(prepared)
+        return _train(prepared, uri, state)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        distributed.shutdown()
 
-            distributed.init("cuda" if values.get("device", "auto") != "cpu" and torch.cuda.is_available() else "cpu")
+
+def _prepare(args: argparse.Namespace, workdir: Path):
+    """The options, the tracking server, torchrun, the resume state, the data and the model: all checked
+    before anything is created. Raises `ConfigError`."""
+    # Imported here, after the options parse: `--help` answers without loading MLflow.
+    from cifar_mlflow.tracking import check_tracking_server, refuse_live_run, tracking_uri
+    from cifar_mlflow.training import prepare
+
+    values, given = collect_values(args, TrainConfig, extra=("list_models",))
+    uri = tracking_uri(values.get("tracking_uri"))
+    if values.get("tracking_uri"):
+        values["tracking_uri"] = uri  # credentials of an http URI are in the environment now
+    check_tracking_server(uri)  # before the data is read: an unreachable server fails in seconds
+    state = None
+    if distributed.launched_by_torchrun():
         if values.get("resume"):
-            run_id = values["resume"]
-            values, state = _resume_values(values, given, uri, workdir)
-            refuse_live_run(uri, run_id)
-        prepared = prepare(build_config(values))
-        if state is not None and state.get("data_digest") != prepared.data.digest:
-            raise ConfigError(f"the data differs from the data run {values['resume']} was trained on "
-                              f"(digest {prepared.data.digest} vs {state.get('data_digest')})")
-    except ConfigError as exc:
-        shutil.rmtree(workdir, ignore_errors=True)
-        print(f"error: {redact(str(exc))}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # while reading data: nothing was created yet
-        shutil.rmtree(workdir, ignore_errors=True)
-        print("\ninterrupted before the run started; nothing was logged", file=sys.stderr)
-        return 130
+            raise ConfigError("--resume is not supported under torchrun yet; resume with a single process")
+        import torch
+
+        distributed.init("cuda" if values.get("device", "auto") != "cpu" and torch.cuda.is_available() else "cpu")
+    if values.get("resume"):
+        run_id = values["resume"]
+        values, state = _resume_values(values, given, uri, workdir)
+        refuse_live_run(uri, run_id)
+    prepared = prepare(build_config(values))
+    if state is not None and state.get("data_digest") != prepared.data.digest:
+        raise ConfigError(f"the data differs from the data run {values['resume']} was trained on "
+                          f"(digest {prepared.data.digest} vs {state.get('data_digest')})")
+    return prepared, uri, state
+
+
+def _train(prepared, uri: str, state: dict[str, Any] | None) -> int:
+    """Rank 0 (or the only process): open the run, train, close it with the status seen; the exit status."""
+    from cifar_mlflow.tracking import MlflowLogger
+    from cifar_mlflow.training import run
 
     config = prepared.config
-    if not distributed.is_main():
-        shutil.rmtree(workdir, ignore_errors=True)
-        return _follow(prepared)
     if os.environ.get("MLFLOW_RUN_ID") and config.experiment_name:
         print(f"note: experiment_name {config.experiment_name!r} is not used: `mlflow run` logs into the run it "
               "created; choose the experiment with `mlflow run --experiment-name`", file=sys.stderr)
@@ -215,17 +228,21 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = checkpoint_path(config.checkpoint_dir, logger.run_id) if logger.run_id else None
         _close_run(logger, status, ckpt)
         signal.signal(signal.SIGTERM, previous_term)
-        shutil.rmtree(workdir, ignore_errors=True)
-        distributed.shutdown()
     if logger.upload_error is not None:
         print(f"error: the artifact store failed ({logger.upload_error}); run {logger.run_id} is marked FAILED and "
               f"its model, reports and checkpoint are kept in {logger.kept_dir}; once the store works, upload them "
               f"with: mlflow artifacts log-artifacts --run-id {logger.run_id} --local-dir {logger.kept_dir}",
               file=sys.stderr)
     if status == "FINISHED":
-        print(f"run {logger.run_id} FINISHED at {uri}; look at it with: mlflow ui --backend-store-uri {uri}",
-              file=sys.stderr)
+        print(f"run {logger.run_id} FINISHED at {uri}; look at it with: {ui_command(uri)}", file=sys.stderr)
     return code
+
+
+def ui_command(uri: str) -> str:
+    """A command that shows the runs of `uri`: `mlflow ui` opens stores, a server is opened in a browser."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} in a browser"
+    return f"mlflow ui --backend-store-uri {uri}"
 
 
 if __name__ == "__main__":

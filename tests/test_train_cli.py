@@ -194,3 +194,10 @@ def test_sigkilled_run_is_marked_stale_and_resumed_from_the_printed_command(imag
     assert run.info.status == "FINISHED"
     steps = sorted(m.step for m in MlflowClient(uri).get_metric_history(run_id, "val_acc"))
     assert set(steps) == set(range(1, 201))  # every epoch: before the kill and after the resume
+
+
+def test_the_closing_hint_is_a_command_that_works_for_the_store() -> None:
+    from cifar_mlflow.train import ui_command
+
+    assert ui_command("sqlite:///mlflow.db") == "mlflow ui --backend-store-uri sqlite:///mlflow.db"
+    assert ui_command("http://tracking:5000") == "open http://tracking:5000 in a browser"  # `mlflow ui` cannot open it
