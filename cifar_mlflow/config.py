@@ -1,7 +1,7 @@
 """The one typed configuration of a training run.
 
 `TrainConfig` is the single source of truth: the command line is generated from it
-(`cifar_mlflow.cli`), the MLproject parameters use its field names, it is logged as MLflow
+(`cifar_mlflow.arguments`), the MLproject parameters use its field names, it is logged as MLflow
 params, saved in checkpoints, and the tuner changes it with `dataclasses.replace`.
 
 Fields whose default is `None` and whose help says "recommended" are filled in per

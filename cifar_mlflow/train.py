@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from cifar_mlflow import distributed
+from cifar_mlflow.arguments import add_config_arguments, collect_values
 from cifar_mlflow.checkpoint import checkpoint_path, load_checkpoint
-from cifar_mlflow.cli import add_config_arguments, collect_values
 from cifar_mlflow.config import (
     COMMON_SETTINGS,
     GENERIC_RECOMMENDED,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cifar_mlflow.cli import collect_values
+from cifar_mlflow.arguments import collect_values
 from cifar_mlflow.config import GENERIC_RECOMMENDED, TrainConfig, build_config, resolve_config
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.models import list_models, recommended_settings

@@ -7,7 +7,7 @@ import json
 import typing
 from pathlib import Path
 
-from cifar_mlflow.cli import _base_type
+from cifar_mlflow.arguments import _base_type
 from cifar_mlflow.compare.cli import CompareConfig
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.tune.options import TuneConfig

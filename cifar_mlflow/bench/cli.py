@@ -26,10 +26,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from cifar_mlflow.arguments import add_config_arguments, collect_values
 from cifar_mlflow.bench.options import BenchConfig, arch_list, resolve_bench_config, section_list, train_config
 from cifar_mlflow.bench.sections import measure_data_path, measure_time_to_accuracy, measure_tracking, measure_training
 from cifar_mlflow.bench.tables import markdown_tables
-from cifar_mlflow.cli import add_config_arguments, collect_values
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.redaction import protect_console, redact
 

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from cifar_mlflow.cli import add_config_arguments, collect_values
+from cifar_mlflow.arguments import add_config_arguments, collect_values
 from cifar_mlflow.config import _field
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.redaction import protect_console, redact

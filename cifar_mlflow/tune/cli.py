@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 import sys
 
-from cifar_mlflow.cli import add_config_arguments, collect_values
+from cifar_mlflow.arguments import add_config_arguments, collect_values
 from cifar_mlflow.config import TrainConfig, build_config, resolve_config
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.redaction import protect_console, redact
