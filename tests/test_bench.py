@@ -89,7 +89,7 @@ def test_logged_as_a_finished_benchmark_run(bench_result) -> None:
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"benchmark.md", "benchmark.json"}
 
 
-def test_cpu_default_leaves_time_to_accuracy_out_and_says_so(tmp_path) -> None:
+def test_time_to_accuracy_is_said_to_be_gpu_only_on_the_cpu(tmp_path) -> None:
     proc = bench(*TINY, "--archs", "lenet", "--sections", "data_path", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "not measured: GPU only" in proc.stdout
@@ -111,3 +111,13 @@ def test_bad_input_exits_2_before_anything_is_measured(argv, message, tmp_path) 
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_cpu_default_runs_every_section_but_time_to_accuracy() -> None:
+    from cifar_mlflow.bench.options import SECTIONS, BenchConfig, resolve_bench_config, section_list
+
+    on_cpu = resolve_bench_config(BenchConfig(), on_cuda=False)  # no --sections: the per-device default
+    on_gpu = resolve_bench_config(BenchConfig(), on_cuda=True)
+    assert section_list(on_cpu) == [s for s in SECTIONS if s != "time_to_accuracy"]
+    assert section_list(on_gpu) == list(SECTIONS)
+    assert (on_cpu.steps, on_cpu.tracking_arch, on_cpu.tracking_samples) == (20, "cnn_small", 5000)

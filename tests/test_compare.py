@@ -41,9 +41,13 @@ def test_selection_by_experiment_filter_and_top(two_runs, mlflow_server, tmp_pat
     page = (out / "report.html").read_text()
     assert "lenet-sgd" in page and "cnn_small-sgd" not in page
     out = tmp_path / "top"
-    assert compare.main(["--experiment", "compare-test", "--top", "2", "--output", str(out),
+    client = MlflowClient(mlflow_server)
+    best, worse = sorted((client.get_run(run_id) for run_id in two_runs), key=lambda r: r.data.metrics["test_loss"])
+    assert best.data.metrics["test_loss"] < worse.data.metrics["test_loss"]
+    assert compare.main(["--experiment", "compare-test", "--top", "1", "--metric", "test_loss", "--output", str(out),
                          "--tracking-uri", mlflow_server, "--log-comparison", "false"]) == 0
-    assert "Comparison of 2 runs" in (out / "report.html").read_text()  # comparison runs are not picked
+    page = (out / "report.html").read_text()  # the one best by test_loss; comparison runs are never picked
+    assert best.info.run_name in page and worse.info.run_name not in page
 
 
 @pytest.mark.parametrize("argv, message", [

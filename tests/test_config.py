@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from cifar_mlflow.arguments import collect_values
@@ -132,3 +134,24 @@ def test_every_registered_model_recommends_a_complete_valid_recipe(arch) -> None
     for key, value in own.items():
         assert getattr(config, key) == value  # its own settings are the ones used
     assert config.optimizer and config.lr > 0 and config.epochs > 0 and config.batch_size > 0
+
+
+def test_help_shows_every_generated_default(monkeypatch) -> None:
+    import dataclasses
+
+    from cifar_mlflow.arguments import _format_default
+
+    monkeypatch.setenv("COLUMNS", "400")  # one line per option where argparse allows
+    parser = build_parser()
+    helps = {a.dest: a.help for a in parser._actions if a.help and a.help != argparse.SUPPRESS}
+    checked = 0
+    for f in dataclasses.fields(TrainConfig):
+        if "default:" in f.metadata["help"]:
+            continue  # the help says its default in its own words
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        assert helps[f.name].endswith(f"(default: {_format_default(default)})"), (f.name, helps[f.name])
+        checked += 1
+    assert checked >= 10
+    text = " ".join(parser.format_help().split())  # as printed, wrapping undone
+    assert "--seed SEED random seed for the split, initialisation and augmentation (default: 0)" in text
+    assert "(default: unset)" in text and "(default: ./checkpoints)" in text

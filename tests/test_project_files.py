@@ -39,3 +39,14 @@ def test_options_doc_is_generated_from_the_config() -> None:
 
     assert (ROOT / "docs" / "options.md").read_text() == gen_options_doc.render(), \
         "docs/options.md is out of date: cd tools && python gen_options_doc.py"
+
+
+def test_the_options_documented_as_changeable_on_resume_are_the_ones_allowed() -> None:
+    import re
+
+    from cifar_mlflow.train import RESUME_OVERRIDABLE
+
+    text = (ROOT / "docs" / "tracking.md").read_text()
+    sentence = text.split("uploaded one (only ")[1].split(" may change")[0]
+    documented = set(re.findall(r"`--([a-z-]+)`", sentence))
+    assert documented == {name.replace("_", "-") for name in RESUME_OVERRIDABLE - {"resume"}}
