@@ -9,8 +9,10 @@ that none of its own messages ("View run ... at: URI") can print them either.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import sys
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -68,8 +70,6 @@ def protect_console() -> None:
     Wraps `sys.stdout` / `sys.stderr` (once) and points the logging handlers that write to them
     (MLflow configures its own when imported) at the wrappers.
     """
-    import logging
-    import sys
 
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import statistics
 import time
 from pathlib import Path
@@ -47,7 +48,6 @@ def _best_of_turns(rounds: int, *measures) -> tuple[float, ...]:
 def measure_training(bench: BenchConfig, data, device, progress) -> list[dict[str, Any]]:
     """Per architecture: both pipelines, and the model alone on one batch already on the device (its
     own arithmetic, the most any data path can reach)."""
-    import itertools
 
     from cifar_mlflow.bench.throughput import training_images_per_second
     from cifar_mlflow.training import prepare

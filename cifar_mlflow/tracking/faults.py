@@ -6,11 +6,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import sys
 import threading
 import time
 
 import mlflow
+import requests
 
 from cifar_mlflow.redaction import redact
 
@@ -33,7 +35,6 @@ def fail_fast_uploads():
 
 def is_store_failure(exc: BaseException) -> bool:
     """An error from the tracking server or artifact store (not from the model or our code)."""
-    import requests
 
     text = str(exc)
     return isinstance(exc, (requests.RequestException, OSError)) or (
@@ -43,7 +44,6 @@ def is_store_failure(exc: BaseException) -> bool:
 
 def short_reason(exc: BaseException) -> str:
     """One readable clause for a failed request: what was sent where, and the status that came back."""
-    import re
 
     text = str(exc)
     target = re.search(r"/artifacts/\d+/\w+/artifacts/(\S+?)(?:\s|$)", text)

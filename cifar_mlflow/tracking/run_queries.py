@@ -10,6 +10,7 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 from cifar_mlflow.errors import ConfigError
+from cifar_mlflow.records import RunRecord
 from cifar_mlflow.tracking.store import set_tags
 
 # Runs of these kinds are not training runs and are left out of comparisons found by search.
@@ -63,7 +64,6 @@ def select_runs(uri: str, *, run_ids: list[str] | None = None, experiment: str |
 
 def fetch_run_records(uri: str, runs: list, workdir: Path) -> list:
     """`RunRecord`s with per-epoch histories and, where logged, the confusion matrix."""
-    from cifar_mlflow.records import RunRecord
 
     client = MlflowClient(uri)
     records = []

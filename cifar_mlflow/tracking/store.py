@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import mlflow
+import requests
 from mlflow.entities import Param, RunTag
 from mlflow.tracking import MlflowClient
 
@@ -52,7 +53,6 @@ def check_tracking_server(uri: str, timeout: float = 10.0) -> None:
     """
     if not uri.startswith(("http://", "https://")):
         return  # the embedded store (or a database) is opened where it is used
-    import requests
 
     auth = None
     if os.environ.get("MLFLOW_TRACKING_USERNAME"):

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable in practice
@@ -43,7 +44,6 @@ RUN_ATTR = "mlflow_run_id"
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
     """The seed of one trial's draws: the same for the same study seed and trial number, anywhere."""
-    import numpy as np
 
     return int(np.random.SeedSequence([study_seed, trial_number]).generate_state(1)[0])
 
@@ -296,12 +296,9 @@ def trials_table(study: optuna.Study):
 
 def study_figures(study: optuna.Study) -> dict[str, Any]:
     """Optuna's matplotlib plots of the study; those that need more trials than exist are left out."""
-    import warnings
-
     import matplotlib
-    import numpy as np
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # before pyplot is first imported (by Optuna's plots): no display needed
     from optuna.visualization import matplotlib as ovm
 
     plots = {"optimization_history": ovm.plot_optimization_history,
