@@ -30,8 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  python -m cifar_mlflow.tune --trials 50\n"
                "  python -m cifar_mlflow.tune --arch mobilenetv2 --epochs 10 --trials 30 --pruner hyperband\n"
                "  python -m cifar_mlflow.tune --recipe fast --trials 50   # the fast recipe, with a validation split\n"
-               "  python -m cifar_mlflow.tune --search-space my_space.yaml --storage postgresql://u:p@db/optuna "
-               "--study-name shared   # on every worker\n\nsearch-space format and shipped defaults: docs/tuning.md",
+               "  OPTUNA_STORAGE=postgresql://USER:PASSWORD@db/optuna python -m cifar_mlflow.tune "
+               "--search-space my_space.yaml --study-name shared   # on every worker\n\n"
+               "search-space format and shipped defaults: docs/tuning.md",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", metavar="FILE.yaml", help="training options (the fixed base) from a YAML file")
     add_config_arguments(parser.add_argument_group("study options"), TuneConfig)
