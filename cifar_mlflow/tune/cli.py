@@ -30,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  python -m cifar_mlflow.tune --trials 50\n"
                "  python -m cifar_mlflow.tune --arch mobilenetv2 --epochs 10 --trials 30 --pruner hyperband\n"
                "  python -m cifar_mlflow.tune --recipe fast --trials 50   # the fast recipe, with a validation split\n"
-               "  OPTUNA_STORAGE=postgresql://USER:PASSWORD@db/optuna python -m cifar_mlflow.tune "
-               "--search-space my_space.yaml --study-name shared   # on every worker\n\n"
+               "  OPTUNA_STORAGE=postgresql://db/optuna python -m cifar_mlflow.tune "
+               "--search-space my_space.yaml --study-name shared   # on every worker (PGUSER, PGPASSWORD set)\n\n"
                "search-space format and shipped defaults: docs/tuning.md",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", metavar="FILE.yaml", help="training options (the fixed base) from a YAML file")
