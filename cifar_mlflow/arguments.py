@@ -110,11 +110,17 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> N
                                 metavar="BOOL", help=help_text)
             parser.add_argument("--no-" + flag[2:], dest=f.name, action="store_const", const="false",
                                 default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+            if "_" in f.name:  # as `mlflow run` hands on an undeclared -P (see below)
+                parser.add_argument("--" + f.name, dest=f.name, nargs="?", const="true", default=argparse.SUPPRESS,
+                                    help=argparse.SUPPRESS)
             continue
         metavar = "{" + ",".join(choices) + "}" if choices else f.name.upper()
         many = {"nargs": "+", "action": _JoinValues} if f.metadata.get("nargs") == "+" else {}
         parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar=metavar,
                             help=help_text, **many)
+        if "_" in f.name:  # `mlflow run -P max_train_samples=64` hands it on as --max_train_samples 64
+            parser.add_argument("--" + f.name, dest=f.name, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
+                                **many)
 
 
 def load_yaml_config(path: str) -> dict[str, Any]:

@@ -45,6 +45,8 @@ def run_params(prepared: Prepared) -> dict[str, Any]:
             params.update({f"model_args.{k}": v for k, v in value.items()})
         else:
             params[key] = value
+    # What `auto` resolved to on this machine (the request stays in the config and the checkpoint).
+    params.update(device=str(prepared.device), precision=prepared.precision)
     data = prepared.data
     params.update(num_parameters=prepared.num_parameters, train_size=len(data.train), val_size=len(data.val),
                   test_size=len(data.test), num_classes=data.num_classes, image_shape="x".join(map(str, data.image_shape)),

@@ -28,7 +28,11 @@ def test_mlflow_run_logs_into_the_run_it_created(imagefolder, tmp_path) -> None:
     assert run.data.tags["mlflow.project.entryPoint"] == "main"
     params = run.data.params
     assert params["arch"] == "lenet" and params["epochs"] == "2"
-    assert params["lr"] == "auto" and params["resolved.lr"] == "0.05"  # recommendation, recorded as resolved
+    # The values used, under their own names: lenet's recommended lr, this machine's device and precision.
+    assert params["lr"] == "0.05" and params["optimizer"] == "sgd" and params["batch_size"] == "16"
+    assert params["device"] == "cpu" and params["precision"] in ("bf16", "fp32")
+    assert "auto" not in params.values(), params
+    assert not [k for k in params if k.startswith("resolved.")], params
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc")) == [1, 2]
     assert "test_acc" in run.data.metrics
     assert client.list_artifacts(run.info.run_id, "plots")

@@ -16,12 +16,21 @@ from cifar_mlflow.tune.options import TuneConfig
 EXCLUDED = ("tracking_uri", "resume", "run_name")
 
 
+def declared(f: dataclasses.Field) -> bool:
+    """Whether a field is a declared parameter of the entry point: only those with a fixed default.
+
+    `mlflow run` logs every declared parameter's value as a run param before the command starts, and
+    params never change: a declared `lr` defaulting to "auto" would stay "auto" in MLflow while the
+    run trains with the architecture's recommended 0.05. Fields filled in later (default None) are
+    left undeclared: `-P lr=0.1` still works (MLflow hands undeclared parameters on as `--lr 0.1` and
+    logs the value given), and when left out, the value actually used is logged under `lr`.
+    """
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return f.name not in EXCLUDED and default is not None and default != "auto"  # auto: resolved per machine
+
+
 def mlproject_default(f: dataclasses.Field) -> str | float:
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    if default is None:
-        # "auto": filled in later (recipe, recommendation); also where "none" is a value of its own.
-        fills_in = "recommend" in f.metadata["help"] or "none" in (f.metadata.get("choices") or ())
-        return "auto" if fills_in else "none"
     if isinstance(default, dict):
         return json.dumps(default)
     if isinstance(default, bool):
@@ -35,7 +44,7 @@ def entry_point(module: str, *config_classes: type) -> list[str]:
     for config_cls in config_classes:
         hints = typing.get_type_hints(config_cls)
         for f in dataclasses.fields(config_cls):
-            if f.name in EXCLUDED:
+            if not declared(f):
                 continue
             kind, optional = _base_type(hints[f.name])
             default = mlproject_default(f)
@@ -49,7 +58,9 @@ def entry_point(module: str, *config_classes: type) -> list[str]:
 def render() -> str:
     head = ["# Entry points generated from TrainConfig, TuneConfig and CompareConfig",
             "# by tools/gen_mlproject.py; tests/test_project_files.py fails when they drift apart.",
-            "# Unset options take `auto` (the per-architecture recommendation) or `none`.",
+            "# Only options with a fixed default are declared; pass any other option with -P name=value",
+            "# (MLflow hands it on as --name value). Left out, it takes the recipe's or the model's setting,",
+            "# and the value used is logged under its own name.",
             "name: cifar_mlflow", "", "conda_env: conda.yaml", "", "entry_points:"]
     return "\n".join(head + ["  main:", *entry_point("cifar_mlflow.train", TrainConfig),
                              "  tune:", *entry_point("cifar_mlflow.tune", TuneConfig, TrainConfig),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from gen_mlproject import EXCLUDED, mlproject_default
+from gen_mlproject import EXCLUDED, declared, mlproject_default
 
 from cifar_mlflow.bench.options import BenchConfig
 from cifar_mlflow.compare.cli import CompareConfig
@@ -27,7 +27,7 @@ def render() -> str:
         "- as `mlflow run` parameters: `mlflow run . -P batch_size=64`.",
         "",
         "Options marked *recommended* default to the per-architecture settings in",
-        "[architectures.md](architectures.md); `auto` (MLproject) or leaving them out selects them, and",
+        "[architectures.md](architectures.md); leaving them out (or `auto`) selects them, and",
         "anything you set wins. Optional numbers take `none` to mean unset.",
         "",
     ]
@@ -56,7 +56,10 @@ def option_table(config_cls: type, mlproject: bool = True) -> list[str]:
         if not mlproject:
             default = "unset" if f.default is None else f"`{f.default}`"
         else:
-            default = "(not a parameter)" if f.name in EXCLUDED else f"`{mlproject_default(f)}`"
+            if f.name in EXCLUDED:
+                default = "(not a parameter)"
+            else:
+                default = f"`{mlproject_default(f)}`" if declared(f) else "undeclared: `-P NAME=VALUE` if wanted"
         choices = f.metadata.get("choices")
         meaning = f.metadata["help"] + (f" (one of: {', '.join(choices)})" if choices else "")
         lines.append(f"| `{flag}` | {default} | {meaning.replace('|', '/')} |")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shlex
 import os
 import time
 from typing import Any
@@ -36,8 +37,16 @@ def tracking_uri(explicit: str | None) -> str:
 
 
 def _same_value(logged: str, ours: str) -> bool:
+    """Whether a param already logged (by `mlflow run`, or before a resume) says what we would log."""
     if logged == ours:
         return True
+    if len(logged) > 1 and logged[0] == logged[-1] == "'":  # `mlflow run` logs -P values shell-quoted
+        try:
+            logged = shlex.split(logged)[0]
+        except ValueError:
+            pass
+        if logged == ours:
+            return True
     try:
         a, b = float(logged), float(ours)
     except ValueError:
