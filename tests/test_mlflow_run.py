@@ -26,6 +26,7 @@ def test_mlflow_run_logs_into_the_run_it_created(imagefolder, tmp_path) -> None:
     (run,) = client.search_runs([experiment.experiment_id])  # one run: ours is the one it created
     assert run.info.status == "FINISHED"
     assert run.data.tags["mlflow.project.entryPoint"] == "main"
+    assert run.info.run_name == "lenet-sgd-lr0.05-e2-s0"  # named after what it is, not at random
     params = run.data.params
     assert params["arch"] == "lenet" and params["epochs"] == "2"
     # The values used, under their own names: lenet's recommended lr, this machine's device and precision.
@@ -53,6 +54,7 @@ def test_mlflow_run_tune_entry_point_nests_trials_under_its_run(imagefolder, tmp
     runs = client.search_runs([experiment.experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("mlflow.project.entryPoint") == "tune"]
     assert parent.data.tags["cifar_mlflow.kind"] == "study" and parent.info.status == "FINISHED"
+    assert parent.info.run_name == "cnn_small-imagefolder"  # the study's name
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(r.info.run_name for r in children) == ["trial-0", "trial-1"]
     assert len(runs) == 3
@@ -69,5 +71,6 @@ def test_mlflow_run_compare_entry_point_logs_into_its_run(two_runs, mlflow_serve
     (run,) = client.search_runs([experiment.experiment_id],
                                 filter_string="tags.`mlflow.project.entryPoint` = 'compare'")
     assert run.data.tags["cifar_mlflow.kind"] == "comparison" and run.info.status == "FINISHED"
+    assert run.info.run_name == "Comparison of 2 runs"
     assert run.data.tags["compared_runs"] == ",".join(two_runs)
     assert "comparison/report.html" in {a.path for a in client.list_artifacts(run.info.run_id, "comparison")}

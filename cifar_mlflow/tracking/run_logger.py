@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -24,7 +25,7 @@ from cifar_mlflow.interrupts import deferring
 from cifar_mlflow.redaction import redact
 from cifar_mlflow.tracking.faults import fail_fast_uploads, is_store_failure, reporting_stalls, short_reason
 from cifar_mlflow.tracking.heartbeat import Heartbeat, mark_stale_runs
-from cifar_mlflow.tracking.store import experiment_id_for, log_params_once, set_tags
+from cifar_mlflow.tracking.store import experiment_id_for, log_params_once, name_attached_run, set_tags
 
 
 def download_checkpoint(uri: str, run_id: str, dest: Path) -> Path:
@@ -117,6 +118,8 @@ class MlflowLogger:
             self.closed_stale = mark_stale_runs(self.uri, experiment_id)  # a resumed run among them
         if self.run_id is not None:
             run = mlflow.start_run(run_id=self.run_id)
+            if os.environ.get("MLFLOW_RUN_ID") == self.run_id:  # the run `mlflow run` created (not a resume)
+                name_attached_run(client, run, self.run_name)
         else:
             run = mlflow.start_run(experiment_id=experiment_id, run_name=self.run_name,
                                    parent_run_id=self.parent_run_id)

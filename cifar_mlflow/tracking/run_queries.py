@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.records import RunRecord
-from cifar_mlflow.tracking.store import set_tags
+from cifar_mlflow.tracking.store import name_attached_run, set_tags
 
 # Runs of these kinds are not training runs and are left out of comparisons found by search.
 NOT_COMPARABLE_KINDS = {"comparison", "study", "benchmark"}
@@ -92,6 +92,8 @@ def log_comparison(uri: str, experiment_id: str, name: str, compared: list[str],
     tags = {"cifar_mlflow.kind": "comparison", "compared_runs": ",".join(compared)}
     attached = os.environ.get("MLFLOW_RUN_ID")
     run_id = attached or client.create_run(experiment_id, run_name=name).info.run_id
+    if attached:
+        name_attached_run(client, client.get_run(attached), name)
     try:
         set_tags(client, run_id, tags)
         client.log_artifacts(run_id, str(out_dir), "comparison")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-import shlex
 import os
+import re
+import shlex
 import time
 from typing import Any
 
@@ -138,3 +139,14 @@ def set_tags(client: MlflowClient, run_id: str, tags: dict[str, Any]) -> None:
     run race it (single `set_tag` calls fail with a UNIQUE-constraint error there)."""
     if tags:
         client.log_batch(run_id, tags=[RunTag(key, redact(str(value))) for key, value in tags.items()])
+
+
+# MLflow's own names for runs nobody named: adjective-animal-number ("dazzling-skunk-39").
+_GENERATED_NAME = re.compile(r"^[a-z]+-[a-z]+-\d{1,3}$")
+
+
+def name_attached_run(client: MlflowClient, run, name: str) -> None:
+    """Give a run that `mlflow run` created (and MLflow named at random) the name that says what it is;
+    a name the user chose (`mlflow run --run-name`) stays."""
+    if name and run.info.run_name and _GENERATED_NAME.match(run.info.run_name):
+        client.update_run(run.info.run_id, name=name)

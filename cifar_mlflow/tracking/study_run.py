@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from cifar_mlflow.interrupts import deferring
 from cifar_mlflow.tracking.heartbeat import Heartbeat, mark_stale_runs
-from cifar_mlflow.tracking.store import experiment_id_for, log_params_once, set_tags
+from cifar_mlflow.tracking.store import experiment_id_for, log_params_once, name_attached_run, set_tags
 
 
 def fail_stale_run(uri: str, run_id: str) -> None:
@@ -54,6 +54,7 @@ class StudyTracker:
                 run = None
             if run is not None and run.info.lifecycle_stage == "active":
                 self.client.update_run(run_id, status="RUNNING")
+                name_attached_run(self.client, run, self.study_name)
                 self.run_id = run_id
         if self.run_id is None:
             run = self.client.create_run(experiment_id_for(self.client, self.experiment_name),
