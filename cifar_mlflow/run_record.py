@@ -19,6 +19,7 @@ import yaml
 
 from cifar_mlflow import distributed, metrics, plots
 from cifar_mlflow.config import config_to_dict
+from cifar_mlflow.data.splits import split_digest, split_profile
 from cifar_mlflow.logger import RunLogger
 from cifar_mlflow.models.inference import NormalizedClassifier, with_tta
 from cifar_mlflow.redaction import redact
@@ -70,11 +71,15 @@ def run_tags(prepared: Prepared) -> dict[str, str]:
     return tags
 
 
-def run_datasets(prepared: Prepared) -> list[dict[str, str]]:
+def run_datasets(prepared: Prepared) -> list[dict[str, Any]]:
+    """The run's three inputs: each split with its own digest and profile (images, images per class),
+    and the shape its images have, so two runs on different data never look alike."""
     data = prepared.data
     name = prepared.config.dataset
-    return [{"name": f"{name}-{split}", "digest": data.digest, "source": data.source, "context": context}
-            for split, context in (("train", "training"), ("val", "validation"), ("test", "testing"))]
+    splits = (("train", "training", data.train), ("val", "validation", data.val), ("test", "testing", data.test))
+    return [{"name": f"{name}-{split}", "digest": split_digest(part), "source": data.source, "context": context,
+             "profile": split_profile(part, data.classes), "image_shape": tuple(data.image_shape)}
+            for split, context, part in splits if len(part)]
 
 
 def log_report(prepared: Prepared, result: TrainResult, logger: RunLogger) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -174,3 +175,28 @@ def test_the_run_logger_opens_its_run_on_first_use_and_records_params_once(mlflo
     assert run.data.params == {"lr": "0.1", "trial_number": "3"} and run.data.tags["arch"] == "cnn"
     assert [(m.step, m.value) for m in client.get_metric_history(logger.run_id, "val_acc")] == [(1, 0.5)]
     assert run.info.status == "FINISHED"
+
+
+def test_each_split_is_an_input_with_its_own_digest_profile_and_schema(server_run) -> None:
+    import json
+
+    _, run = server_run
+    inputs = {d.dataset.name: d.dataset for d in run.inputs.dataset_inputs}
+    assert len({d.digest for d in inputs.values()}) == 3  # train, validation and test tell apart
+    train = json.loads(inputs["imagefolder-train"].profile)
+    assert train["images"] == 65 and sum(train["per_class"].values()) == 65
+    assert set(train["per_class"]) == {"cat", "dog", "ship"}
+    specs = {s["name"]: s["tensor-spec"] for s in json.loads(inputs["imagefolder-test"].schema)["mlflow_colspec"]}
+    assert specs == {"image": {"dtype": "uint8", "shape": [-1, 3, 32, 32]}, "label": {"dtype": "int64", "shape": [-1]}}
+
+
+def test_a_subset_of_the_data_has_another_digest(imagefolder) -> None:
+    from cifar_mlflow.config import TrainConfig
+    from cifar_mlflow.run_record import run_datasets
+    from cifar_mlflow.training import prepare
+
+    base = TrainConfig(arch="lenet", dataset="imagefolder", data_dir=str(imagefolder), progress=False)
+    full = {d["name"]: d["digest"] for d in run_datasets(prepare(base))}
+    subset = {d["name"]: d["digest"] for d in run_datasets(prepare(dataclasses.replace(base, max_train_samples=30)))}
+    assert full["imagefolder-train"] != subset["imagefolder-train"]
+    assert full["imagefolder-test"] == subset["imagefolder-test"]  # the same test split: the same digest

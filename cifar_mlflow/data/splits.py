@@ -70,6 +70,20 @@ def data_digest(data: ImageData) -> str:
     return h.hexdigest()[:16]
 
 
+def split_digest(split: Split) -> str:
+    """A short content hash of one split's images and labels: a subset, or another split, differs."""
+    h = hashlib.sha256()
+    h.update(split.images.contiguous().numpy().tobytes())
+    h.update(split.labels.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def split_profile(split: Split, classes: list[str]) -> dict[str, object]:
+    """What a split holds: its number of images and the images per class."""
+    counts = torch.bincount(split.labels, minlength=len(classes)).tolist()
+    return {"images": len(split), "per_class": dict(zip(classes, counts))}
+
+
 def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of (N, C, H, W) uint8 images, scaled to [0, 1]."""
     total = torch.zeros(images.shape[1], dtype=torch.float64)

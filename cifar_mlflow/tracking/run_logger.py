@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -42,6 +43,28 @@ def download_checkpoint(uri: str, run_id: str, dest: Path) -> Path:
         raise ConfigError(f"run {run_id} has no checkpoint to resume from (neither checkpoint/last.pt "
                           "in MLflow nor a local one under --checkpoint-dir)") from None
     return Path(local)
+
+
+class _SplitDataset(MetaDataset):
+    """One split as an MLflow dataset input: its digest, its profile and its schema (uint8 images, int64
+    labels), shown in the run's Datasets panel."""
+
+    def __init__(self, split: dict[str, Any]) -> None:
+        from mlflow.types import Schema, TensorSpec
+
+        c, h, w = split["image_shape"]
+        schema = Schema([TensorSpec(np.dtype(np.uint8), (-1, c, h, w), "image"),
+                         TensorSpec(np.dtype(np.int64), (-1,), "label")])
+        super().__init__(LocalArtifactDatasetSource(split["source"]), name=split["name"], digest=split["digest"],
+                         schema=schema)
+        self._profile = split["profile"]
+
+    @property
+    def profile(self) -> dict[str, Any]:
+        return self._profile
+
+    def to_dict(self) -> dict[str, str]:
+        return {**super().to_dict(), "profile": json.dumps(self._profile)}  # MetaDataset leaves it out
 
 
 def _log_dataset(dataset: MetaDataset, context: str) -> None:
@@ -139,8 +162,7 @@ class MlflowLogger:
         log_params_once(MlflowClient(), self.run_id, {**self.extra_params, **params})
         set_tags(MlflowClient(), self.run_id, {**tags, **self.extra_tags})
         for d in datasets:
-            _log_dataset(MetaDataset(LocalArtifactDatasetSource(d["source"]), name=d["name"], digest=d["digest"]),
-                         d["context"])
+            _log_dataset(_SplitDataset(d), d["context"])
 
     @deferring
     @reporting_stalls("setting tags")
