@@ -128,6 +128,9 @@ class TrainConfig:
     tracking_uri: str | None = _field(None, "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
                                       "else sqlite:///mlflow.db)")
     log_model: bool = _field(True, "log the trained model with mlflow.pytorch.log_model")
+    system_metrics: bool = _field(True, "log MLflow's system metrics with the run: CPU, memory, disk and "
+                                  "network every 10 s (and GPU utilisation and memory where the pynvml "
+                                  "package and a GPU are there)")
     register_model: str | None = _field(None, "register the logged model under this name")
     checkpoint_dir: str = _field("./checkpoints", "where the resumable per-run checkpoint is kept")
     resume: str | None = _field(None, "MLflow run id of an interrupted run to continue from its "

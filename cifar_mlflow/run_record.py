@@ -61,10 +61,11 @@ def run_tags(prepared: Prepared) -> dict[str, str]:
     tags = {"arch": prepared.config.arch, "dataset": prepared.config.dataset, "device": str(device),
             "precision": prepared.precision, "channels_last": str(prepared.channels_last).lower(),
             "torch_version": torch.__version__, "torchvision_version": torchvision.__version__,
-            "cuda_version": str(torch.version.cuda), "data_digest": prepared.data.digest,
+            "data_digest": prepared.data.digest,
             "python_version": sys.version.split()[0]}
-    if device.type == "cuda":
+    if device.type == "cuda":  # tags true of the machine: no CUDA version on a CPU-only run
         tags["gpu_name"] = torch.cuda.get_device_name(device)
+        tags["cuda_version"] = str(torch.version.cuda)
     commit = _git_commit()
     if commit:
         tags["git_commit"] = commit

@@ -209,7 +209,8 @@ def _train(prepared, uri: str, state: dict[str, Any] | None) -> int:
     logger = MlflowLogger(uri, experiment_name=config.experiment_name or config.dataset,
                           run_name=config.run_name or default_run_name(config),
                           run_id=config.resume or os.environ.get("MLFLOW_RUN_ID"),  # resume, or `mlflow run`'s run
-                          on_start=lambda run_id: _announce(logger, uri), keep_root=config.checkpoint_dir)
+                          on_start=lambda run_id: _announce(logger, uri), keep_root=config.checkpoint_dir,
+                          system_metrics=config.system_metrics)
     previous_term = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     status, code = "FAILED", 1
     try:

@@ -34,7 +34,10 @@ def server_run(mlflow_server, imagefolder, tmp_path_factory):
         [sys.executable, "-m", "cifar_mlflow.train", "--dataset", "imagefolder", "--data-dir", str(imagefolder),
          "--arch", "cnn_small", "--epochs", "2", "--batch-size", "16", "--no-progress", "--experiment-name",
          "server-test", "--register-model", "server-test-model"],
-        cwd=workdir, env=run_env(MLFLOW_TRACKING_URI=mlflow_server), capture_output=True, text=True, timeout=600)
+        cwd=workdir, capture_output=True, text=True, timeout=600,
+        # system metrics every half second (MLflow's default is 10 s: longer than this whole run)
+        env=run_env(MLFLOW_TRACKING_URI=mlflow_server, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="0.5",
+                    MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING="1"))
     assert proc.returncode == 0, proc.stderr[-4000:]
     mlflow.set_tracking_uri(mlflow_server)
     client = MlflowClient()
@@ -200,3 +203,24 @@ def test_a_subset_of_the_data_has_another_digest(imagefolder) -> None:
     subset = {d["name"]: d["digest"] for d in run_datasets(prepare(dataclasses.replace(base, max_train_samples=30)))}
     assert full["imagefolder-train"] != subset["imagefolder-train"]
     assert full["imagefolder-test"] == subset["imagefolder-test"]  # the same test split: the same digest
+
+
+def test_system_metrics_are_logged_and_tags_are_true_of_the_machine(server_run) -> None:
+    _, run = server_run
+    system = {k for k in run.data.metrics if k.startswith("system/")}
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system, system
+    assert run.data.params["system_metrics"] == "True"
+    assert "cuda_version" not in run.data.tags and "gpu_name" not in run.data.tags  # a CPU-only run
+
+
+def test_system_metrics_can_be_turned_off(mlflow_server, imagefolder, tmp_path) -> None:
+    from cifar_mlflow.train import main
+
+    code = main(["--dataset", "imagefolder", "--data-dir", str(imagefolder), "--arch", "lenet", "--epochs", "1",
+                 "--batch-size", "16", "--no-progress", "--log-model", "false", "--no-system-metrics",
+                 "--experiment-name", "no-system-metrics", "--tracking-uri", mlflow_server,
+                 "--checkpoint-dir", str(tmp_path)])
+    assert code == 0
+    client = MlflowClient(mlflow_server)
+    (run,) = client.search_runs([client.get_experiment_by_name("no-system-metrics").experiment_id])
+    assert not [k for k in run.data.metrics if k.startswith("system/")]

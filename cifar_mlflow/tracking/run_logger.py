@@ -101,12 +101,13 @@ class MlflowLogger:
         on_start: called with the run id once the run is open (the command prints how to resume it,
             the tuner records it in the trial).
         keep_root: artifacts the store refuses are kept under `keep_root/RUN_ID/not-uploaded`.
+        system_metrics: log MLflow's system metrics (`system/...`) while the run is open.
     """
 
     def __init__(self, uri: str, experiment_name: str, run_name: str, run_id: str | None = None,
                  parent_run_id: str | None = None, tags: dict[str, str] | None = None,
                  params: dict[str, Any] | None = None, on_start: Callable[[str], None] | None = None,
-                 keep_root: str | Path = "./checkpoints") -> None:
+                 keep_root: str | Path = "./checkpoints", system_metrics: bool = False) -> None:
         self.uri = uri
         self.on_start = on_start
         self._heartbeat: Heartbeat | None = None
@@ -119,6 +120,7 @@ class MlflowLogger:
         self.parent_run_id = parent_run_id
         self.extra_tags = dict(tags or {})
         self.extra_params = dict(params or {})
+        self.system_metrics = system_metrics
         self._opened = False  # the run exists (opened on first use)
         self._recorded = False  # its params, tags and inputs are logged (`start`)
         self.registered_version: int | None = None  # set by log_model when it registers
@@ -140,12 +142,12 @@ class MlflowLogger:
         if self.parent_run_id is None:  # trials leave that to the tuner (Optuna's own heartbeat)
             self.closed_stale = mark_stale_runs(self.uri, experiment_id)  # a resumed run among them
         if self.run_id is not None:
-            run = mlflow.start_run(run_id=self.run_id)
+            run = mlflow.start_run(run_id=self.run_id, log_system_metrics=self.system_metrics)
             if os.environ.get("MLFLOW_RUN_ID") == self.run_id:  # the run `mlflow run` created (not a resume)
                 name_attached_run(client, run, self.run_name)
         else:
             run = mlflow.start_run(experiment_id=experiment_id, run_name=self.run_name,
-                                   parent_run_id=self.parent_run_id)
+                                   parent_run_id=self.parent_run_id, log_system_metrics=self.system_metrics)
         self.run_id = run.info.run_id
         self._heartbeat = Heartbeat(self.uri, self.run_id)
         if self.on_start is not None:

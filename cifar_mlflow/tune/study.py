@@ -228,7 +228,8 @@ def make_objective(ctx: StudyContext):
                               parent_run_id=ctx.tracker.run_id, params={"trial_number": trial.number},
                               tags={"trial_number": str(trial.number), "optuna.study_name": ctx.tracker.study_name},
                               # the trial knows its run as soon as it exists: a worker that dies closes it
-                              on_start=lambda run_id: trial.set_user_attr(RUN_ATTR, run_id))
+                              on_start=lambda run_id: trial.set_user_attr(RUN_ATTR, run_id),
+                              system_metrics=config.system_metrics)
         reported: list[int] = []
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
