@@ -28,6 +28,10 @@ class RunLogger(Protocol):
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         """Per-epoch metrics, with `step=epoch`."""
 
+    def log_epoch_image(self, epoch: int, key: str, image: np.ndarray) -> None:
+        """An image of the epoch (uint8, H x W x 3) under `key`, with `step=epoch`: the UI shows the
+        images of a key on a slider."""
+
     def log_metrics(self, metrics: dict[str, float]) -> None:
         """Final metrics."""
 
@@ -56,6 +60,9 @@ class NullLogger:
         pass
 
     def log_epoch(self, epoch, metrics) -> None:
+        pass
+
+    def log_epoch_image(self, epoch, key, image) -> None:
         pass
 
     def log_metrics(self, metrics) -> None:

@@ -106,3 +106,24 @@ def misclassified_figure(images: torch.Tensor, logits: torch.Tensor, labels: tor
         axes.flat[0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
     fig.suptitle("most confidently misclassified test images")
     return fig
+
+
+def confusion_matrix_image(cm: np.ndarray, classes: list[str], cell: int = 22) -> np.ndarray:
+    """The row-normalised confusion matrix as a small RGB image (uint8, H x W x 3), drawn directly
+    (no figure: cheap enough for every epoch), with the class names down the side. Dark blue is
+    0, white is 1; the diagonal is what was learned."""
+    from PIL import Image, ImageDraw
+
+    shares = row_normalised(cm)
+    n = len(classes)
+    label_width = 8 + 6 * max(len(name) for name in classes)
+    image = Image.new("RGB", (label_width + n * cell, n * cell), "white")
+    draw = ImageDraw.Draw(image)
+    for row in range(n):
+        draw.text((2, row * cell + cell // 2 - 5), classes[row], fill="black")
+        for col in range(n):
+            level = float(shares[row, col])
+            colour = (int(255 * level), int(40 + 215 * level), int(120 + 135 * level))
+            x, y = label_width + col * cell, row * cell
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=colour, outline=(200, 200, 200))
+    return np.asarray(image)

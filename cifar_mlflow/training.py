@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from cifar_mlflow import distributed, metrics
+from cifar_mlflow import distributed, metrics, plots
 from cifar_mlflow.checkpoint import CheckpointWriter, TrainingState, checkpoint_path
 from cifar_mlflow.config import TrainConfig, config_to_dict, resolve_config
 from cifar_mlflow.data import BatchTransform, DataSplits, DeviceLoader, load_image_data, split_data
@@ -237,6 +237,10 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
             if writer is not None:
                 writer.submit(state.state_dict())
             logger.log_epoch(epoch, row)
+            if val is not None and main_process:  # the classes being learned, epoch by epoch
+                data = prepared.data
+                cm = metrics.confusion_matrix(val.labels, val.predictions, data.num_classes)
+                logger.log_epoch_image(epoch, "confusion_matrix", plots.confusion_matrix_image(cm, data.classes))
             if main_process:
                 tqdm.write(_epoch_line(row, config.epochs), file=sys.stderr)
             for callback in callbacks:

@@ -74,7 +74,8 @@ def test_one_metric_point_per_epoch_and_final_metrics(server_run) -> None:
 
 def test_every_artifact_is_there_and_images_decode(server_run, tmp_path) -> None:
     client, run = server_run
-    assert sorted(all_artifacts(client, run.info.run_id)) == sorted(ARTIFACTS)
+    logged = all_artifacts(client, run.info.run_id)
+    assert sorted(p for p in logged if not p.startswith("images/")) == sorted(ARTIFACTS)  # images/: per epoch
     for path in ARTIFACTS:
         if path.endswith(".png"):
             local = client.download_artifacts(run.info.run_id, path, str(tmp_path))
@@ -224,3 +225,15 @@ def test_system_metrics_can_be_turned_off(mlflow_server, imagefolder, tmp_path) 
     client = MlflowClient(mlflow_server)
     (run,) = client.search_runs([client.get_experiment_by_name("no-system-metrics").experiment_id])
     assert not [k for k in run.data.metrics if k.startswith("system/")]
+
+
+def test_the_confusion_matrix_of_every_epoch_is_an_image_with_its_step(server_run, tmp_path) -> None:
+    from PIL import Image
+
+    client, run = server_run
+    images = [p for p in all_artifacts(client, run.info.run_id, "images") if p.endswith(".png")]
+    steps = sorted(int(p.split("+step+")[1].split("+")[0]) for p in images
+                   if p.startswith("images/confusion_matrix+step+"))
+    assert steps == [1, 2]  # one per epoch: the UI's image slider
+    first = client.download_artifacts(run.info.run_id, next(p for p in images if "+step+1+" in p), str(tmp_path))
+    assert Image.open(first).size[1] == 3 * 22  # a row per class

@@ -31,6 +31,9 @@ class RecordingLogger:
     def log_epoch(self, epoch, metrics) -> None:
         self.epochs.append((epoch, dict(metrics)))
 
+    def log_epoch_image(self, epoch, key, image) -> None:
+        self.artifacts[f"{key}@{epoch}"] = image
+
     def log_metrics(self, metrics) -> None:
         self.metrics.update(metrics)
 

@@ -182,6 +182,18 @@ class MlflowLogger:
         operation = MlflowClient().log_batch(self.run_id, metrics=_metric_batch(values, epoch), synchronous=False)
         self._pending.append((values, epoch, operation))
 
+    def log_epoch_image(self, epoch: int, key: str, image: np.ndarray) -> None:
+        """Uploaded at once (a few kB), failing fast like every artifact: a full store keeps it locally."""
+
+        def keep(root: Path) -> None:
+            from PIL import Image
+
+            (root / "images").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(root / "images" / f"{key}-epoch{epoch}.png")
+
+        self._artifact(lambda: MlflowClient().log_image(self.run_id, image, key=key, step=epoch, synchronous=True),
+                       keep)
+
     @reporting_stalls("storing the epochs' metrics")
     def flush(self) -> None:
         """Wait for the queued metrics; any batch the background logger failed to store is sent again
