@@ -19,7 +19,7 @@ import yaml
 
 from cifar_mlflow import distributed, metrics, plots
 from cifar_mlflow.config import config_to_dict
-from cifar_mlflow.data.splits import split_digest, split_profile
+from cifar_mlflow.data.splits import DataSplits, split_digest, split_profile
 from cifar_mlflow.logger import RunLogger
 from cifar_mlflow.models.inference import NormalizedClassifier, with_tta
 from cifar_mlflow.redaction import redact
@@ -28,7 +28,8 @@ if TYPE_CHECKING:  # the types only: training imports this module
     from cifar_mlflow.training import Prepared, TrainResult
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
+    """The commit of the checkout this package runs from, if it is one."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                              cwd=Path(__file__).resolve().parent)
@@ -66,7 +67,7 @@ def run_tags(prepared: Prepared) -> dict[str, str]:
     if device.type == "cuda":  # tags true of the machine: no CUDA version on a CPU-only run
         tags["gpu_name"] = torch.cuda.get_device_name(device)
         tags["cuda_version"] = str(torch.version.cuda)
-    commit = _git_commit()
+    commit = git_commit()
     if commit:
         tags["git_commit"] = commit
     return tags
@@ -75,8 +76,11 @@ def run_tags(prepared: Prepared) -> dict[str, str]:
 def run_datasets(prepared: Prepared) -> list[dict[str, Any]]:
     """The run's three inputs: each split with its own digest and profile (images, images per class),
     and the shape its images have, so two runs on different data never look alike."""
-    data = prepared.data
-    name = prepared.config.dataset
+    return split_inputs(prepared.config.dataset, prepared.data)
+
+
+def split_inputs(name: str, data: DataSplits) -> list[dict[str, Any]]:
+    """`run_datasets` for any split data set (the study's parent run logs its trials' data this way)."""
     splits = (("train", "training", data.train), ("val", "validation", data.val), ("test", "testing", data.test))
     return [{"name": f"{name}-{split}", "digest": split_digest(part), "source": data.source, "context": context,
              "profile": split_profile(part, data.classes), "image_shape": tuple(data.image_shape)}

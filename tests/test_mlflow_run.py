@@ -55,6 +55,8 @@ def test_mlflow_run_tune_entry_point_nests_trials_under_its_run(imagefolder, tmp
     (parent,) = [r for r in runs if r.data.tags.get("mlflow.project.entryPoint") == "tune"]
     assert parent.data.tags["cifar_mlflow.kind"] == "study" and parent.info.status == "FINISHED"
     assert parent.info.run_name == "cnn_small-imagefolder"  # the study's name
+    assert parent.data.params["tune.search_space"] == "default (cifar_mlflow/tune/search_spaces/default.yaml)"
+    assert "search_space.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(r.info.run_name for r in children) == ["trial-0", "trial-1"]
     assert len(runs) == 3

@@ -129,7 +129,15 @@ def test_pruned_study_nested_runs_and_resume(imagefolder, tmp_path) -> None:
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)} | \
         {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert {"trials.csv", "plots/optimization_history.png", "plots/intermediate_values.png",
-            "plots/parallel_coordinate.png", "plots/slice.png"} <= artifacts
+            "plots/parallel_coordinate.png", "plots/slice.png", "search_space.yaml"} <= artifacts
+    # What the study searched, on the parent run: the space, the code's commit and the data.
+    local = client.download_artifacts(parent.info.run_id, "search_space.yaml", str(tmp_path / "dl"))
+    assert Path(local).read_text() == space.read_text() and parent.data.params["tune.search_space"] == str(space)
+    assert len(parent.data.tags["git_commit"]) == 40
+    inputs = {d.dataset.name: d.dataset.digest for d in parent.inputs.dataset_inputs}
+    assert set(inputs) == {"imagefolder-train", "imagefolder-val", "imagefolder-test"}
+    (child,) = [c for c in children_of(client, experiment.experiment_id, parent.info.run_id)][:1]
+    assert {d.dataset.digest for d in child.inputs.dataset_inputs} == set(inputs.values())  # the trials' data
 
     # Resume: the same command with --trials 2 adds two trials under the same parent.
     assert main(args[:args.index("--trials")] + ["--trials", "2"] + args[args.index("--trials") + 2:]) == 0

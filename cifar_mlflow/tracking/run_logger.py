@@ -67,6 +67,16 @@ class _SplitDataset(MetaDataset):
         return {**super().to_dict(), "profile": json.dumps(self._profile)}  # MetaDataset leaves it out
 
 
+def log_datasets(client: MlflowClient, run_id: str, datasets: list[dict[str, Any]]) -> None:
+    """Split inputs on a run the fluent API does not hold (a study's parent run)."""
+    from mlflow.entities import DatasetInput, InputTag
+
+    inputs = [DatasetInput(_SplitDataset(d)._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", d["context"])])
+              for d in datasets]
+    if inputs:
+        client.log_inputs(run_id, datasets=inputs)
+
+
 def _log_dataset(dataset: MetaDataset, context: str) -> None:
     """`mlflow.log_input`, tried up to three times: runs starting together (parallel trials, workers) race
     to create the same dataset row in the SQL store; a later attempt finds it and only links it."""

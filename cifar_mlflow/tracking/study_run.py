@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from cifar_mlflow.interrupts import deferring
 from cifar_mlflow.tracking.heartbeat import Heartbeat, mark_stale_runs
+from cifar_mlflow.tracking.run_logger import log_datasets
 from cifar_mlflow.tracking.store import experiment_id_for, log_params_once, name_attached_run, set_tags
 
 
@@ -96,6 +97,14 @@ class StudyTracker:
 
     def log_artifact_dir(self, local_dir: Path) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir))
+
+    @deferring
+    def describe(self, *, tags: dict[str, str], datasets: list[dict[str, Any]], search_space_yaml: str) -> None:
+        """What the study searches, on the parent run: tags (the code's commit), the data its trials train
+        and validate on, and the search space as `search_space.yaml`."""
+        set_tags(self.client, self.run_id, tags)
+        log_datasets(self.client, self.run_id, datasets)
+        self.client.log_text(self.run_id, search_space_yaml, "search_space.yaml")
 
     @deferring
     def close(self, status: str) -> None:

@@ -101,12 +101,18 @@ def _prepare(argv: list[str] | None):
 def _run(ctx, study) -> int:
     """Run the trials (and the retraining), keep the parent run's report current, close it with the
     status seen; returns the exit status."""
+    from cifar_mlflow.run_record import git_commit, split_inputs
+    from cifar_mlflow.tune.search_space import search_space_text
     from cifar_mlflow.tune.study import base_params, open_parent, optimize, publish, retrain_best, top_trials_text
 
     tune, tracker = ctx.tune, ctx.tracker
     before = len(study.trials)
     open_parent(ctx, study)
     tracker.log_params(base_params(ctx.base, tune))
+    commit = git_commit()
+    tracker.describe(tags={"git_commit": commit} if commit else {},
+                     datasets=split_inputs(ctx.base.dataset, ctx.data_for(ctx.base)),
+                     search_space_yaml=search_space_text(tune.search_space))
     print(f"study {tracker.study_name!r}: {before} earlier trials; running {tune.trials} more "
           f"(MLflow parent run {tracker.run_id} at {ctx.uri})", file=sys.stderr)
     status, code = "FAILED", 1

@@ -140,10 +140,19 @@ def load_search_space(path: str) -> list[ParamSpec]:
     return parse_search_space(data, f"search space {path}")
 
 
+DEFAULT_SPACE_NAME = "default (cifar_mlflow/tune/search_spaces/default.yaml)"
+
+
+def search_space_text(path: str | None) -> str:
+    """The YAML of the space a study searches: the file given, or the shipped default."""
+    if path is None:
+        return resources.files("cifar_mlflow.tune").joinpath("search_spaces", "default.yaml").read_text()
+    return Path(path).read_text()
+
+
 def default_search_space() -> list[ParamSpec]:
     """The shipped space: optimizer settings for every arch, model arguments per architecture family."""
-    text = resources.files("cifar_mlflow.tune").joinpath("search_spaces", "default.yaml").read_text()
-    return parse_search_space(yaml.safe_load(text), "default search space")
+    return parse_search_space(yaml.safe_load(search_space_text(None)), "default search space")
 
 
 def sample_config(space: list[ParamSpec], base: TrainConfig,

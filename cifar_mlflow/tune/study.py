@@ -36,7 +36,7 @@ from cifar_mlflow.redaction import redact
 from cifar_mlflow.tracking import MlflowLogger, StudyTracker, fail_stale_run, set_model_alias, set_tags
 from cifar_mlflow.training import load_splits, prepare, run
 from cifar_mlflow.tune.options import TuneConfig
-from cifar_mlflow.tune.search_space import ParamSpec, sample_config
+from cifar_mlflow.tune.search_space import DEFAULT_SPACE_NAME, ParamSpec, sample_config
 
 PARENT_ATTR = "mlflow_parent_run_id"
 RUN_ATTR = "mlflow_run_id"
@@ -409,6 +409,7 @@ def base_params(base: TrainConfig, tune: TuneConfig) -> dict[str, Any]:
     params = {k: v for k, v in config_to_dict(base).items() if k != "model_args"}
     params["model_args"] = str(base.model_args)
     params.update({f"tune.{k}": v for k, v in dataclasses.asdict(tune).items()})
+    params["tune.search_space"] = tune.search_space or DEFAULT_SPACE_NAME
     return params
 
 
