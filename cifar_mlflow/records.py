@@ -22,7 +22,9 @@ class RunRecord:
     confusion: np.ndarray | None = None  # counts, rows = true class
     classes: list[str] | None = None
     wall_seconds: float | None = None
+    differs_by: str = ""  # the params in which it differs from the runs it is compared with
 
     @property
     def label(self) -> str:
-        return f"{self.name} ({self.run_id[:7]})"
+        """Its name and what sets it apart (`cnn-sgd-lr0.05-e30-s0 [lr=0.05, seed=0]`), else its id."""
+        return f"{self.name} [{self.differs_by}]" if self.differs_by else f"{self.name} ({self.run_id[:7]})"

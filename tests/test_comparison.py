@@ -72,5 +72,19 @@ def test_report_embeds_every_figure_and_notes_what_is_missing() -> None:
     embedded = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", report.html)
     assert sorted(base64.b64decode(e) for e in embedded) == sorted(report.pngs.values())  # self-contained
     assert "cat-&gt;dog: 35.0% -&gt; 10.0%" in report.html
-    assert "old-run (ccccccc) has no per-epoch history, test metrics, confusion matrix" in report.html
+    assert "old-run [arch=lenet, lr=-, seed=-] has no per-epoch history, test metrics, confusion matrix" in report.html
+    assert '<div class="wide"><table>' in report.html  # a wide table scrolls inside the page
     assert "src='http" not in report.html and 'src="http' not in report.html  # opens offline
+
+
+def test_runs_are_labelled_by_name_and_the_params_in_which_they_differ() -> None:
+    from cifar_mlflow.compare.analysis import label_runs
+
+    a, b = record("a" * 32, "dazzling-skunk-39"), record("b" * 32, "brave-owl-7")
+    b.params = {**a.params, "lr": "0.1", "batch_size": "64"}
+    label_runs([a, b])
+    assert a.label == "dazzling-skunk-39 [lr=0.05, batch_size=-]"
+    assert b.label == "brave-owl-7 [lr=0.1, batch_size=64]"
+    same = record("c" * 32, "cnn")
+    label_runs([same, record("d" * 32, "cnn")])
+    assert same.label == "cnn (ccccccc)"  # nothing differs: the id tells them apart

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 
 import matplotlib
@@ -27,10 +28,29 @@ TABLE_METRICS = {"test_acc": True, "test_loss": False, "test_f1_macro": True, "b
 IGNORED_PARAMS = {"run_name", "resume", "tracking_uri", "checkpoint_dir", "progress", "experiment_name"}
 
 
+def differing_params(runs: list[RunRecord]) -> list[str]:
+    """The params (of the recipe, not of the bookkeeping) whose values are not the same in every run."""
+    keys = sorted({k for r in runs for k in r.params} - IGNORED_PARAMS)
+    return [k for k in keys if len({r.params.get(k) for r in runs}) > 1]
+
+
+# The params a label names first when many differ: what people change between runs.
+_LABEL_FIRST = ("arch", "optimizer", "lr", "batch_size", "epochs", "augment", "weight_decay", "seed")
+
+
+def label_runs(runs: list[RunRecord], most: int = 3) -> None:
+    """Label each run by its name and up to `most` params in which the runs differ (the random names
+    of runs nobody named say nothing)."""
+    differing = differing_params(runs)
+    shown = [k for k in _LABEL_FIRST if k in differing] + [k for k in differing if k not in _LABEL_FIRST]
+    shown = [k for k in shown if not k.startswith(("model_args.", "data_", "num_parameters", "train_size"))][:most]
+    for r in runs:
+        r.differs_by = ", ".join(f"{k}={r.params.get(k, '-')}" for k in shown)
+
+
 def params_table(runs: list[RunRecord]) -> pd.DataFrame:
     """Params that differ between the runs, then their final metrics; one row per run."""
-    keys = sorted({k for r in runs for k in r.params} - IGNORED_PARAMS)
-    differing = [k for k in keys if len({r.params.get(k) for r in runs}) > 1]
+    differing = differing_params(runs)
     rows = []
     for r in runs:
         row = {"run": r.label, **{k: r.params.get(k, "") for k in differing}}
@@ -139,12 +159,12 @@ def confusion_difference_figure(a: RunRecord, b: RunRecord) -> Figure:
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(classes) + 3), max(5, 0.5 * len(classes) + 2)),
                            constrained_layout=True)
     image = ax.imshow(diff, cmap="RdBu_r", vmin=-limit, vmax=limit)
-    fig.colorbar(image, ax=ax, label=f"share in {b.name} minus share in {a.name}")
+    fig.colorbar(image, ax=ax, label="share in the second run minus share in the first", shrink=0.8)
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(classes)), classes, fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"row-normalised confusion: {b.label} minus {a.label}")
+    ax.set_title(textwrap.fill(f"row-normalised confusion: {b.label} minus {a.label}", 60), fontsize=9)
     return fig
 
 

@@ -18,7 +18,7 @@ from cifar_mlflow.records import RunRecord
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f3f3f3}td.best{font-weight:bold;background:#e6f4ea}img{max-width:100%;border:1px solid #eee}
-.note{color:#8a5a00}code{background:#f3f3f3;padding:1px 4px}"""
+.note{color:#8a5a00}code{background:#f3f3f3;padding:1px 4px}.wide{overflow-x:auto;max-width:100%}"""
 
 
 @dataclass
@@ -45,12 +45,13 @@ def _table_html(table, best: dict[str, int]) -> str:
             mark = ' class="best"' if best.get(column) == index else ""
             cells.append(f"<td{mark}>{html.escape(text)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+    return f"<div class=\"wide\"><table><tr>{head}</tr>{''.join(rows)}</table></div>"  # scrolls, never overflows
 
 
 def build_report(runs: list[RunRecord], *, title: str = "Run comparison", with_train: bool = False,
                  command: str | None = None) -> Report:
     """Figures and HTML for `runs`; what a run lacks is noted, never an error."""
+    analysis.label_runs(runs)
     pngs: dict[str, bytes] = {}
     sections: list[str] = []
     notes: list[str] = []
