@@ -131,6 +131,7 @@ class MlflowLogger:
         self.extra_tags = dict(tags or {})
         self.extra_params = dict(params or {})
         self.system_metrics = system_metrics
+        self._epoch_images_off = False  # after a failed epoch image: none more
         self._opened = False  # the run exists (opened on first use)
         self._recorded = False  # its params, tags and inputs are logged (`start`)
         self.registered_version: int | None = None  # set by log_model when it registers
@@ -192,17 +193,22 @@ class MlflowLogger:
         operation = MlflowClient().log_batch(self.run_id, metrics=_metric_batch(values, epoch), synchronous=False)
         self._pending.append((values, epoch, operation))
 
+    @reporting_stalls("uploading the epoch's image")
     def log_epoch_image(self, epoch: int, key: str, image: np.ndarray) -> None:
-        """Uploaded at once (a few kB), failing fast like every artifact: a full store keeps it locally."""
-
-        def keep(root: Path) -> None:
-            from PIL import Image
-
-            (root / "images").mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image).save(root / "images" / f"{key}-epoch{epoch}.png")
-
-        self._artifact(lambda: MlflowClient().log_image(self.run_id, image, key=key, step=epoch, synchronous=True),
-                       keep)
+        """Uploaded at once (a few kB), failing fast. A picture is not worth a run: when the store or the
+        server fails (a restart, a full disk), it is said once and the run goes on without them."""
+        if self._epoch_images_off or self.upload_error is not None:
+            return
+        self._open()
+        try:
+            with fail_fast_uploads():
+                MlflowClient().log_image(self.run_id, image, key=key, step=epoch, synchronous=True)
+        except Exception as exc:  # noqa: BLE001 - any store failure: go on without the pictures
+            if not is_store_failure(exc):
+                raise
+            self._epoch_images_off = True
+            print(f"warning: could not store epoch {epoch}'s {key} image ({short_reason(exc)}); this run goes on "
+                  "without per-epoch images", file=sys.stderr)
 
     @reporting_stalls("storing the epochs' metrics")
     def flush(self) -> None:
