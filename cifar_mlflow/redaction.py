@@ -70,7 +70,6 @@ def protect_console() -> None:
     Wraps `sys.stdout` / `sys.stderr` (once) and points the logging handlers that write to them
     (MLflow configures its own when imported) at the wrappers.
     """
-
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
         if isinstance(stream, _RedactingStream):

@@ -19,7 +19,7 @@ import yaml
 
 from cifar_mlflow import distributed, metrics, plots
 from cifar_mlflow.config import config_to_dict
-from cifar_mlflow.data.splits import DataSplits, split_digest, split_profile
+from cifar_mlflow.data.splits import DataSplits, split_profile
 from cifar_mlflow.logger import RunLogger
 from cifar_mlflow.models.inference import NormalizedClassifier, with_tta
 from cifar_mlflow.redaction import redact
@@ -82,7 +82,7 @@ def run_datasets(prepared: Prepared) -> list[dict[str, Any]]:
 def split_inputs(name: str, data: DataSplits) -> list[dict[str, Any]]:
     """`run_datasets` for any split data set (the study's parent run logs its trials' data this way)."""
     splits = (("train", "training", data.train), ("val", "validation", data.val), ("test", "testing", data.test))
-    return [{"name": f"{name}-{split}", "digest": split_digest(part), "source": data.source, "context": context,
+    return [{"name": f"{name}-{split}", "digest": part.digest, "source": data.source, "context": context,
              "profile": split_profile(part, data.classes), "image_shape": tuple(data.image_shape)}
             for split, context, part in splits if len(part)]
 

@@ -39,7 +39,7 @@ def _recommended_table() -> str:
     keys = ("optimizer", "lr", "weight_decay", "scheduler", "epochs", "batch_size", "augment", "label_smoothing")
     lines = ["recommended settings per architecture (used for options you leave unset):",
              "  " + "arch".ljust(18) + "".join(k.ljust(13) for k in keys)]
-    rows = [(name, recommended_settings(name)) for name in list_models() if recommended_settings(name)]
+    rows = [(name, rec) for name in list_models() if (rec := recommended_settings(name))]
     for name, rec in [*rows, ("others", GENERIC_RECOMMENDED)]:
         lines.append("  " + name.ljust(18) + "".join(f"{rec[k]:<13g}" if isinstance(rec[k], float)
                                                      else str(rec[k]).ljust(13) for k in keys))

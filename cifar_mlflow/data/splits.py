@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -20,6 +21,12 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """A short content hash of this split's images and labels: a subset, or another split, differs.
+        Hashed once per split (every trial of a study logs it)."""
+        return content_digest(self.images, self.labels)
 
 
 @dataclass
@@ -62,20 +69,17 @@ def stratified_subset(split: Split, size: int, seed: int = 0) -> Split:
     return Split(split.images[keep], split.labels[keep])
 
 
-def data_digest(data: ImageData) -> str:
-    """A short content hash of all images and labels: the same data gives the same digest."""
+def content_digest(*tensors: torch.Tensor) -> str:
+    """A short hash of the tensors' contents: the same data gives the same digest."""
     h = hashlib.sha256()
-    for tensor in (data.train_images, data.train_labels, data.test_images, data.test_labels):
+    for tensor in tensors:
         h.update(tensor.contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
-def split_digest(split: Split) -> str:
-    """A short content hash of one split's images and labels: a subset, or another split, differs."""
-    h = hashlib.sha256()
-    h.update(split.images.contiguous().numpy().tobytes())
-    h.update(split.labels.contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+def data_digest(data: ImageData) -> str:
+    """The digest of a whole data set as read: all its images and labels."""
+    return content_digest(data.train_images, data.train_labels, data.test_images, data.test_labels)
 
 
 def split_profile(split: Split, classes: list[str]) -> dict[str, object]:

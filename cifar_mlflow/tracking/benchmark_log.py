@@ -32,7 +32,6 @@ def log_benchmark(uri: str, experiment_name: str, settings: dict[str, Any], resu
                   table: str) -> str:
     """A run tagged `cifar_mlflow.kind=benchmark`: settings as params, figures as metrics, the
     markdown and JSON as artifacts; returns its id."""
-
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     experiment_id = experiment_id_for(client, experiment_name)

@@ -35,30 +35,38 @@ def fail_fast_uploads():
 
 def is_store_failure(exc: BaseException) -> bool:
     """An error from the tracking server or artifact store (not from the model or our code)."""
-
     text = str(exc)
     return isinstance(exc, (requests.RequestException, OSError)) or (
         isinstance(exc, mlflow.exceptions.MlflowException)
         and ("API request to" in text or "error code 5" in text or "retries" in text.lower()))
 
 
-def short_reason(exc: BaseException) -> str:
-    """One readable clause for a failed request: what was sent where, and the status that came back."""
+def failure_in_words(exc: BaseException) -> str | None:
+    """What went wrong with a request, in a few words (`connection refused`, `HTTP 500 after retries`,
+    ...), or None when the error says nothing recognisable."""
+    text = str(exc)
+    status = re.search(r"too many (\d{3}) error responses|error code (\d{3})", text)
+    if status:
+        return f"HTTP {status.group(1) or status.group(2)} after retries"
+    if isinstance(exc, requests.Timeout):
+        return "no answer in time"
+    if "Connection refused" in text or "NewConnectionError" in text:
+        return "connection refused"
+    if "Name or service not known" in text or "NameResolutionError" in text:
+        return "unknown host name"
+    return None
 
+
+def short_reason(exc: BaseException) -> str:
+    """One readable clause for a failed request: what was sent where, and what came back."""
     text = str(exc)
     target = re.search(r"/artifacts/\d+/\w+/artifacts/(\S+?)(?:\s|$)", text)
     what = f"uploading {target.group(1)}" if target else type(exc).__name__
-    status = re.search(r"too many (\d{3}) error responses|error code (\d{3})", text)
-    if status:
-        return f"{what}: HTTP {status.group(1) or status.group(2)} after retries"
-    if "Connection refused" in text or "NewConnectionError" in text:
-        return f"{what}: connection refused"
-    return redact(f"{what}: {text.splitlines()[0][:160] if text else 'no reason given'}")
+    words = failure_in_words(exc)
+    return redact(f"{what}: {words or (text.splitlines()[0][:160] if text else 'no reason given')}")
 
 
 STALL_NOTICE_SECONDS = 5.0  # a tracking call silent this long is said on the console
-
-
 _watching = threading.local()
 
 

@@ -15,14 +15,8 @@ from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.tracking.store import set_tags
 
 HEARTBEAT_TAG = "cifar_mlflow.heartbeat"  # epoch milliseconds of the last sign of life
-
-
 HEARTBEAT_INTERVAL_TAG = "cifar_mlflow.heartbeat_interval"  # seconds between heartbeats
-
-
 HEARTBEAT_ENV = "CIFAR_MLFLOW_HEARTBEAT_SECONDS"
-
-
 STALE_AFTER = 3  # heartbeats missed before a RUNNING run counts as gone
 
 

@@ -92,6 +92,25 @@ def _log_dataset(dataset: MetaDataset, context: str) -> None:
             time.sleep(0.2 * (attempt + 1))
 
 
+def _upload(upload: Callable[[], Any]) -> tuple[Any, str | None]:
+    """Run an upload, failing within a minute: (its result, None), or (None, why) when the tracking
+    server or the artifact store failed. Any other error is raised."""
+    try:
+        with fail_fast_uploads():
+            return upload(), None
+    except Exception as exc:  # noqa: BLE001 - any store failure is answered, not raised
+        if not is_store_failure(exc):
+            raise
+        return None, short_reason(exc)
+
+
+def _kept_path(root: Path, artifact_path: str) -> Path:
+    """Where an artifact is kept locally, its folder made: laid out as in the run."""
+    path = root / artifact_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _metric_batch(values: dict[str, float], step: int) -> list[Metric]:
     now = int(time.time() * 1000)
     return [Metric(key, value, now, step) for key, value in values.items()]
@@ -200,14 +219,11 @@ class MlflowLogger:
         if self._epoch_images_off or self.upload_error is not None:
             return
         self._open()
-        try:
-            with fail_fast_uploads():
-                MlflowClient().log_image(self.run_id, image, key=key, step=epoch, synchronous=True)
-        except Exception as exc:  # noqa: BLE001 - any store failure: go on without the pictures
-            if not is_store_failure(exc):
-                raise
+        _, failure = _upload(lambda: MlflowClient().log_image(self.run_id, image, key=key, step=epoch,
+                                                              synchronous=True))
+        if failure is not None:
             self._epoch_images_off = True
-            print(f"warning: could not store epoch {epoch}'s {key} image ({short_reason(exc)}); this run goes on "
+            print(f"warning: could not store epoch {epoch}'s {key} image ({failure}); this run goes on "
                   "without per-epoch images", file=sys.stderr)
 
     @reporting_stalls("storing the epochs' metrics")
@@ -239,15 +255,11 @@ class MlflowLogger:
         failed, this and every later artifact are written under `kept_dir` instead."""
         self._open()
         if self.upload_error is None:
-            try:
-                with fail_fast_uploads():
-                    return upload()
-            except Exception as exc:  # noqa: BLE001 - any store failure: keep the artifacts locally
-                if not is_store_failure(exc):
-                    raise
-                self.upload_error = short_reason(exc)
-                print(f"warning: the artifact store failed ({self.upload_error}); keeping this run's artifacts "
-                      f"in {self.kept_dir}", file=sys.stderr)
+            result, self.upload_error = _upload(upload)
+            if self.upload_error is None:
+                return result
+            print(f"warning: the artifact store failed ({self.upload_error}); keeping this run's artifacts "
+                  f"in {self.kept_dir}", file=sys.stderr)
         self.kept_dir.mkdir(parents=True, exist_ok=True)
         keep(self.kept_dir)
         return None
@@ -256,8 +268,7 @@ class MlflowLogger:
         import matplotlib.pyplot as plt
 
         def keep(root: Path) -> None:
-            (root / path).parent.mkdir(parents=True, exist_ok=True)
-            figure.savefig(root / path)
+            figure.savefig(_kept_path(root, path))
 
         try:
             self._artifact(lambda: mlflow.log_figure(figure, path), keep)
@@ -268,15 +279,13 @@ class MlflowLogger:
         text = redact(text)
 
         def keep(root: Path) -> None:
-            (root / path).parent.mkdir(parents=True, exist_ok=True)
-            (root / path).write_text(text)
+            _kept_path(root, path).write_text(text)
 
         self._artifact(lambda: mlflow.log_text(text, path), keep)
 
     def log_file(self, local_path: Path, artifact_dir: str) -> None:
         def keep(root: Path) -> None:
-            (root / artifact_dir).mkdir(parents=True, exist_ok=True)
-            shutil.copy2(local_path, root / artifact_dir / Path(local_path).name)
+            shutil.copy2(local_path, _kept_path(root, f"{artifact_dir}/{Path(local_path).name}"))
 
         self._artifact(lambda: mlflow.log_artifact(str(local_path), artifact_dir), keep)
 

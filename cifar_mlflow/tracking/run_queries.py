@@ -15,8 +15,6 @@ from cifar_mlflow.tracking.store import name_attached_run, set_tags
 
 # Runs of these kinds are not training runs and are left out of comparisons found by search.
 NOT_COMPARABLE_KINDS = {"comparison", "study", "benchmark"}
-
-
 HISTORY_KEYS = ("val_acc", "val_loss", "train_acc", "train_loss", "train_images_per_second")
 
 

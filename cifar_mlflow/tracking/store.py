@@ -16,10 +16,9 @@ from mlflow.tracking import MlflowClient
 
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.redaction import redact, split_tracking_credentials
+from cifar_mlflow.tracking.faults import failure_in_words
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-
-
 # Params that `mlflow run` logged with a value we resolved differently (e.g. lr=auto) are kept,
 # and the resolved value is logged under this prefix (MLflow params cannot change).
 RESOLVED_PREFIX = "resolved."
@@ -63,7 +62,6 @@ def check_tracking_server(uri: str, timeout: float = 10.0) -> None:
     """
     if not uri.startswith(("http://", "https://")):
         return  # the embedded store (or a database) is opened where it is used
-
     auth = None
     if os.environ.get("MLFLOW_TRACKING_USERNAME"):
         auth = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
@@ -77,14 +75,8 @@ def check_tracking_server(uri: str, timeout: float = 10.0) -> None:
                                 params={"max_results": 1}, auth=auth, headers=headers, timeout=timeout,
                                 verify=verify)
     except requests.RequestException as exc:
-        if isinstance(exc, requests.Timeout):
-            reason = f"no answer in {timeout:g} s"
-        elif "Connection refused" in str(exc):
-            reason = "connection refused"
-        elif "Name or service not known" in str(exc) or "NameResolutionError" in str(exc):
-            reason = "unknown host name"
-        else:
-            reason = type(exc).__name__
+        reason = f"no answer in {timeout:g} s" if isinstance(exc, requests.Timeout) else \
+            failure_in_words(exc) or type(exc).__name__
         raise ConfigError(f"cannot reach {where} ({reason}); start it, or point --tracking-uri / "
                           "$MLFLOW_TRACKING_URI at a running one") from None
     if response.status_code == 401:

@@ -44,7 +44,6 @@ RUN_ATTR = "mlflow_run_id"
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
     """The seed of one trial's draws: the same for the same study seed and trial number, anywhere."""
-
     return int(np.random.SeedSequence([study_seed, trial_number]).generate_state(1)[0])
 
 
