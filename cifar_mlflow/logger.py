@@ -44,8 +44,11 @@ class RunLogger(Protocol):
     def log_file(self, local_path: Path, artifact_dir: str) -> None:
         """A local file as an artifact under `artifact_dir`."""
 
-    def log_model(self, model: nn.Module, input_example: np.ndarray, registered_name: str | None) -> None:
-        """The trained model, loadable with `mlflow.pytorch.load_model`."""
+    def log_model(self, model: nn.Module, input_example: np.ndarray, registered_name: str | None,
+                  description: dict[str, Any]) -> None:
+        """The trained model (uint8 images in, logits out), loadable with `mlflow.pytorch.load_model`, and
+        as class names and probabilities with `mlflow.pyfunc.load_model`; `description` is its metadata
+        (`classes` among it)."""
 
     def end(self, status: str) -> None:
         """Close the run as FINISHED, FAILED or KILLED."""
@@ -79,7 +82,7 @@ class NullLogger:
     def log_file(self, local_path, artifact_dir) -> None:
         pass
 
-    def log_model(self, model, input_example, registered_name) -> None:
+    def log_model(self, model, input_example, registered_name, description) -> None:
         pass
 
     def end(self, status) -> None:

@@ -21,7 +21,7 @@ from cifar_mlflow import distributed, metrics, plots
 from cifar_mlflow.config import config_to_dict
 from cifar_mlflow.data.splits import DataSplits, split_profile
 from cifar_mlflow.logger import RunLogger
-from cifar_mlflow.models.inference import NormalizedClassifier, with_tta
+from cifar_mlflow.models.inference import ImageClassifier, with_tta
 from cifar_mlflow.redaction import redact
 
 if TYPE_CHECKING:  # the types only: training imports this module
@@ -105,10 +105,22 @@ def log_report(prepared: Prepared, result: TrainResult, logger: RunLogger) -> No
     logger.log_text(yaml.safe_dump(redact(config_to_dict(prepared.config)), sort_keys=False), "config.yaml")
 
 
+def model_description(prepared: Prepared) -> dict[str, Any]:
+    """What the logged model says about itself (its metadata): classes, input and preprocessing."""
+    data, config = prepared.data, prepared.config
+    channels, height, width = data.image_shape
+    layout = f"(N, {height}, {width}, {channels})" if channels > 1 else f"(N, {height}, {width})"
+    return {"classes": list(data.classes), "input": f"uint8 images {layout}, as np.asarray(PIL.Image.open(path)) reads them",
+            "image_size": [height, width], "channels": channels, "mean": [round(v, 6) for v in data.mean],
+            "std": [round(v, 6) for v in data.std], "arch": config.arch, "dataset": config.dataset, "tta": config.tta,
+            "output": "pytorch flavour: logits; pyfunc: label, probability and p_<class> per class"}
+
+
 def log_trained_model(prepared: Prepared, result: TrainResult, logger: RunLogger) -> None:
-    """The best weights with normalisation built in, on the CPU, in float32."""
+    """The best weights as users call them: images as read from files in, on the CPU, in float32."""
     data = prepared.data
     model = copy.deepcopy(result.model or prepared.model).to("cpu", memory_format=torch.contiguous_format).float().eval()
-    exported = NormalizedClassifier(with_tta(model, prepared.config.tta), data.mean, data.std).eval()
-    example = (data.test.images[:4].float() / 255.0).numpy()  # (4, C, H, W): a batch > 1 keeps N dynamic
-    logger.log_model(exported, example, prepared.config.register_model)
+    exported = ImageClassifier(with_tta(model, prepared.config.tta), data.mean, data.std).eval()
+    example = data.test.images[:4].permute(0, 2, 3, 1)  # (4, H, W, C) uint8: a batch > 1 keeps N dynamic
+    example = (example[..., 0] if example.shape[-1] == 1 else example).contiguous().numpy()
+    logger.log_model(exported, example, prepared.config.register_model, model_description(prepared))

@@ -38,7 +38,7 @@ def test_two_process_training_logs_one_run_with_all_reduced_metrics(imagefolder,
     splits = split_data(load_image_data("imagefolder", str(imagefolder)), val_fraction=0.1, seed=0)
     model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
     with torch.no_grad():
-        predictions = model(splits.val.images.float() / 255).argmax(1)
+        predictions = model(splits.val.images.permute(0, 2, 3, 1)).argmax(1)
     accuracy = (predictions == splits.val.labels).float().mean().item()
     assert run.data.metrics["val_acc"] == accuracy == run.data.metrics["best_val_acc"]
     assert not list((tmp_path / "ckpt").rglob("*.pt"))  # written by rank 0 only, removed when finished

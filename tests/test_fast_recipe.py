@@ -132,6 +132,6 @@ def test_logged_fast_model_includes_test_time_augmentation(mlflow_server, imagef
     model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
     data = load_image_data("imagefolder", str(imagefolder))
     with torch.no_grad():
-        predictions = model(data.test_images.float() / 255.0).argmax(1)
+        predictions = model(data.test_images.permute(0, 2, 3, 1)).argmax(1)
     accuracy = (predictions == data.test_labels).float().mean().item()
     assert accuracy == pytest.approx(run.data.metrics["test_acc"], abs=1e-6)

@@ -1,4 +1,5 @@
-"""The model as it is logged: normalisation built in, so it takes images scaled to [0, 1]."""
+"""The model as it is logged (preprocessing built in, so it takes images as read from files) and
+test-time augmentation."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class NormalizedClassifier(nn.Module):
-    """`(N, C, H, W)` float images in [0, 1] -> `(N, num_classes)` logits."""
+class ImageClassifier(nn.Module):
+    """Images as read from files -> logits.
+
+    Takes `(N, H, W, C)` uint8 tensors (`(N, H, W)` for a one-channel model), the layout
+    `np.asarray(PIL.Image.open(path))` gives, and scales and normalises them as in training.
+    """
 
     def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
@@ -17,7 +22,10 @@ class NormalizedClassifier(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model((images - self.mean) / self.std)
+        if images.ndim == 3:  # one channel, as PIL reads a grayscale image
+            images = images.unsqueeze(-1)
+        scaled = images.permute(0, 3, 1, 2).float() / 255.0
+        return self.model((scaled - self.mean) / self.std)
 
 
 class TestTimeAugmented(nn.Module):

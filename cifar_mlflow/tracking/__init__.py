@@ -2,6 +2,8 @@
 
 - `store`: the tracking URI, the server check, experiments by id, params and tags written race-safely
 - `run_logger`: `MlflowLogger`, the training run's logger (the `RunLogger` the training core talks to)
+- `served_model`, `cifar_mlflow_pyfunc`: the logged model (images in; logits, or class names and
+  probabilities, out) and its pyfunc loader
 - `study_run`: `StudyTracker`, a tuning study's parent run
 - `run_queries`: runs read back for comparisons, and the comparison's run
 - `benchmark_log`: the benchmark's run

@@ -289,33 +289,35 @@ class MlflowLogger:
 
         self._artifact(lambda: mlflow.log_artifact(str(local_path), artifact_dir), keep)
 
-    def log_model(self, model: nn.Module, input_example: np.ndarray, registered_name: str | None) -> None:
-        import mlflow.pytorch
+    def log_model(self, model: nn.Module, input_example: np.ndarray, registered_name: str | None,
+                  description: dict[str, Any]) -> None:
         import torch
         import torchvision
+        from mlflow.models import Model
+
+        from cifar_mlflow.tracking import served_model
 
         # Given explicitly: MLflow's own inference of requirements re-loads the model in a subprocess.
-        requirements = [f"torch=={torch.__version__.split('+')[0]}",
-                        f"torchvision=={torchvision.__version__.split('+')[0]}"]
-        # Default "pt2" (torch.export): loads without this package's code; a pickle where export fails.
-        serialization = {}
+        options = dict(network=model, input_example=input_example,
+                       signature=served_model.signature(input_example, description["classes"]),
+                       pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                                         f"torchvision=={torchvision.__version__.split('+')[0]}"])
 
+        # Default "pt2" (torch.export): loads without this package's code; a pickle where export fails.
         def upload():
-            return mlflow.pytorch.log_model(model, name="model", input_example=input_example,
-                                            pip_requirements=requirements, registered_model_name=registered_name,
-                                            **serialization)
+            return Model.log(None, served_model, name="model", flavor_name="pytorch", metadata=description,
+                             registered_model_name=registered_name, **options)
 
         def keep(root: Path) -> None:
             shutil.rmtree(root / "model", ignore_errors=True)
-            mlflow.pytorch.save_model(model, str(root / "model"), input_example=input_example,
-                                      pip_requirements=requirements, **serialization)
+            served_model.save_model(str(root / "model"), Model(metadata=description), **options)
 
         try:
             info = self._artifact(upload, keep)
         except Exception as exc:  # noqa: BLE001 - e.g. a user model torch.export cannot trace
             warnings.warn(f"torch.export could not export the model ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:200]}); logging it as a pickle instead", stacklevel=2)
-            serialization["serialization_format"] = "pickle"
+            options["serialization_format"] = "pickle"
             info = self._artifact(upload, keep)
         self.registered_version = info.registered_model_version if info is not None else None
 
