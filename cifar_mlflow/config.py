@@ -135,6 +135,10 @@ class TrainConfig:
     checkpoint_dir: str = _field("./checkpoints", "where the resumable per-run checkpoint is kept")
     resume: str | None = _field(None, "MLflow run id of an interrupted run to continue from its "
                                 "checkpoint")
+    from_run: str | None = _field(None, "MLflow run id of a run to train again: its params become the "
+                                  "options (any option given here wins), its code commit and data digest "
+                                  "are checked against today's (a warning when they differ), and a new run "
+                                  "named RUN_NAME-rerun goes into the same experiment")
 
 
 # The settings of tv: classifiers and user builders; built-in models carry their own, next to their

@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# A param logged again with another value (the value used, where `mlflow run` logged the one given) gets this
+# prefix: params never change once logged.
+RESOLVED_PREFIX = "resolved."
+
 
 @dataclass
 class RunRecord:

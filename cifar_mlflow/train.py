@@ -29,6 +29,7 @@ from cifar_mlflow.config import (
 from cifar_mlflow.errors import ConfigError, NonFiniteLossError
 from cifar_mlflow.models import list_models, model_description, recommended_settings
 from cifar_mlflow.redaction import protect_console, redact
+from cifar_mlflow.rerun import SourceRun, options_from_params, provenance_warnings
 
 # Options that may differ from the interrupted run's own config when resuming it.
 RESUME_OVERRIDABLE = {"epochs", "patience", "device", "progress", "tracking_uri", "resume", "checkpoint_dir",
@@ -62,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  python -m cifar_mlflow.train --recipe fast\n"
                "  python -m cifar_mlflow.train --arch mobilenetv2 --model-args '{\"width_mult\": 0.5}' --epochs 5\n"
                "  python -m cifar_mlflow.train --config run.yaml --lr 0.02\n"
-               "  python -m cifar_mlflow.train --resume RUN_ID",
+               "  python -m cifar_mlflow.train --resume RUN_ID\n"
+               "  python -m cifar_mlflow.train --from-run RUN_ID --seed 1",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", metavar="FILE.yaml",
                         help="read options from a YAML mapping (same names, snake_case); flags given here win")
@@ -179,7 +181,9 @@ def _prepare(args: argparse.Namespace, workdir: Path):
     if values.get("tracking_uri"):
         values["tracking_uri"] = uri  # credentials of an http URI are in the environment now
     check_tracking_server(uri)  # before the data is read: an unreachable server fails in seconds
-    state = None
+    state = source = None
+    if values.get("from_run"):
+        values, source = _from_run_values(values, uri)
     if distributed.launched_by_torchrun():
         if values.get("resume"):
             raise ConfigError("--resume is not supported under torchrun yet; resume with a single process")
@@ -194,7 +198,30 @@ def _prepare(args: argparse.Namespace, workdir: Path):
     if state is not None and state.get("data_digest") != prepared.data.digest:
         raise ConfigError(f"the data differs from the data run {values['resume']} was trained on "
                           f"(digest {prepared.data.digest} vs {state.get('data_digest')})")
+    if source is not None and distributed.is_main():
+        from cifar_mlflow.run_record import git_commit
+
+        for warning in provenance_warnings(source, git_commit(), prepared.data.digest):
+            print(f"warning: {warning}", file=sys.stderr)
     return prepared, uri, state
+
+
+def _from_run_values(values: dict[str, Any], uri: str) -> tuple[dict[str, Any], SourceRun]:
+    """The recorded run's options under the ones given now, named and placed beside it."""
+    from cifar_mlflow.tracking import fetch_source_run
+
+    if values.get("resume"):
+        raise ConfigError("--from-run trains a new run and --resume continues one: give one of them")
+    source = fetch_source_run(uri, values["from_run"])
+    recorded = options_from_params(source)
+    changed = sorted(k for k, v in values.items() if k in recorded and recorded[k] != v)
+    if changed:
+        print(f"note: re-creating run {source.run_id} with {', '.join(f'{k}={values[k]}' for k in changed)} "
+              "changed", file=sys.stderr)
+    placed = {"run_name": f"{source.name}-rerun"}
+    if not os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run`, its experiment wins
+        placed["experiment_name"] = source.experiment_name
+    return {**recorded, **placed, **values}, source
 
 
 def _train(prepared, uri: str, state: dict[str, Any] | None) -> int:

@@ -55,6 +55,11 @@ def entry_point(module: str, *config_classes: type) -> list[str]:
     return ["    parameters:", *params, "    command: >-", *("      " + c for c in command)]
 
 
+# Train a recorded run again: `mlflow run . -e from_run -P from_run=RUN_ID` (other -P options override).
+FROM_RUN = ["  from_run:", "    parameters:", "      from_run: {type: string}", "    command: >-",
+            "      python -m cifar_mlflow.train --from-run {from_run}"]
+
+
 def render() -> str:
     head = ["# Entry points generated from TrainConfig, TuneConfig and CompareConfig",
             "# by tools/gen_mlproject.py; tests/test_project_files.py fails when they drift apart.",
@@ -64,7 +69,8 @@ def render() -> str:
             "name: cifar_mlflow", "", "conda_env: conda.yaml", "", "entry_points:"]
     return "\n".join(head + ["  main:", *entry_point("cifar_mlflow.train", TrainConfig),
                              "  tune:", *entry_point("cifar_mlflow.tune", TuneConfig, TrainConfig),
-                             "  compare:", *entry_point("cifar_mlflow.compare", CompareConfig)]) + "\n"
+                             "  compare:", *entry_point("cifar_mlflow.compare", CompareConfig),
+                             *FROM_RUN]) + "\n"
 
 
 if __name__ == "__main__":

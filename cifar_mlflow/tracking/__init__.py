@@ -16,10 +16,10 @@ loading MLflow.
 from cifar_mlflow.tracking.benchmark_log import log_benchmark
 from cifar_mlflow.tracking.heartbeat import mark_stale_runs, refuse_live_run
 from cifar_mlflow.tracking.run_logger import MlflowLogger, download_checkpoint, set_model_alias
-from cifar_mlflow.tracking.run_queries import fetch_run_records, log_comparison, select_runs
+from cifar_mlflow.tracking.run_queries import fetch_run_records, fetch_source_run, log_comparison, select_runs
 from cifar_mlflow.tracking.store import check_tracking_server, experiment_id_for, set_tags, tracking_uri
 from cifar_mlflow.tracking.study_run import StudyTracker, fail_stale_run
 
 __all__ = ["MlflowLogger", "StudyTracker", "check_tracking_server", "download_checkpoint", "experiment_id_for",
-           "fail_stale_run", "fetch_run_records", "log_benchmark", "log_comparison", "mark_stale_runs",
+           "fail_stale_run", "fetch_run_records", "fetch_source_run", "log_benchmark", "log_comparison", "mark_stale_runs",
            "refuse_live_run", "select_runs", "set_model_alias", "set_tags", "tracking_uri"]

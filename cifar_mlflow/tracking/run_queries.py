@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.records import RunRecord
+from cifar_mlflow.rerun import SourceRun
 from cifar_mlflow.tracking.store import name_attached_run, set_tags
 
 # Runs of these kinds are not training runs and are left out of comparisons found by search.
@@ -58,6 +59,17 @@ def select_runs(uri: str, *, run_ids: list[str] | None = None, experiment: str |
     if not runs:
         raise ConfigError("no runs match this selection (finished training runs with the asked metric)")
     return runs
+
+
+def fetch_source_run(uri: str, run_id: str) -> SourceRun:
+    """The run `--from-run` re-creates; `ConfigError` when there is no such run."""
+    client = MlflowClient(uri)
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise ConfigError(f"no MLflow run {run_id!r} at {uri}; --from-run takes the id of a finished run") from None
+    experiment = client.get_experiment(run.info.experiment_id)
+    return SourceRun(run_id, run.info.run_name or run_id, experiment.name, dict(run.data.params), dict(run.data.tags))
 
 
 def fetch_run_records(uri: str, runs: list, workdir: Path) -> list:

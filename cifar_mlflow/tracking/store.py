@@ -15,14 +15,11 @@ from mlflow.entities import Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from cifar_mlflow.errors import ConfigError
+from cifar_mlflow.records import RESOLVED_PREFIX
 from cifar_mlflow.redaction import redact, split_tracking_credentials
 from cifar_mlflow.tracking.faults import failure_in_words
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-# Params that `mlflow run` logged with a value we resolved differently (e.g. lr=auto) are kept,
-# and the resolved value is logged under this prefix (MLflow params cannot change).
-RESOLVED_PREFIX = "resolved."
-
 
 def tracking_uri(explicit: str | None) -> str:
     """--tracking-uri, else $MLFLOW_TRACKING_URI, else the embedded SQLite store in the working directory.

@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_configs(argv: list[str] | None) -> tuple[TuneConfig, TrainConfig]:
     args = build_parser().parse_args(argv)
     train_values, _ = collect_values(args, TrainConfig, extra=TUNE_NAMES)
+    for name in ("resume", "from_run"):
+        if train_values.get(name):
+            raise ConfigError(f"--{name.replace('_', '-')} belongs to the training command; a study resumes by its "
+                              "--study-name, and a run's settings are tuned from its options")
     if train_values.get("val_fraction") == 0:
         raise ConfigError("tuning compares trials on a validation split: --val-fraction must be above 0")
     if train_values.get("val_fraction") is None:

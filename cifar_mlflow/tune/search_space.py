@@ -31,7 +31,7 @@ from cifar_mlflow.errors import ConfigError
 KINDS = ("float", "int", "categorical")
 MODEL_ARGS_PREFIX = "model_args."
 # Options a trial must not change: where it logs, what it resumes, how it reports progress.
-NOT_TUNABLE = {"tracking_uri", "resume", "run_name", "experiment_name", "checkpoint_dir", "register_model",
+NOT_TUNABLE = {"tracking_uri", "resume", "from_run", "run_name", "experiment_name", "checkpoint_dir", "register_model",
                "log_model", "progress", "device", "data_dir", "dataset", "model_args"}
 
 
