@@ -127,10 +127,11 @@ class TrainConfig:
     run_name: str | None = _field(None, "MLflow run name (default: e.g. cnn-sgd-lr0.05-e30-s0)")
     tracking_uri: str | None = _field(None, "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
                                       "else sqlite:///mlflow.db)")
-    log_model: bool = _field(True, "log the trained model with mlflow.pytorch.log_model")
+    log_model: bool = _field(True, "log the trained model: uint8 images in, class names and probabilities "
+                             "(pyfunc) or logits (pytorch) out")
     system_metrics: bool = _field(True, "log MLflow's system metrics with the run: CPU, memory, disk and "
-                                  "network every 10 s (and GPU utilisation and memory where the pynvml "
-                                  "package and a GPU are there)")
+                                  "network every 10 s, and GPU utilisation, memory and power where there "
+                                  "is an NVIDIA GPU")
     register_model: str | None = _field(None, "register the logged model under this name")
     checkpoint_dir: str = _field("./checkpoints", "where the resumable per-run checkpoint is kept")
     resume: str | None = _field(None, "MLflow run id of an interrupted run to continue from its "

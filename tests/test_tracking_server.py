@@ -228,6 +228,35 @@ def test_system_metrics_can_be_turned_off(mlflow_server, imagefolder, tmp_path) 
     assert not [k for k in run.data.metrics if k.startswith("system/")]
 
 
+def test_gpu_utilisation_and_memory_are_logged_where_nvml_answers(mlflow_server, imagefolder, tmp_path,
+                                                                  monkeypatch) -> None:
+    """The GPU is the one thing faked here (this machine has none): NVML answers as for one GPU, and the run
+    gets MLflow's GPU system metrics through the nvidia-ml-py the package installs."""
+    from types import SimpleNamespace
+
+    import pynvml
+
+    from cifar_mlflow.train import main
+
+    fake = {"nvmlInit": lambda: None, "nvmlDeviceGetCount": lambda: 1, "nvmlDeviceGetHandleByIndex": lambda i: i,
+            "nvmlDeviceGetMemoryInfo": lambda h: SimpleNamespace(used=2e9, total=8e9),
+            "nvmlDeviceGetUtilizationRates": lambda h: SimpleNamespace(gpu=73),
+            "nvmlDeviceGetPowerUsage": lambda h: 150_000, "nvmlDeviceGetEnforcedPowerLimit": lambda h: 300_000}
+    for name, function in fake.items():
+        monkeypatch.setattr(pynvml, name, function)
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
+    code = main(["--dataset", "imagefolder", "--data-dir", str(imagefolder), "--arch", "lenet", "--epochs", "2",
+                 "--batch-size", "16", "--no-progress", "--experiment-name", "gpu-system-metrics",
+                 "--tracking-uri", mlflow_server, "--checkpoint-dir", str(tmp_path)])
+    assert code == 0
+    client = MlflowClient(mlflow_server)
+    (run,) = client.search_runs([client.get_experiment_by_name("gpu-system-metrics").experiment_id])
+    assert run.data.metrics["system/gpu_0_utilization_percentage"] == 73
+    assert run.data.metrics["system/gpu_0_memory_usage_percentage"] == 25
+    assert run.data.metrics["system/gpu_0_power_usage_watts"] == 150
+
+
 def test_the_confusion_matrix_of_every_epoch_is_an_image_with_its_step(server_run, tmp_path) -> None:
     from PIL import Image
 
