@@ -4,6 +4,9 @@ goes to `mlflow.pyfunc.load_model` and to `mlflow models serve`, and class names
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -150,3 +153,44 @@ def test_one_channel_model_takes_grayscale_images_as_pil_reads_them(tmp_path, mo
     assert as_read.shape == (1, 28, 28)
     classes = model.metadata.metadata["classes"]
     assert len(classes) == 10 and model.predict(as_read)["label"][0] in classes
+
+
+def test_the_ui_shows_each_logged_model_with_its_test_metrics(served_runs, mlflow_server, tmp_path) -> None:
+    """In a real Chromium: the experiment's Models page lists both runs' models by their runs, and a
+    model's page shows its test accuracy. `CIFAR_MLFLOW_SCREENSHOTS=docs/images` keeps the picture."""
+    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+
+    if not shutil.which(CHROMIUM):
+        pytest.skip("Chromium is not installed (.ci/run installs Debian's chromium package)")
+    from playwright.sync_api import sync_playwright
+
+    client = MlflowClient(mlflow_server)
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    (best, *_) = mlflow.search_logged_models(experiment_ids=[experiment_id], output_format="list",
+                                             order_by=[{"field_name": "metrics.test_acc", "ascending": False}])
+    shots = Path(os.environ.get("CIFAR_MLFLOW_SCREENSHOTS") or tmp_path)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 900})
+            page.goto(f"{mlflow_server}/#/experiments/{experiment_id}/models/{best.model_id}")
+            page.wait_for_selector("text=test_acc", timeout=90_000)
+            page.get_by_text("Model training", exact=True).click()  # the UI opens in its GenAI mode
+            if page.locator("button[aria-label='Close']").count():
+                page.locator("button[aria-label='Close']").first.click()  # the assistant panel
+            page.get_by_text("Models", exact=True).first.click()
+            page.wait_for_selector("text=Source run", timeout=60_000)
+            listing = page.inner_text("body")
+            page.goto(f"{mlflow_server}/#/experiments/{experiment_id}/models/{best.model_id}")
+            page.wait_for_selector("text=test_acc", timeout=90_000)
+            detail = page.inner_text("body")
+            page.screenshot(path=str(shots / "mlflow-logged-model.png"))
+        finally:
+            browser.close()
+    for run_id in served_runs.values():
+        assert client.get_run(run_id).info.run_name in listing
+    assert listing.count("Ready") >= 2
+    test_acc = {m.key: m.value for m in best.metrics}["test_acc"]
+    shown = re.search(r"\ntest_acc\s+-\s+\S+\s+(\S+)\n", detail)  # metric, dataset, source run, value
+    assert shown and float(shown.group(1)) == pytest.approx(test_acc), detail[:2000]
+    assert (shots / "mlflow-logged-model.png").stat().st_size > 20_000
