@@ -22,7 +22,7 @@ from cifar_mlflow.errors import ConfigError
 DATASETS = ("cifar10", "cifar100", "fashion_mnist", "mnist", "svhn", "imagefolder", "synthetic")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("onecycle", "linear", "cosine", "step", "plateau", "none")
-AUGMENTS = ("none", "light", "standard", "strong")
+AUGMENTS = ("none", "flip", "light", "standard", "strong")
 FLIPS = ("random", "alternating")
 TTAS = ("none", "flip", "flip_translate")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -71,8 +71,8 @@ class TrainConfig:
                                         "default: 0.1, or the recipe's")
     max_train_samples: int | None = _field(None, "cap the training split (quick runs)")
     max_eval_samples: int | None = _field(None, "cap the validation and test splits (quick runs)")
-    augment: str | None = _field(None, "augmentation preset: none, light (2-pixel translate + "
-                                 "flip), standard (4-pixel crop + flip) or strong (adds colour "
+    augment: str | None = _field(None, "augmentation preset: none, flip (horizontal flips only), "
+                                 "light (2-pixel translate + flip), standard (4-pixel crop + flip) or strong (adds colour "
                                  "jitter, rotation, erasing); default: recommended for the arch",
                                  choices=AUGMENTS)
     flip: str | None = _field(None, "horizontal flips of the augmentation presets: random (each "

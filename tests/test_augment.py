@@ -140,3 +140,12 @@ def test_alternating_flips_mirror_each_image_in_every_other_epoch() -> None:
     assert not torch.equal(second, ~first)
     with pytest.raises(ValueError, match="alternating"):
         t(originals[:4], torch.Generator())  # without the loader's flips
+
+
+def test_flip_preset_only_mirrors() -> None:
+    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    out = BatchTransform("flip", (0.0,) * 3, (1.0,) * 3)(images, torch.Generator().manual_seed(0)) * 255
+    same = (out.round() == images.float()).flatten(1).all(1)
+    mirrored = (out.round() == images.flip(-1).float()).flatten(1).all(1)
+    assert bool((same | mirrored).all())  # no translation, no other change
+    assert 16 < int(mirrored.sum()) < 48

@@ -125,7 +125,8 @@ def test_mlflow_models_serve_answers_class_names_for_pngs(served_runs, imagefold
         assert status == 400 and "out of bounds for uint8" in body["message"]
 
 
-def test_logged_models_carry_the_test_metrics_and_rank(served_runs) -> None:
+def test_logged_models_carry_the_test_metrics_and_rank(served_runs, mlflow_server) -> None:
+    mlflow.set_tracking_uri(mlflow_server)
     experiment = MlflowClient().get_experiment_by_name(EXPERIMENT)
     models = mlflow.search_logged_models(experiment_ids=[experiment.experiment_id], output_format="list",
                                          order_by=[{"field_name": "metrics.test_acc", "ascending": False}])
@@ -164,6 +165,7 @@ def test_the_ui_shows_each_logged_model_with_its_test_metrics(served_runs, mlflo
         pytest.skip("Chromium is not installed (.ci/run installs Debian's chromium package)")
     from playwright.sync_api import sync_playwright
 
+    mlflow.set_tracking_uri(mlflow_server)  # another test may have pointed the client elsewhere
     client = MlflowClient(mlflow_server)
     experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
     (best, *_) = mlflow.search_logged_models(experiment_ids=[experiment_id], output_format="list",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -46,8 +47,9 @@ class RecordingLogger:
     def log_file(self, local_path, artifact_dir) -> None:
         self.artifacts[f"{artifact_dir}/{Path(local_path).name}"] = local_path
 
-    def log_model(self, model, input_example, registered_name) -> None:
+    def log_model(self, model, input_example, registered_name, description) -> None:
         self.model = (model, input_example)
+        self.description = description
 
     def end(self, status) -> None:
         self.status = status
@@ -75,8 +77,10 @@ def test_train_learns_and_reports_everything(imagefolder) -> None:
     assert logger.params["num_parameters"] > 0 and logger.params["train_size"] + logger.params["val_size"] == 72
     assert logger.params["optimizer"] == "sgd" and logger.tags["arch"] == "cnn_small"
     model, example = logger.model
-    probs = model(torch.as_tensor(example)).softmax(1)  # takes [0, 1] images: normalisation is built in
+    assert example.dtype == np.uint8 and example.shape == (4, 32, 32, 3)  # images as PIL reads them
+    probs = model(torch.as_tensor(example)).softmax(1)  # scaling and normalisation are built in
     assert probs.shape == (4, 3)
+    assert logger.description["classes"] == ["cat", "dog", "ship"] and logger.description["image_size"] == [32, 32]
     assert (probs.argmax(1) == result.test.labels[:4]).float().mean() >= 0.75
 
 

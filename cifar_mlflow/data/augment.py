@@ -91,11 +91,14 @@ def random_erasing(x: torch.Tensor, gen: torch.Generator, p: float = 0.5,
     return x.masked_fill(mask[:, None], 0.0)
 
 
+CROP_PADDING = {"flip": 0, "light": 2}  # pixels of translation per preset; standard and strong: 4
+
+
 class BatchTransform:
     """uint8 batch -> augmented, normalised float batch.
 
     Args:
-        preset: "none", "light" (reflect-pad-2 crop, i.e. translate by up to 2 pixels, + horizontal
+        preset: "none", "flip" (horizontal flips only), "light" (reflect-pad-2 crop, i.e. translate by up to 2 pixels, + horizontal
             flip), "standard" (reflect-pad-4 crop + horizontal flip) or "strong" (standard plus
             colour jitter, rotation up to 15 degrees and random erasing).
         mean, std: per-channel statistics in [0, 1] used for normalisation.
@@ -125,7 +128,7 @@ class BatchTransform:
             if self.preset == "strong":
                 x = colour_jitter(x.float().div_(255.0), gen)
             # Crop and flip move pixels without changing them: on uint8 when they come first.
-            x = random_crop(x, 2 if self.preset == "light" else 4, gen, hflip=self.hflip_ok,
+            x = random_crop(x, CROP_PADDING.get(self.preset, 4), gen, hflip=self.hflip_ok,
                             flips=flips if self.alternating_flips else None)
             if self.preset == "strong":
                 x = random_rotation(x, gen)
