@@ -20,7 +20,7 @@ from typing import Any
 from cifar_mlflow.errors import ConfigError
 
 DATASETS = ("cifar10", "cifar100", "fashion_mnist", "mnist", "svhn", "imagefolder", "synthetic")
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
 SCHEDULERS = ("onecycle", "linear", "cosine", "step", "plateau", "none")
 AUGMENTS = ("none", "flip", "light", "standard", "strong")
 FLIPS = ("random", "alternating")
@@ -87,10 +87,14 @@ class TrainConfig:
     # Optimisation
     epochs: int | None = _field(None, "number of epochs; default: recommended for the arch")
     batch_size: int | None = _field(None, "mini-batch size; default: recommended for the arch")
-    optimizer: str | None = _field(None, "optimizer; default: recommended for the arch",
-                                   choices=OPTIMIZERS)
+    optimizer: str | None = _field(None, "optimizer (muon: torch.optim.Muon on the hidden layers' weight "
+                                   "matrices and conv filter banks at --muon-lr, SGD with Nesterov momentum "
+                                   "at --lr on the rest: biases, norm layers, the first and last layers); "
+                                   "default: recommended for the arch", choices=OPTIMIZERS)
     lr: float | None = _field(None, "peak learning rate; default: recommended for the arch")
-    momentum: float | None = _field(None, "SGD momentum; default: recommended for the arch")
+    muon_lr: float | None = _field(None, "peak learning rate of the weights Muon trains (--optimizer muon); "
+                                   "default: recommended for the arch, else 0.02")
+    momentum: float | None = _field(None, "SGD (and Muon) momentum; default: recommended for the arch")
     nesterov: bool = _field(True, "use Nesterov momentum with SGD")
     weight_decay: float | None = _field(None, "weight decay (not applied to biases and norm "
                                         "layers); default: recommended for the arch")
@@ -149,7 +153,7 @@ GENERIC_RECOMMENDED: dict[str, Any] = dict(optimizer="sgd", lr=0.05, weight_deca
 
 
 # Settings every architecture gets when its own recommendations leave them out.
-COMMON_SETTINGS = dict(momentum=0.9, warmup_epochs=1.0, val_fraction=0.1, tta="none", lookahead=False,
+COMMON_SETTINGS = dict(momentum=0.9, muon_lr=0.02, warmup_epochs=1.0, val_fraction=0.1, tta="none", lookahead=False,
                        flip="random")
 
 def recommended_for(arch: str) -> dict[str, Any]:
@@ -225,6 +229,7 @@ def validate_config(config: TrainConfig) -> None:
             raise ConfigError(f"{name} must be a positive number, got {value!r}")
 
     positive("lr")
+    positive("muon_lr")
     positive("batch_size")
     positive("epochs")
     for name in ("image_size", "max_train_samples", "max_eval_samples", "lr_step_size",

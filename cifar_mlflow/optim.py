@@ -10,16 +10,18 @@ import torch
 from torch import nn
 
 from cifar_mlflow.config import TrainConfig
+from cifar_mlflow.errors import ConfigError
 
 
-def _param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+def _param_groups(model: nn.Module, lr: float, weight_decay: float, leave_out: set[int] = frozenset()) -> list[dict]:
     """Weight decay on weights only: biases and normalisation parameters (ndim <= 1) are not decayed.
 
     A parameter with an `lr_scale` attribute (airbench's batch-norm biases) trains at `lr * lr_scale`.
+    Parameters whose `id` is in `leave_out` are left to another optimizer.
     """
     groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for p in model.parameters():
-        if p.requires_grad:
+        if p.requires_grad and id(p) not in leave_out:
             groups.setdefault((p.ndim > 1, float(getattr(p, "lr_scale", 1.0))), []).append(p)
     return [{"params": params, "lr": lr * scale, "weight_decay": weight_decay if decay else 0.0}
             for (decay, scale), params in sorted(groups.items(), key=lambda item: (not item[0][0], item[0][1]))]
@@ -33,7 +35,24 @@ _OPTIMIZERS: dict[str, Callable[[list[dict], TrainConfig], torch.optim.Optimizer
 }
 
 
+def _muon(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """Muon at `muon_lr` on the hidden layers' weights, SGD at `lr` on everything else."""
+    if not hasattr(torch.optim, "Muon"):
+        raise ConfigError(f"--optimizer muon needs PyTorch 2.9 or later (torch.optim.Muon); this is {torch.__version__}")
+    from cifar_mlflow.muon import MuonWithSGD, hidden_weights
+
+    hidden = hidden_weights(model)
+    if not hidden:
+        raise ConfigError(f"--optimizer muon: {config.arch} has no hidden weight matrices or filter banks to train "
+                          "(only a first and a last layer); use sgd, adam or adamw")
+    muon_groups = [{"params": hidden, "lr": config.muon_lr, "weight_decay": config.weight_decay}]
+    sgd_groups = _param_groups(model, config.lr, config.weight_decay, leave_out={id(p) for p in hidden})
+    return MuonWithSGD(sgd_groups, muon_groups, momentum=config.momentum, nesterov=config.nesterov)
+
+
 def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if config.optimizer == "muon":
+        return _muon(config, model)
     return _OPTIMIZERS[config.optimizer](_param_groups(model, config.lr, config.weight_decay), config)
 
 

@@ -1,0 +1,128 @@
+"""`--optimizer muon`: PyTorch's Muon on the hidden layers' weights (filter banks as matrices), SGD on the rest."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from cifar_mlflow.config import TrainConfig, resolve_config
+from cifar_mlflow.errors import ConfigError
+from cifar_mlflow.models import get_model
+from cifar_mlflow.muon import FilterBankMuon, MuonWithSGD, as_matrix
+from cifar_mlflow.optim import build_optimizer, build_schedule
+from cifar_mlflow.training import train
+from tests.test_training import quick
+
+
+def steps(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], grads: list[list[torch.Tensor]]) -> None:
+    for step_grads in grads:
+        for p, g in zip(params, step_grads):
+            p.grad = g.clone().to(memory_format=torch.preserve_format)
+        optimizer.step()
+
+
+def test_on_matrices_it_is_pytorchs_muon() -> None:
+    torch.manual_seed(0)
+    start = torch.randn(16, 24)
+    grads = [[torch.randn(16, 24)] for _ in range(3)]
+    ours, theirs = nn.Parameter(start.clone()), nn.Parameter(start.clone())
+    steps(FilterBankMuon([ours], lr=0.02, momentum=0.9), [ours], grads)
+    steps(torch.optim.Muon([theirs], lr=0.02, momentum=0.9), [theirs], grads)
+    assert torch.equal(ours, theirs)
+    assert not torch.equal(ours, start)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_filter_bank_is_updated_as_the_matrix_it_is_viewed_as(channels_last) -> None:
+    torch.manual_seed(0)
+    start = torch.randn(8, 4, 3, 3)
+    grads = [torch.randn(8, 4, 3, 3) for _ in range(3)]
+    bank = nn.Parameter(start.clone().to(memory_format=torch.channels_last if channels_last else torch.contiguous_format))
+    matrix = nn.Parameter(start.reshape(8, -1).clone())
+    steps(FilterBankMuon([bank], lr=0.02, momentum=0.9), [bank],
+          [[g.to(memory_format=bank.data.is_contiguous() and torch.contiguous_format or torch.channels_last)]
+           for g in grads])
+    steps(torch.optim.Muon([matrix], lr=0.02, momentum=0.9), [matrix], [[g.reshape(8, -1)] for g in grads])
+    assert bank.is_contiguous(memory_format=torch.channels_last) == channels_last  # updated in place
+    # bf16 Newton-Schulz: the column order of a channels-last view changes the rounding, nothing else
+    torch.testing.assert_close(bank.detach().reshape(8, -1), matrix.detach(), atol=0 if not channels_last else 2e-3,
+                               rtol=0 if not channels_last else 1e-2)
+
+
+def test_as_matrix_shares_storage() -> None:
+    weight = torch.zeros(4, 2, 3, 3).to(memory_format=torch.channels_last)
+    as_matrix(weight).add_(1.0)
+    assert bool((weight == 1).all())
+
+
+def cnn_small() -> nn.Module:
+    """Built and run once, as training does: its lazy classifier gets its weight."""
+    model = get_model("cnn_small", num_classes=10, in_channels=3)
+    with torch.no_grad():
+        model.eval()(torch.zeros(2, 3, 32, 32))
+    return model
+
+
+def muon_config(**changes) -> TrainConfig:
+    return resolve_config(TrainConfig(arch="cnn_small", dataset="synthetic", optimizer="muon", epochs=2, **changes))
+
+
+def test_muon_trains_the_hidden_weights_and_sgd_the_rest() -> None:
+    config = muon_config(muon_lr=0.03)
+    model = cnn_small()
+    optimizer = build_optimizer(config, model)
+    assert isinstance(optimizer, MuonWithSGD)
+    in_muon = [p for g in optimizer.muon.param_groups for p in g["params"]]
+    in_sgd = [p for g in optimizer.sgd.param_groups for p in g["params"]]
+    weights = [p for p in model.parameters() if p.ndim >= 2]
+    assert len(weights) == 4 and {id(p) for p in in_muon} == {id(p) for p in weights[1:3]}  # not the first conv, not the head
+    assert {id(p) for p in in_muon} | {id(p) for p in in_sgd} == {id(p) for p in model.parameters()}
+    assert not {id(p) for p in in_muon} & {id(p) for p in in_sgd}
+    assert optimizer.param_groups[0]["lr"] == config.lr and optimizer.muon.param_groups[0]["lr"] == 0.03
+    schedule = build_schedule(config, optimizer, steps_per_epoch=10)  # one-cycle: both rise from a tenth or so
+    assert optimizer.muon.param_groups[0]["lr"] < 0.03 and optimizer.sgd.param_groups[0]["lr"] < config.lr
+    for _ in range(5):
+        optimizer.step()
+        schedule.step_batch()
+        # one schedule for both: each at the same fraction of its own peak
+        assert optimizer.muon.param_groups[0]["lr"] / 0.03 == pytest.approx(optimizer.param_groups[0]["lr"] / config.lr)
+
+
+def test_a_model_without_hidden_weights_is_refused() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    with pytest.raises(ConfigError, match="no hidden weight"):
+        build_optimizer(muon_config(), model)
+
+
+def test_state_dict_continues_the_same_run() -> None:
+    torch.manual_seed(0)
+    model, twin = cnn_small(), cnn_small()
+    twin.load_state_dict(model.state_dict())
+    config = muon_config()
+    images, labels = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+
+    def train_step(net: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(net(images), labels).backward()
+        optimizer.step()
+
+    model.eval(), twin.eval()  # no dropout: the same arithmetic in both
+    first = build_optimizer(config, model)
+    for _ in range(3):
+        train_step(model, first)
+    second = build_optimizer(config, twin)
+    for _ in range(2):
+        train_step(twin, second)
+    resumed = build_optimizer(config, twin)
+    resumed.load_state_dict(second.state_dict())
+    train_step(twin, resumed)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_a_run_with_muon_learns(imagefolder) -> None:
+    result = train(dataclasses.replace(quick(imagefolder, optimizer="muon", muon_lr=0.05), epochs=4))
+    assert result.test.acc > 0.8
