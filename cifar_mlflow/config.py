@@ -203,9 +203,33 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         config = dataclasses.replace(config, arch=DEFAULT_ARCH)
     recommended = recommended_for(config.arch)
     filled = {k: v for k, v in recommended.items() if getattr(config, k) is None}
+    if config.epochs is not None:  # a budget the recommendations were not made for
+        filled.update(scaled_to_budget(filled, config.epochs / recommended["epochs"]))
     resolved = dataclasses.replace(config, **filled)
     validate_config(resolved)
     return resolved
+
+
+# Augmentation presets from none to the strongest: a short run steps down this ladder.
+AUGMENT_LADDER = ("none", "flip", "light", "standard", "strong")
+
+
+def scaled_to_budget(filled: dict[str, Any], share: float) -> dict[str, Any]:
+    """The recommended settings `filled` in (those the user left unset), for a run of `share` of the
+    recommended epochs: the warm-up keeps its share of the run, and below half the epochs the augmentation
+    gets lighter (crops slow a short run's fit more than they help it generalise: measured in
+    docs/results.md), down to flips only below a fifth. The one-cycle schedule scales by itself."""
+    if share >= 1.0:
+        return {}
+    scaled = {}
+    if "warmup_epochs" in filled:
+        scaled["warmup_epochs"] = round(filled["warmup_epochs"] * share, 3)
+    if filled.get("augment") in AUGMENT_LADDER and share < 0.5:
+        level = AUGMENT_LADDER.index(filled["augment"])
+        flips = AUGMENT_LADDER.index("flip")
+        lighter = flips if share < 0.2 else level - 1
+        scaled["augment"] = AUGMENT_LADDER[max(min(level, flips), min(level, lighter))]  # flips stay
+    return scaled
 
 
 def check_choices(config: Any) -> None:

@@ -155,3 +155,16 @@ def test_help_shows_every_generated_default(monkeypatch) -> None:
     text = " ".join(parser.format_help().split())  # as printed, wrapping undone
     assert "--seed SEED random seed for the split, initialisation and augmentation (default: 0)" in text
     assert "(default: unset)" in text and "(default: ./checkpoints)" in text
+
+
+def test_a_short_run_gets_settings_scaled_to_its_epochs() -> None:
+    short = parse("--arch", "cnn_small", "--epochs", "3")  # a tenth of the recommended 30
+    assert (short.augment, short.warmup_epochs, short.scheduler) == ("flip", 0.1, "onecycle")
+    assert parse("--arch", "cnn_small", "--epochs", "10").augment == "light"  # a third: one step lighter
+    assert parse("--arch", "cnn_small", "--epochs", "20").augment == "standard"  # two thirds: as recommended
+    assert parse("--arch", "cnn_small").augment == "standard"
+    airbench = parse("--recipe", "fast", "--epochs", "5")  # half: the warm-up keeps its share
+    assert (airbench.augment, airbench.warmup_epochs) == ("light", 1.15)
+    assert parse("--arch", "mlp", "--epochs", "3").augment == "none"  # nothing lighter than none
+    assert parse("--arch", "cnn_small", "--epochs", "3", "--augment", "standard").augment == "standard"  # given wins
+    assert parse("--arch", "cnn_small", "--epochs", "3", "--warmup-epochs", "2").warmup_epochs == 2
