@@ -48,11 +48,11 @@ class FilterBankMuon(torch.optim.Muon):
 
 def hidden_weights(model: nn.Module) -> list[nn.Parameter]:
     """The weights Muon trains: every trainable weight of 2 or more dimensions but the first and the last
-    (in the order the model registers them: its input layer and its classifier)."""
+    (in the order the model registers them: its input layer, trainable or not, and its classifier)."""
     if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
         raise ValueError("the model has lazy layers: run it once before building its optimizer")
-    weights = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    return weights[1:-1]
+    weights = [p for p in model.parameters() if p.ndim >= 2]  # a frozen first layer is the first layer too
+    return [p for p in weights[1:-1] if p.requires_grad]
 
 
 class MuonWithSGD(torch.optim.Optimizer):

@@ -91,6 +91,16 @@ def test_muon_trains_the_hidden_weights_and_sgd_the_rest() -> None:
         assert optimizer.muon.param_groups[0]["lr"] / 0.03 == pytest.approx(optimizer.param_groups[0]["lr"] / config.lr)
 
 
+def test_airbench_trains_every_conv_with_muon_behind_its_frozen_whitening() -> None:
+    model = get_model("airbench", num_classes=10, in_channels=3)
+    config = resolve_config(TrainConfig(recipe="fast", optimizer="muon", dataset="synthetic"))
+    optimizer = build_optimizer(config, model)
+    in_muon = {id(p) for g in optimizer.muon.param_groups for p in g["params"]}
+    convs = [m.weight for m in model.groups.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 6 and in_muon == {id(w) for w in convs}
+    assert id(model.head.weight) not in in_muon and not model.whiten.weight.requires_grad
+
+
 def test_a_model_without_hidden_weights_is_refused() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
     with pytest.raises(ConfigError, match="no hidden weight"):
