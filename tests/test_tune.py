@@ -95,7 +95,7 @@ def test_pruned_study_nested_runs_and_resume(imagefolder, tmp_path) -> None:
                      "label_smoothing: {type: float, low: 0.0, high: 0.1}\n")
     args = tune_args(imagefolder, tmp_path, "--trials", "6", "--sampler", "random", "--seed", "2",  # lr order: good, good, then 4 hopeless
                      "--pruner", "median", "--pruner-startup-trials", "1", "--pruner-warmup-epochs", "0",
-                     "--search-space", str(space))
+                     "--search-space", str(space), "--augment", "standard")  # fixed: the draws above rely on it
     assert main(args) == 0
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     states = [t.state.name for t in study.trials]
