@@ -37,8 +37,7 @@ def signature(input_example: np.ndarray, classes: list[str]) -> ModelSignature:
 
 
 def save_model(path: str, mlflow_model: Model | None = None, *, network: Any, input_example: np.ndarray,
-               signature: ModelSignature, pip_requirements: list[str], serialization_format: str | None = None,
-               **_: Any) -> None:
+               signature: ModelSignature, pip_requirements: list[str], serialization_format: str | None = None) -> None:
     """Write the model to the local folder `path` (`Model.log` uploads it)."""
     mlflow_model = mlflow_model or Model()
     extra = {"serialization_format": serialization_format} if serialization_format else {}
