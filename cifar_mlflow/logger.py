@@ -28,6 +28,10 @@ class RunLogger(Protocol):
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         """Per-epoch metrics, with `step=epoch`."""
 
+    def log_past_epochs(self, history: list[dict[str, float]]) -> None:
+        """A resumed run's epochs from its checkpoint: the ones the store lacks (their process died
+        after writing the checkpoint but before their metrics were sent) are logged, the others kept."""
+
     def log_epoch_image(self, epoch: int, key: str, image: np.ndarray) -> None:
         """An image of the epoch (uint8, H x W x 3) under `key`, with `step=epoch`: the UI shows the
         images of a key on a slider."""
@@ -63,6 +67,9 @@ class NullLogger:
         pass
 
     def log_epoch(self, epoch, metrics) -> None:
+        pass
+
+    def log_past_epochs(self, history) -> None:
         pass
 
     def log_epoch_image(self, epoch, key, image) -> None:

@@ -227,6 +227,7 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
                           data_digest=prepared.data.digest)
     if resume_state is not None:
         state.load_state_dict(resume_state)
+        logger.log_past_epochs(state.history)
     main_process = distributed.is_main()
     writer = CheckpointWriter(checkpoint_file) if checkpoint_file is not None and main_process else None
     stopped_early = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -110,18 +111,28 @@ def test_ctrl_c_marks_killed_and_resume_finishes_the_same_run(imagefolder, tmp_p
     artifacts = [a.path for a in MlflowClient().list_artifacts(run_id, "checkpoint")]
     assert artifacts == ["checkpoint/last.pt"]
 
-    # Resume from the uploaded checkpoint (the local one removed) with fewer total epochs.
+    done = sorted(m.step for m in MlflowClient().get_metric_history(run_id, "val_acc"))
+    assert done == list(range(1, len(done) + 1)) and len(done) >= 2  # Ctrl-C sent every finished epoch
+
+    # A SIGKILL between the checkpoint and the metrics' upload loses the last epoch's metrics: the
+    # resume sends them from the checkpoint's history.
+    with sqlite3.connect(tmp_path / "runs.db") as db:
+        db.execute("DELETE FROM metrics WHERE run_uuid = ? AND step = ?", (run_id, done[-1]))
+
+    # Resume from the uploaded checkpoint (the local one removed) with two more epochs.
     for f in (tmp_path / "checkpoints").rglob("*.pt"):
         f.unlink()
-    code = subprocess.run([sys.executable, "-m", "cifar_mlflow.train", "--resume", run_id, "--epochs", "4",
+    end = len(done) + 2
+    code = subprocess.run([sys.executable, "-m", "cifar_mlflow.train", "--resume", run_id, "--epochs", str(end),
                            "--tracking-uri", uri, "--no-progress"], cwd=tmp_path, env=run_env(),
                           capture_output=True, text=True, timeout=300)
     assert code.returncode == 0, code.stderr[-3000:]
+    assert f"epochs {done[-1]} were in the checkpoint but not in the run; logged them now" in code.stderr
     (run,) = runs(uri)
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
-    history = MlflowClient().get_metric_history(run_id, "val_acc")
-    steps = sorted(m.step for m in history)
-    assert steps[-1] == 4 and set(steps) == {1, 2, 3, 4}
+    for key in ("val_acc", "train_loss", "lr"):
+        steps = sorted(m.step for m in MlflowClient().get_metric_history(run_id, key))
+        assert steps == list(range(1, end + 1)), key  # each epoch once
     assert "test_acc" in run.data.metrics
 
 
@@ -193,7 +204,7 @@ def test_sigkilled_run_is_marked_stale_and_resumed_from_the_printed_command(imag
     run = MlflowClient(uri).get_run(run_id)
     assert run.info.status == "FINISHED"
     steps = sorted(m.step for m in MlflowClient(uri).get_metric_history(run_id, "val_acc"))
-    assert set(steps) == set(range(1, 201))  # every epoch: before the kill and after the resume
+    assert set(steps) == set(range(1, 201)), resumed.stderr[-3000:]  # every epoch: before the kill and after the resume
 
 
 def test_the_closing_hint_is_a_command_that_works_for_the_store() -> None:

@@ -212,6 +212,24 @@ class MlflowLogger:
         operation = MlflowClient().log_batch(self.run_id, metrics=_metric_batch(values, epoch), synchronous=False)
         self._pending.append((values, epoch, operation))
 
+    @deferring
+    @reporting_stalls("logging the checkpoint's epochs")
+    def log_past_epochs(self, history: list[dict[str, float]]) -> None:
+        """The checkpoint is written before an epoch's metrics are sent, so a killed process can leave
+        epochs on disk that never reached the store: those are sent now, with their own steps."""
+        self._open()
+        client = MlflowClient()
+        keys = {k for row in history for k in row if k != "epoch"}
+        stored = {k: {m.step for m in client.get_metric_history(self.run_id, k)} for k in sorted(keys)}
+        missing = [Metric(k, float(v), int(time.time() * 1000), int(row["epoch"]))
+                   for row in history for k, v in row.items() if k != "epoch" and int(row["epoch"]) not in stored[k]]
+        for start in range(0, len(missing), 1000):  # MLflow's limit per batch
+            client.log_batch(self.run_id, metrics=missing[start:start + 1000])
+        epochs = sorted({m.step for m in missing})
+        if epochs:
+            print(f"epochs {', '.join(map(str, epochs))} were in the checkpoint but not in the run; logged them now",
+                  file=sys.stderr)
+
     @reporting_stalls("uploading the epoch's image")
     def log_epoch_image(self, epoch: int, key: str, image: np.ndarray) -> None:
         """Uploaded at once (a few kB), failing fast. A picture is not worth a run: when the store or the
