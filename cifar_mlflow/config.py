@@ -180,6 +180,11 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def model_args_param(value: dict[str, Any]) -> str:
+    """`model_args` as a run's param: the JSON `--model-args` takes, so the UI's value can be pasted back."""
+    return json.dumps(value)
+
+
 def parse_model_args(text: str) -> dict[str, Any]:
     """`model_args` given as a JSON object string (empty means no arguments)."""
     if not text.strip():

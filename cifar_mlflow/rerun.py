@@ -47,7 +47,7 @@ def options_from_params(source: SourceRun) -> dict[str, Any]:
         if f.name in NOT_COPIED or raw is None:
             continue
         if f.name == "model_args":
-            values[f.name] = yaml.safe_load(raw) or {}  # logged as a YAML flow mapping: {width_mult: 0.5}
+            values[f.name] = yaml.safe_load(raw) or {}  # JSON, or the YAML mapping older runs logged
         else:
             values[f.name] = parse_value(f.name, raw, hints[f.name], tuple(f.metadata.get("choices") or ()))
     return values

@@ -18,7 +18,7 @@ import torchvision
 import yaml
 
 from cifar_mlflow import distributed, metrics, plots
-from cifar_mlflow.config import config_to_dict
+from cifar_mlflow.config import config_to_dict, model_args_param
 from cifar_mlflow.data.splits import DataSplits, split_profile
 from cifar_mlflow.logger import RunLogger
 from cifar_mlflow.models.inference import ImageClassifier, with_tta
@@ -43,7 +43,7 @@ def run_params(prepared: Prepared) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for key, value in config_to_dict(prepared.config).items():
         if key == "model_args":
-            params[key] = yaml.safe_dump(value, default_flow_style=True).strip() if value else "{}"
+            params[key] = model_args_param(value)
             params.update({f"model_args.{k}": v for k, v in value.items()})
         else:
             params[key] = value

@@ -56,7 +56,7 @@ def test_a_rerun_on_the_cpu_reproduces_every_metric_exactly(mlflow_server, recor
     assert again.data.params["from_run"] == recorded_run
     differing = {k for k in original.data.params if original.data.params[k] != again.data.params.get(k)}
     assert differing <= NOT_COPIED_PARAMS, differing
-    assert again.data.params["model_args"] == original.data.params["model_args"] == "{dropout: 0.3}"
+    assert again.data.params["model_args"] == original.data.params["model_args"] == '{"dropout": 0.3}'
     assert histories(client, again) == histories(client, original)
     assert again.data.tags["data_digest"] == original.data.tags["data_digest"]
 

@@ -27,7 +27,7 @@ import optuna
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable in practice
 from optuna.trial import TrialState
 
-from cifar_mlflow.config import TrainConfig, config_to_dict
+from cifar_mlflow.config import TrainConfig, config_to_dict, model_args_param
 from cifar_mlflow.data import DataSplits
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.interrupts import deferring
@@ -406,7 +406,7 @@ def top_trials_text(study: optuna.Study, k: int = 10) -> str:
 def base_params(base: TrainConfig, tune: TuneConfig) -> dict[str, Any]:
     """The parent run's params: the fixed training options and the study's options."""
     params = {k: v for k, v in config_to_dict(base).items() if k != "model_args"}
-    params["model_args"] = str(base.model_args)
+    params["model_args"] = model_args_param(base.model_args)
     params.update({f"tune.{k}": v for k, v in dataclasses.asdict(tune).items()})
     params["tune.search_space"] = tune.search_space or DEFAULT_SPACE_NAME
     return params
