@@ -84,9 +84,10 @@ class AirbenchNet(nn.Module):
 
 
 # airbench94's settings, for a mean (not summed) loss: lr 11.5 per 1024 images at momentum
-# 0.85 is 1.5 here; its decoupled weight decay of 2e-3 per step is 2e-3 / lr.
+# 0.85 is 1.5 here; its decoupled weight decay of 2e-3 per step is 2e-3 / lr. With --optimizer muon the
+# filter banks train at muon_lr 0.1 (measured: docs/benchmarks.md).
 @register_model("airbench", recommended=dict(
-    optimizer="sgd", lr=1.5, momentum=0.85, weight_decay=2e-3 / 1.5, scheduler="linear", warmup_epochs=2.3,
+    optimizer="sgd", lr=1.5, muon_lr=0.1, momentum=0.85, weight_decay=2e-3 / 1.5, scheduler="linear", warmup_epochs=2.3,
     epochs=10, batch_size=1024, augment="light", flip="alternating", label_smoothing=0.2, lookahead=True))
 def airbench(*, num_classes: int = 10, in_channels: int = 3, widths: tuple[int, int, int] = (64, 256, 256),
              scale: float = 1 / 9) -> nn.Module:
