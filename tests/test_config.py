@@ -33,7 +33,9 @@ def test_user_values_win_over_recommendations() -> None:
 def test_fast_recipe_fills_everything_left_unset() -> None:
     config = parse("--recipe", "fast")
     assert (config.arch, config.batch_size, config.epochs, config.scheduler, config.augment) == (
-        "airbench", 1024, 10, "linear", "light")
+        "airbench", 1024, 7, "linear", "light")
+    assert (config.optimizer, config.muon_lr, config.lr) == ("muon", 0.1, 1.5)
+    assert config.warmup_epochs == 1.61  # airbench's 2.3 of 10 epochs, the same share of 7
     assert (config.val_fraction, config.tta, config.momentum, config.label_smoothing) == (0.0, "flip_translate", 0.85, 0.2)
 
 

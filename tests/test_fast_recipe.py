@@ -38,7 +38,7 @@ def test_whitening_layer_decorrelates_the_training_patches() -> None:
 
 
 def test_batch_norm_biases_train_faster_and_scales_are_frozen() -> None:
-    config = resolve_config(TrainConfig(recipe="fast"))
+    config = resolve_config(TrainConfig(recipe="fast", optimizer="sgd"))
     model = get_model("airbench")
     optimizer = build_optimizer(config, model)
     by_lr = {group["lr"]: group for group in optimizer.param_groups}
@@ -51,7 +51,7 @@ def test_batch_norm_biases_train_faster_and_scales_are_frozen() -> None:
 
 
 def test_linear_schedule_rises_from_a_fifth_then_falls_to_the_end_value() -> None:
-    config = resolve_config(TrainConfig(recipe="fast", epochs=10, warmup_epochs=2))
+    config = resolve_config(TrainConfig(recipe="fast", optimizer="sgd", epochs=10, warmup_epochs=2))
     model = torch.nn.Linear(2, 2)
     optimizer = build_optimizer(config, model)
     schedule = build_schedule(config, optimizer, steps_per_epoch=10)
@@ -126,6 +126,7 @@ def test_logged_fast_model_includes_test_time_augmentation(mlflow_server, imagef
     assert run.info.status == "FINISHED"
     assert (run.data.params["recipe"], run.data.params["arch"], run.data.params["tta"], run.data.params["flip"]) == (
         "fast", "airbench", "flip_translate", "alternating")
+    assert (run.data.params["optimizer"], run.data.params["muon_lr"]) == ("muon", "0.1")
     assert run.data.params["val_size"] == "0" and "val_acc" not in run.data.metrics
     assert (run.data.tags["precision"], run.data.tags["channels_last"]) == ("bf16", "true")
     mlflow.set_tracking_uri(mlflow_server)

@@ -93,7 +93,7 @@ def test_muon_trains_the_hidden_weights_and_sgd_the_rest() -> None:
 
 def test_airbench_trains_every_conv_with_muon_behind_its_frozen_whitening() -> None:
     model = get_model("airbench", num_classes=10, in_channels=3)
-    config = resolve_config(TrainConfig(recipe="fast", optimizer="muon", dataset="synthetic"))
+    config = resolve_config(TrainConfig(recipe="fast", dataset="synthetic"))
     optimizer = build_optimizer(config, model)
     in_muon = {id(p) for g in optimizer.muon.param_groups for p in g["params"]}
     convs = [m.weight for m in model.groups.modules() if isinstance(m, nn.Conv2d)]
