@@ -7,9 +7,10 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
-from cifar_mlflow.config import TrainConfig
+from cifar_mlflow.config import TrainConfig, resolve_config
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.tune import main
 from cifar_mlflow.tune.search_space import default_search_space, parse_search_space, sample_config
@@ -60,6 +61,27 @@ def test_shipped_default_space_is_valid() -> None:
     names = [spec.name for spec in default_search_space()]
     assert {"lr", "weight_decay", "optimizer", "batch_size", "label_smoothing", "augment",
             "model_args.dropout"} <= set(names)
+
+
+def test_default_space_tries_muon_with_its_own_learning_rate() -> None:
+    from cifar_mlflow.models import get_model
+    from cifar_mlflow.muon import MuonWithSGD
+    from cifar_mlflow.optim import build_optimizer
+
+    def suggest(spec):
+        if spec.name == "optimizer":
+            assert "muon" in spec.choices  # the fast recipe's optimizer stays in reach of the tuner
+            return "muon"
+        return spec.choices[0] if spec.kind == "categorical" else spec.low
+
+    for arch in ("cnn_small", "lenet", "mlp", "airbench"):
+        base = resolve_config(TrainConfig(arch=arch, dataset="synthetic"))
+        config, sampled = sample_config(default_search_space(), base, suggest)
+        assert (sampled["muon_lr"], sampled["momentum"]) == (0.01, 0.8) and config.muon_lr == 0.01
+        model = get_model(arch, num_classes=10, in_channels=3)
+        model(torch.zeros(2, 3, 32, 32))  # lazy layers take their shapes, as training does first
+        optimizer = build_optimizer(config, model)
+        assert isinstance(optimizer, MuonWithSGD) and optimizer.muon.param_groups[0]["lr"] == 0.01
 
 
 def tune_args(imagefolder: Path, tmp_path: Path, *extra: str) -> list[str]:
