@@ -111,6 +111,11 @@ def _kept_path(root: Path, artifact_path: str) -> Path:
     return path
 
 
+def _epoch_values(row: dict[str, float]) -> dict[str, float]:
+    """An epoch's row as the metrics logged for it (its number is the step, not a metric)."""
+    return {k: float(v) for k, v in row.items() if k != "epoch"}
+
+
 def _metric_batch(values: dict[str, float], step: int) -> list[Metric]:
     now = int(time.time() * 1000)
     return [Metric(key, value, now, step) for key, value in values.items()]
@@ -206,7 +211,7 @@ class MlflowLogger:
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         """Queued for MLflow's background logger: the training loop never waits for the server."""
         self._open()
-        values = {k: float(v) for k, v in metrics.items() if k != "epoch"}
+        values = _epoch_values(metrics)
         # The client's log_batch, not mlflow.log_metrics: that one first fetches the run, synchronously,
         # and a stalled server then stops training.
         operation = MlflowClient().log_batch(self.run_id, metrics=_metric_batch(values, epoch), synchronous=False)
@@ -219,10 +224,11 @@ class MlflowLogger:
         epochs on disk that never reached the store: those are sent now, with their own steps."""
         self._open()
         client = MlflowClient()
-        keys = {k for row in history for k in row if k != "epoch"}
-        stored = {k: {m.step for m in client.get_metric_history(self.run_id, k)} for k in sorted(keys)}
-        missing = [Metric(k, float(v), int(time.time() * 1000), int(row["epoch"]))
-                   for row in history for k, v in row.items() if k != "epoch" and int(row["epoch"]) not in stored[k]]
+        rows = {int(row["epoch"]): _epoch_values(row) for row in history}
+        keys = sorted({k for values in rows.values() for k in values})
+        stored = {k: {m.step for m in client.get_metric_history(self.run_id, k)} for k in keys}
+        missing = [metric for epoch, values in rows.items()
+                   for metric in _metric_batch({k: v for k, v in values.items() if epoch not in stored[k]}, epoch)]
         for start in range(0, len(missing), 1000):  # MLflow's limit per batch
             client.log_batch(self.run_id, metrics=missing[start:start + 1000])
         epochs = sorted({m.step for m in missing})
