@@ -170,6 +170,7 @@ def test_the_ui_shows_each_logged_model_with_its_test_metrics(served_runs, mlflo
     experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
     (best, *_) = mlflow.search_logged_models(experiment_ids=[experiment_id], output_format="list",
                                              order_by=[{"field_name": "metrics.test_acc", "ascending": False}])
+    run_names = [client.get_run(run_id).info.run_name for run_id in served_runs.values()]
     shots = Path(os.environ.get("CIFAR_MLFLOW_SCREENSHOTS") or tmp_path)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -182,6 +183,9 @@ def test_the_ui_shows_each_logged_model_with_its_test_metrics(served_runs, mlflo
                 page.locator("button[aria-label='Close']").first.click()  # the assistant panel
             page.get_by_text("Models", exact=True).first.click()
             page.wait_for_selector("text=Source run", timeout=60_000)
+            # the table shows a run's id until the UI has fetched the run's name: wait for the names
+            page.wait_for_function("names => names.every(n => document.body.innerText.includes(n))",
+                                   arg=run_names, timeout=60_000)
             listing = page.inner_text("body")
             page.goto(f"{mlflow_server}/#/experiments/{experiment_id}/models/{best.model_id}")
             page.wait_for_selector("text=test_acc", timeout=90_000)
@@ -189,8 +193,8 @@ def test_the_ui_shows_each_logged_model_with_its_test_metrics(served_runs, mlflo
             page.screenshot(path=str(shots / "mlflow-logged-model.png"))
         finally:
             browser.close()
-    for run_id in served_runs.values():
-        assert client.get_run(run_id).info.run_name in listing
+    for name in run_names:
+        assert name in listing
     assert listing.count("Ready") >= 2
     test_acc = {m.key: m.value for m in best.metrics}["test_acc"]
     shown = re.search(r"\ntest_acc\s+-\s+\S+\s+(\S+)\n", detail)  # metric, dataset, source run, value
