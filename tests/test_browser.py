@@ -14,6 +14,13 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-component-update", "--disable-sync"]
 
 
+def wait_for_texts(page, texts: list[str], timeout_ms: int = 60_000) -> None:
+    """Wait until the page shows every one of `texts`: the UI fills tables in several fetches (a run's id
+    stands where its name will be until the name has arrived)."""
+    page.wait_for_function("texts => texts.every(t => document.body.innerText.includes(t))", arg=texts,
+                           timeout=timeout_ms)
+
+
 def compare_page_url(server: str, run_ids: list[str], experiment_id: str) -> str:
     return (f"{server}/#/compare-runs?runs={urllib.parse.quote(json.dumps(run_ids))}"
             f"&experiments={urllib.parse.quote(json.dumps([experiment_id]))}")
@@ -34,6 +41,7 @@ def test_mlflow_compare_page_shows_both_runs_and_val_acc(two_runs, mlflow_server
             page = browser.new_page(viewport={"width": 1500, "height": 1100})
             page.goto(compare_page_url(mlflow_server, list(two_runs), experiment_id))
             page.wait_for_selector("text=val_acc", timeout=90_000)
+            wait_for_texts(page, names)
             text = page.inner_text("body")
             page.screenshot(path=str(tmp_path / "compare.png"))
         finally:

@@ -159,7 +159,7 @@ def test_one_channel_model_takes_grayscale_images_as_pil_reads_them(tmp_path, mo
 def test_the_ui_shows_each_logged_model_with_its_test_metrics(served_runs, mlflow_server, tmp_path) -> None:
     """In a real Chromium: the experiment's Models page lists both runs' models by their runs, and a
     model's page shows its test accuracy. `CIFAR_MLFLOW_SCREENSHOTS=docs/images` keeps the picture."""
-    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, wait_for_texts
 
     if not shutil.which(CHROMIUM):
         pytest.skip("Chromium is not installed (.ci/run installs Debian's chromium package)")
@@ -183,9 +183,7 @@ def test_the_ui_shows_each_logged_model_with_its_test_metrics(served_runs, mlflo
                 page.locator("button[aria-label='Close']").first.click()  # the assistant panel
             page.get_by_text("Models", exact=True).first.click()
             page.wait_for_selector("text=Source run", timeout=60_000)
-            # the table shows a run's id until the UI has fetched the run's name: wait for the names
-            page.wait_for_function("names => names.every(n => document.body.innerText.includes(n))",
-                                   arg=run_names, timeout=60_000)
+            wait_for_texts(page, run_names)  # the table shows a run's id until it has fetched the run's name
             listing = page.inner_text("body")
             page.goto(f"{mlflow_server}/#/experiments/{experiment_id}/models/{best.model_id}")
             page.wait_for_selector("text=test_acc", timeout=90_000)
