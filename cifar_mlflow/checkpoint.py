@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,8 @@ class CheckpointWriter:
     `submit` copies the state first (training goes on changing the tensors); a write still under
     way is finished before the next begins, and `close` waits for the last one. A write that fails
     (a full disk) is said in one line and training goes on: the previous checkpoint stays, and the
-    next epoch tries again.
+    next epoch tries again. What must follow the file (the epoch's metrics) is given as `then`: it
+    runs on the writer's thread once the write has ended, and an error in it is raised by `wait`.
     """
 
     def __init__(self, path: Path) -> None:
@@ -76,18 +78,25 @@ class CheckpointWriter:
         self._epoch: int | None = None  # of the write under way
         self.saved_epoch: int | None = None  # of the checkpoint on disk
         self._failing = False
+        self._then_error: BaseException | None = None
 
-    def _write(self, state: dict[str, Any]) -> None:
+    def _write(self, state: dict[str, Any], then: Callable[[], None] | None) -> None:
         try:
             save_checkpoint(self.path, state)
         except BaseException as exc:  # noqa: BLE001 - reported in the training thread by `wait`
             self._error = exc
+        if then is not None:  # after a failed write too: the previous checkpoint stays, and this must go on
+            try:
+                then()
+            except BaseException as exc:  # noqa: BLE001 - raised in the training thread by `wait`
+                self._then_error = exc
 
     def wait(self) -> None:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
         error, self._error = self._error, None
+        then_error, self._then_error = self._then_error, None
         if isinstance(error, CheckpointWriteError):
             if not self._failing:  # once, until a write succeeds again
                 kept = (f"the checkpoint of epoch {self.saved_epoch} is kept" if self.saved_epoch
@@ -103,12 +112,15 @@ class CheckpointWriter:
             self._failing = False
             self.saved_epoch = self._epoch
         self._epoch = None
+        if then_error is not None:
+            raise then_error
 
-    def submit(self, state: dict[str, Any]) -> None:
+    def submit(self, state: dict[str, Any], then: Callable[[], None] | None = None) -> None:
         snapshot = cpu_copy(state)
         self.wait()
         self._epoch = state.get("epoch")
-        self._thread = threading.Thread(target=self._write, args=(snapshot,), name="checkpoint-writer", daemon=True)
+        self._thread = threading.Thread(target=self._write, args=(snapshot, then), name="checkpoint-writer",
+                                        daemon=True)
         self._thread.start()
 
     close = wait

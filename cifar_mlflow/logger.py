@@ -26,7 +26,8 @@ class RunLogger(Protocol):
         (this call, or an earlier log), never before."""
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        """Per-epoch metrics, with `step=epoch`."""
+        """Per-epoch metrics, with `step=epoch`. With a checkpoint, called once the epoch's checkpoint
+        is written, on the checkpoint writer's thread: it must not block for long, nor assume the main thread."""
 
     def log_past_epochs(self, history: list[dict[str, float]]) -> None:
         """A resumed run's epochs from its checkpoint: the ones the store lacks (their process died

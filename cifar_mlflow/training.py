@@ -8,6 +8,7 @@ Nothing here knows MLflow: everything goes through the `RunLogger` it is given.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import sys
@@ -235,9 +236,13 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
         for epoch in range(state.epoch + 1, config.epochs + 1):
             row, val = _train_epoch(prepared, loop, epoch)
             state.end_epoch(row, *((val.acc, val.loss) if val is not None else ()))
+            # The epoch's metrics go once its checkpoint is on disk: a process killed in between leaves an
+            # epoch the checkpoint has and the store lacks (`log_past_epochs` sends it on resume), never
+            # one the store has and a resume trains again (two points at one step).
             if writer is not None:
-                writer.submit(state.state_dict())
-            logger.log_epoch(epoch, row)
+                writer.submit(state.state_dict(), then=functools.partial(logger.log_epoch, epoch, row))
+            else:
+                logger.log_epoch(epoch, row)
             if val is not None and main_process:  # the classes being learned, epoch by epoch
                 data = prepared.data
                 cm = metrics.confusion_matrix(val.labels, val.predictions, data.num_classes)

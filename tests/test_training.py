@@ -162,6 +162,37 @@ def test_checkpoint_writer_saves_the_state_as_it_was_submitted(tmp_path) -> None
     assert not list((tmp_path / "run").glob("*.tmp"))
 
 
+def test_an_epochs_metrics_are_logged_once_its_checkpoint_is_on_disk(imagefolder, tmp_path) -> None:
+    """A process killed between the two then leaves an epoch the store lacks (a resume sends it), never one
+    the store has and a resume would train and log again."""
+    ckpt = tmp_path / "run" / "last.pt"
+    on_disk_when_logged = []
+
+    class Recording(RecordingLogger):
+        def log_epoch(self, epoch, metrics) -> None:
+            on_disk_when_logged.append((epoch, load_checkpoint(ckpt)["epoch"]))
+            super().log_epoch(epoch, metrics)
+
+    logger = Recording()
+    fit(prepare(quick(imagefolder, epochs=3, log_model=False)), logger=logger, checkpoint_file=ckpt)
+    assert on_disk_when_logged == [(1, 1), (2, 2), (3, 3)]
+    assert [epoch for epoch, _ in logger.epochs] == [1, 2, 3]
+
+
+def test_an_error_in_what_follows_a_checkpoint_reaches_the_training_thread(tmp_path) -> None:
+    from cifar_mlflow.checkpoint import CheckpointWriter
+
+    writer = CheckpointWriter(tmp_path / "last.pt")
+
+    def refuse():
+        raise RuntimeError("the store refused the metrics")
+
+    writer.submit({"epoch": 1, "model": {}, "history": []}, then=refuse)
+    with pytest.raises(RuntimeError, match="refused the metrics"):
+        writer.close()
+    assert writer.saved_epoch == 1  # the file itself was written
+
+
 def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so_once(imagefolder, tmp_path, capsys) -> None:
     from cifar_mlflow.checkpoint import load_checkpoint
     from tests.conftest import small_disk

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -161,6 +162,7 @@ class MlflowLogger:
         self.registered_version: int | None = None  # set by log_model when it registers
         # Per-epoch metrics are sent in the background; each entry is kept until `flush` sees it stored.
         self._pending: list[tuple[dict[str, float], int, Any]] = []
+        self._pending_lock = threading.Lock()
 
     def _open(self) -> None:
         """Open the run on first use (Lightning's `MLFlowLogger.experiment` works the same way): nothing
@@ -215,7 +217,8 @@ class MlflowLogger:
         # The client's log_batch, not mlflow.log_metrics: that one first fetches the run, synchronously,
         # and a stalled server then stops training.
         operation = MlflowClient().log_batch(self.run_id, metrics=_metric_batch(values, epoch), synchronous=False)
-        self._pending.append((values, epoch, operation))
+        with self._pending_lock:  # called on the checkpoint writer's thread (after the epoch's file)
+            self._pending.append((values, epoch, operation))
 
     @deferring
     @reporting_stalls("logging the checkpoint's epochs")
@@ -254,7 +257,8 @@ class MlflowLogger:
     def flush(self) -> None:
         """Wait for the queued metrics; any batch the background logger failed to store is sent again
         synchronously (with MLflow's own retries), so a server hiccup loses nothing."""
-        pending, self._pending = self._pending, []
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
         for values, step, operation in pending:
             try:
                 operation.wait()
