@@ -193,6 +193,26 @@ def test_an_error_in_what_follows_a_checkpoint_reaches_the_training_thread(tmp_p
     assert writer.saved_epoch == 1  # the file itself was written
 
 
+def test_a_ctrl_c_is_not_replaced_by_an_error_from_the_last_epochs_metrics(imagefolder, tmp_path, capsys) -> None:
+    """The user pressed Ctrl-C while the store was refusing metrics: training stops as interrupted (the run
+    ends KILLED, resumable), the store's error is said in a line, and the checkpoint is on disk."""
+    ckpt = tmp_path / "run" / "last.pt"
+
+    class Refusing(RecordingLogger):
+        def log_epoch(self, epoch, metrics) -> None:
+            raise RuntimeError("the store refused the metrics")
+
+    def ctrl_c(epoch, row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(prepare(quick(imagefolder, epochs=3, log_model=False)), logger=Refusing(), callbacks=[ctrl_c],
+            checkpoint_file=ckpt)
+    assert "training stopped; then the last epoch's checkpoint writer failed too: RuntimeError: the store " \
+           "refused the metrics" in capsys.readouterr().err
+    assert load_checkpoint(ckpt)["epoch"] == 1
+
+
 def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so_once(imagefolder, tmp_path, capsys) -> None:
     from cifar_mlflow.checkpoint import load_checkpoint
     from tests.conftest import small_disk
