@@ -17,7 +17,7 @@ def test_compare_two_runs_writes_and_logs_the_report(two_runs, mlflow_server, tm
     out = tmp_path / "report"
     assert compare.main(["--runs", a, b, "--output", str(out), "--tracking-uri", mlflow_server]) == 0
     page = (out / "report.html").read_text()
-    assert "cnn_small-sgd-lr0.05-e2-s0" in page and "lenet-sgd-lr0.05-e2-s0" in page
+    assert "cnn_small-adamw-lr0.0142-e2-s0" in page and "lenet-sgd-lr0.05-e2-s0" in page
     pair = f"confusion_difference_{a[:7]}_{b[:7]}.png"
     for figure in FIGURES + [pair]:
         assert (out / figure).stat().st_size > 5000
@@ -39,7 +39,7 @@ def test_selection_by_experiment_filter_and_top(two_runs, mlflow_server, tmp_pat
     assert compare.main(["--experiment", "compare-test", "--filter", "params.arch = 'lenet'", "--output", str(out),
                          "--tracking-uri", mlflow_server, "--log-comparison", "false"]) == 0
     page = (out / "report.html").read_text()
-    assert "lenet-sgd" in page and "cnn_small-sgd" not in page
+    assert "lenet-sgd" in page and "cnn_small-adamw" not in page
     out = tmp_path / "top"
     client = MlflowClient(mlflow_server)
     best, worse = sorted((client.get_run(run_id) for run_id in two_runs), key=lambda r: r.data.metrics["test_loss"])

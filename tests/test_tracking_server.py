@@ -49,9 +49,9 @@ def server_run(mlflow_server, imagefolder, tmp_path_factory):
 def test_run_is_finished_with_readable_name_params_and_tags(server_run) -> None:
     _, run = server_run
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == "cnn_small-sgd-lr0.05-e2-s0"
+    assert run.info.run_name == "cnn_small-adamw-lr0.0142-e2-s0"
     params = run.data.params
-    assert params["arch"] == "cnn_small" and params["epochs"] == "2" and params["optimizer"] == "sgd"
+    assert params["arch"] == "cnn_small" and params["epochs"] == "2" and params["optimizer"] == "adamw"
     assert int(params["num_parameters"]) > 0 and params["train_size"] == "65" and params["val_size"] == "7"
     assert len(params["data_mean"].split(",")) == 3
     tags = run.data.tags

@@ -75,7 +75,7 @@ def test_train_learns_and_reports_everything(imagefolder) -> None:
             "reports/classification_report.txt", "config.yaml"} <= set(logger.artifacts)
     assert logger.artifacts["reports/confusion_matrix.csv"].startswith("true\\predicted,cat,dog,ship")
     assert logger.params["num_parameters"] > 0 and logger.params["train_size"] + logger.params["val_size"] == 72
-    assert logger.params["optimizer"] == "sgd" and logger.tags["arch"] == "cnn_small"
+    assert logger.params["optimizer"] == "adamw" and logger.tags["arch"] == "cnn_small"
     model, example = logger.model
     assert example.dtype == np.uint8 and example.shape == (4, 32, 32, 3)  # images as PIL reads them
     probs = model(torch.as_tensor(example)).softmax(1)  # scaling and normalisation are built in

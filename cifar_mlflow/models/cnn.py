@@ -29,12 +29,13 @@ def cnn(*, num_classes: int = 10, in_channels: int = 3, dropout: float = 0.25,
     return nn.Sequential(*layers, *head)
 
 
+# The tuner's best configuration (docs/results.md): 1.4 points over the SGD recipe it replaced, over 3 seeds.
 @register_model("cnn_small", recommended=dict(
-    optimizer="sgd", lr=0.05, weight_decay=5e-4, scheduler="onecycle", epochs=30, batch_size=128,
-    augment="standard", label_smoothing=0.0))
-def cnn_small(*, num_classes: int = 10, in_channels: int = 3, dropout: float = 0.4,
+    optimizer="adamw", lr=0.0142, weight_decay=0.002, scheduler="onecycle", epochs=30, batch_size=128,
+    augment="standard", label_smoothing=0.055))
+def cnn_small(*, num_classes: int = 10, in_channels: int = 3, dropout: float = 0.05,
               spatial_dropout: float = 0.1) -> nn.Module:
-    """Three conv layers (32/64/128) with batch norm, Dropout2d and max-pool, dropout 0.4 and a linear head."""
+    """Three conv layers (32/64/128) with batch norm, Dropout2d and max-pool, dropout 0.05 and a linear head."""
     layers: list[nn.Module] = []
     cin = in_channels
     for cout in (32, 64, 128):
