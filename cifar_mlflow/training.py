@@ -258,20 +258,20 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
                 break
     except BaseException:
         if writer is not None:  # the last checkpoint goes to disk; what stopped training is what is raised
-            _close_after(writer, "training stopped")
+            _close_after(writer)
         raise
     if writer is not None:
         writer.close()  # the last epoch's checkpoint is on disk before the run goes on
     return _final_test(prepared, loop, state, logger, stopped_early)
 
 
-def _close_after(writer: CheckpointWriter, what: str) -> None:
+def _close_after(writer: CheckpointWriter) -> None:
     """Close `writer` while another exception (a Ctrl-C, a crash) is on its way: an error from the writer
     (the store refusing the last epoch's metrics) is said in one line instead of replacing it."""
     try:
         writer.close()
     except Exception as exc:  # noqa: BLE001 - the exception in flight is the one the caller must see
-        print(f"warning: {what}; then the last epoch's checkpoint writer failed too: "
+        print(f"warning: training stopped; then the last epoch's checkpoint writer failed too: "
               f"{type(exc).__name__}: {exc}", file=sys.stderr)
 
 
