@@ -129,7 +129,7 @@ class TrainConfig:
     # Tracking
     experiment_name: str | None = _field(None, "MLflow experiment (default: the data set's name; "
                                          "under `mlflow run` its own experiment wins)")
-    run_name: str | None = _field(None, "MLflow run name (default: e.g. cnn-sgd-lr0.05-e30-s0)")
+    run_name: str | None = _field(None, "MLflow run name (default: e.g. cnn-sgd-lr0.0966-e30-s0)")
     tracking_uri: str | None = _field(None, "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
                                       "else sqlite:///mlflow.db)")
     log_model: bool = _field(True, "log the trained model: uint8 images in, class names and probabilities "
@@ -287,6 +287,6 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
 
 
 def default_run_name(config: TrainConfig) -> str:
-    """A readable run name such as `cnn-sgd-lr0.05-e30-s0`."""
+    """A readable run name such as `cnn-sgd-lr0.0966-e30-s0`."""
     arch = config.arch.replace(":", "-").replace(".", "-")
     return f"{arch}-{config.optimizer}-lr{config.lr:g}-e{config.epochs}-s{config.seed}"

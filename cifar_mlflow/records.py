@@ -30,5 +30,5 @@ class RunRecord:
 
     @property
     def label(self) -> str:
-        """Its name and what sets it apart (`cnn-sgd-lr0.05-e30-s0 [lr=0.05, seed=0]`), else its id."""
+        """Its name and what sets it apart (`cnn-sgd-lr0.0966-e30-s0 [lr=0.0966, seed=0]`), else its id."""
         return f"{self.name} [{self.differs_by}]" if self.differs_by else f"{self.name} ({self.run_id[:7]})"
