@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -99,8 +100,12 @@ class Evaluation:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DeviceLoader, loss_fn: nn.Module, precision: str = "fp32") -> Evaluation:
+def evaluate(model: nn.Module, loader: DeviceLoader, precision: str = "fp32") -> Evaluation:
     """Loss, accuracy and the logits of `model` on `loader` (no augmentation), computed in `precision`.
+
+    The loss is the cross-entropy against the true labels, without the training criterion's label
+    smoothing (as timm validates): smoothing raises the loss by an amount that grows with it, so
+    with it runs and tuning trials that smooth differently could not be compared by their loss.
 
     Under torchrun, call it on every rank: loss and accuracy are over all ranks' shards of the split,
     the logits are this rank's.
@@ -116,6 +121,7 @@ def evaluate(model: nn.Module, loader: DeviceLoader, loss_fn: nn.Module, precisi
     labels = torch.cat(labels_all)
     # Sums, so shards of a split evaluated by several ranks add up to the whole split's numbers.
     loss_sum, correct, count = distributed.sum_across_ranks(
-        [loss_fn(logits, labels).item() * len(labels), (logits.argmax(1) == labels).sum().item(), len(labels)],
+        [F.cross_entropy(logits, labels, reduction="sum").item(), (logits.argmax(1) == labels).sum().item(),
+         len(labels)],
         loader.device)
     return Evaluation(loss_sum / max(count, 1), correct / max(count, 1), logits.cpu(), labels.cpu())

@@ -202,7 +202,7 @@ def _train_epoch(prepared: Prepared, loop: _Loop, epoch: int) -> tuple[dict[str,
     if loop.val_loader is None:
         loop.schedule.step_epoch(stats.loss)
         return row, None
-    val = evaluate(with_tta(loop.train_model, config.tta), loop.val_loader, loop.loss_fn, prepared.precision)
+    val = evaluate(with_tta(loop.train_model, config.tta), loop.val_loader, prepared.precision)
     loop.schedule.step_epoch(val.loss)
     row.update(val_loss=val.loss, val_acc=val.acc)
     return row, val
@@ -284,7 +284,7 @@ def _final_test(prepared: Prepared, loop: _Loop, state: TrainingState, logger: R
     if best.state is not None:
         model.load_state_dict(best.state)  # the final test uses the best epoch's weights
     # In fp32, as the logged model computes: its predictions give exactly the reported test_acc.
-    test = evaluate(with_tta(model, prepared.config.tta), loop.test_loader, loop.loss_fn)
+    test = evaluate(with_tta(model, prepared.config.tta), loop.test_loader)
     final = {"test_loss": test.loss, "test_acc": test.acc, "best_epoch": float(best.epoch),
              "epochs_trained": float(len(state.history)),
              **metrics.final_metrics(test.labels, test.predictions, data.classes)}

@@ -84,6 +84,18 @@ def test_train_learns_and_reports_everything(imagefolder) -> None:
     assert (probs.argmax(1) == result.test.labels[:4]).float().mean() >= 0.75
 
 
+def test_validation_and_test_loss_leave_label_smoothing_out(imagefolder) -> None:
+    # Heavy smoothing raises the training criterion far above the plain cross-entropy; the losses a
+    # user compares across runs (and the tuner's val_loss objective) must not move with it.
+    logger = RecordingLogger()
+    result = train(quick(imagefolder, epochs=1, label_smoothing=0.5), logger=logger)
+    logits, labels = result.test.logits, result.test.labels
+    plain = torch.nn.functional.cross_entropy(logits, labels).item()
+    smoothed = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.5).item()
+    assert abs(smoothed - plain) > 0.05
+    assert logger.metrics["test_loss"] == pytest.approx(plain, rel=1e-5)
+
+
 def test_callbacks_see_every_epoch_and_can_stop_the_run(imagefolder) -> None:
     seen = []
 
