@@ -28,7 +28,7 @@ def bench_result(tmp_path_factory):
     store = f"sqlite:///{workdir / 'results.db'}"
     proc = bench(*TINY, "--archs", "lenet", "mlp", "--sections", "training", "data_path", "tracking",
                  "time_to_accuracy", "--seeds", "1", "--fast-epochs", "1", "--target-accuracy", "0.5",
-                 "--json", "bench.json", "--log", "--tracking-uri", store, cwd=workdir)
+                 "--json", "bench.json", "--log", cwd=workdir, MLFLOW_TRACKING_URI=store)  # the store a user set
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc, json.loads((workdir / "bench.json").read_text()), store
 
@@ -87,6 +87,17 @@ def test_logged_as_a_finished_benchmark_run(bench_result) -> None:
     assert run.data.metrics["speedup_bound.mlp"] == pytest.approx(results["rows"][1]["speedup_bound"])
     assert "tracking_overhead.ratio" in run.data.metrics and run.data.params["archs"] == "lenet mlp"
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"benchmark.md", "benchmark.json"}
+
+
+def test_without_a_server_the_logged_runs_go_to_an_embedded_store_and_leave_nothing_behind(tmp_path) -> None:
+    # What a machine with only mlflow-skinny (no `mlflow server`) can run: the GPU machines' case.
+    proc = bench(*TINY, "--archs", "mlp", "--sections", "tracking", "time_to_accuracy", "--seeds", "1",
+                 "--fast-epochs", "1", "--tracking-store", "sqlite", "--json", "bench.json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads((tmp_path / "bench.json").read_text())
+    assert results["tracking_overhead"]["wall_s_logging_on"] > 0
+    assert results["time_to_accuracy"]["mlflow_logging"] and results["time_to_accuracy"]["train_s_mean"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]  # no mlruns/ or mlflow.db where it ran
 
 
 def test_time_to_accuracy_is_said_to_be_gpu_only_on_the_cpu(tmp_path) -> None:

@@ -4,7 +4,8 @@ Prints markdown tables (and writes JSON, and logs to MLflow, when asked):
 - training images/s per architecture: this project's device-resident data path against a
   torchvision `DataLoader` + PIL transforms pipeline, same model, batch size and device;
 - the data paths alone, no model;
-- tracking overhead: the same short training with logging to a live `mlflow server` on and off;
+- tracking overhead: the same short training with logging on (to a live `mlflow server`, or with
+  `--tracking-store sqlite` to MLflow's embedded store) and off;
 - time to accuracy: the `fast` recipe on real CIFAR-10, over several seeds (GPU).
 
 A benchmark, not a test: numbers depend on the machine; docs/benchmarks.md records them.
@@ -14,6 +15,7 @@ Exit status: 0 done, 2 bad input (nothing measured or created), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -23,12 +25,19 @@ import shlex
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from cifar_mlflow.arguments import add_config_arguments, collect_values
 from cifar_mlflow.bench.options import BenchConfig, arch_list, resolve_bench_config, section_list, train_config
-from cifar_mlflow.bench.sections import measure_data_path, measure_time_to_accuracy, measure_tracking, measure_training
+from cifar_mlflow.bench.sections import (
+    BENCH_EXPERIMENTS,
+    measure_data_path,
+    measure_time_to_accuracy,
+    measure_tracking,
+    measure_training,
+)
 from cifar_mlflow.bench.tables import markdown_tables
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.redaction import protect_console, redact
@@ -58,10 +67,34 @@ def machine_description(device) -> dict[str, Any]:
     return info
 
 
+@contextlib.contextmanager
+def _tracking_store(bench: BenchConfig, workdir: Path) -> Iterator[str]:
+    """The URI the logged runs of the tracking and time_to_accuracy sections go to, while they run."""
+    if bench.tracking_store == "server":
+        from cifar_mlflow.local_server import ServerStartError, local_mlflow_server
+
+        try:
+            with local_mlflow_server(workdir / "mlflow-server") as uri:
+                yield uri
+        except ServerStartError as exc:
+            last = str(exc).strip().splitlines()[-1]
+            raise ConfigError(f"mlflow server did not start ({last}); the full mlflow package runs it, "
+                              "mlflow-skinny does not: --tracking-store sqlite measures against the "
+                              "embedded store instead") from None
+        return
+    from mlflow.tracking import MlflowClient
+
+    root = workdir / "mlflow-sqlite"
+    root.mkdir()
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    for experiment in BENCH_EXPERIMENTS:  # artifacts under the workdir, not ./mlruns where the command runs
+        client.create_experiment(experiment, artifact_location=(root / "artifacts" / experiment).as_uri())
+    yield uri
+
+
 def _run_sections(bench: BenchConfig, device, data, workdir: Path) -> dict[str, Any]:
     from tqdm.auto import tqdm
-
-    from cifar_mlflow.local_server import local_mlflow_server
 
     sections = section_list(bench)
     total = (len(arch_list(bench)) * ("training" in sections) + ("data_path" in sections)
@@ -73,7 +106,7 @@ def _run_sections(bench: BenchConfig, device, data, workdir: Path) -> dict[str, 
         if "data_path" in sections:
             results["data_path"] = measure_data_path(bench, data, device, progress)
         if "tracking" in sections or "time_to_accuracy" in sections:
-            with local_mlflow_server(workdir / "mlflow-server") as uri:
+            with _tracking_store(bench, workdir) as uri:
                 if "tracking" in sections:
                     results["tracking_overhead"] = measure_tracking(bench, data, device, uri, workdir, progress)
                 if "time_to_accuracy" in sections:
@@ -97,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _bench(args: argparse.Namespace, argv: list[str] | None, workdir: Path) -> int:
     from cifar_mlflow.hardware import select_device
+    from cifar_mlflow.tracking import tracking_uri
     from cifar_mlflow.training import load_splits
 
     try:
@@ -105,6 +139,9 @@ def _bench(args: argparse.Namespace, argv: list[str] | None, workdir: Path) -> i
         _resolved_probe(bench)  # validates the device name and the fast recipe's settings
         device = select_device(bench.device)
         bench = resolve_bench_config(bench, device.type == "cuda")
+        # Resolved now: the sections' logged runs point MLflow (and $MLFLOW_TRACKING_URI) at their own
+        # temporary store, which is gone by the time the benchmark run is logged.
+        log_uri = tracking_uri(bench.tracking_uri) if bench.log else None
         if "time_to_accuracy" in section_list(bench) and bench.dataset == "synthetic":
             print("note: time_to_accuracy on synthetic data measures speed, not CIFAR-10 accuracy", file=sys.stderr)
         # Without a validation split: the fast recipe trains on all of it, and throughput uses it all.
@@ -126,11 +163,10 @@ def _bench(args: argparse.Namespace, argv: list[str] | None, workdir: Path) -> i
     if bench.json:
         Path(bench.json).write_text(json.dumps(results, indent=2) + "\n")
         print(f"figures written to {bench.json}", file=sys.stderr)
-    if bench.log:
-        from cifar_mlflow.tracking import log_benchmark, tracking_uri
+    if log_uri is not None:
+        from cifar_mlflow.tracking import log_benchmark
 
-        run_id = log_benchmark(tracking_uri(bench.tracking_uri), bench.experiment_name, dataclasses.asdict(bench),
-                               results, table)
+        run_id = log_benchmark(log_uri, bench.experiment_name, dataclasses.asdict(bench), results, table)
         print(f"benchmark logged as run {run_id}", file=sys.stderr)
     return 0
 

@@ -12,6 +12,7 @@ from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.models.registry import check_model_name
 
 SECTIONS = ("training", "data_path", "tracking", "time_to_accuracy")
+TRACKING_STORES = ("server", "sqlite")
 
 
 @dataclass
@@ -48,6 +49,11 @@ class BenchConfig:
                                           "(default: all on CUDA, 5000 on the CPU)")
     tracking_repeats: int = _field(3, "tracking-overhead runs with logging on and as many off; the "
                                    "medians are compared")
+    tracking_store: str = _field("server", "where the tracking and time_to_accuracy runs log: server (a "
+                                 "live `mlflow server` on loopback, SQLite behind it: a team's setup) or "
+                                 "sqlite (MLflow's embedded SQLite store, no server: the default of a "
+                                 "training run, and all the mlflow-skinny package can do)",
+                                 choices=TRACKING_STORES)
     seeds: int = _field(5, "time_to_accuracy: runs of the fast recipe (seeds 0..N-1)")
     target_accuracy: float = _field(0.94, "time_to_accuracy: the mean test accuracy to reach")
     fast_epochs: int | None = _field(None, "time_to_accuracy: epochs of the fast recipe (default: "

@@ -13,6 +13,10 @@ from typing import Any
 
 from cifar_mlflow.bench.options import BenchConfig, arch_list, train_config
 
+# The experiments the logged runs of the tracking and time_to_accuracy sections go to.
+TRACKING_EXPERIMENT, FAST_EXPERIMENT = "benchmark-tracking", "benchmark-fast"
+BENCH_EXPERIMENTS = (TRACKING_EXPERIMENT, FAST_EXPERIMENT)
+
 
 def _our_batches(bench: BenchConfig, data, device, channels_last: bool):
     """An endless batch stream of this project's pipeline over the training split, standard augmentation."""
@@ -136,7 +140,7 @@ def measure_tracking(bench: BenchConfig, data, device, uri: str, workdir: Path, 
     for repeat in range(bench.tracking_repeats):
         progress.set_description(f"tracking overhead {repeat + 1}/{bench.tracking_repeats}")
         off.append(_plain_fit(prepare(config, data), workdir))
-        logged = _logged_fit(prepare(config, data), uri, "benchmark-tracking", f"tracking-{repeat}", workdir)
+        logged = _logged_fit(prepare(config, data), uri, TRACKING_EXPERIMENT, f"tracking-{repeat}", workdir)
         on.append(logged["fit_s"])
         once.append(logged["start_s"] + logged["end_s"])
         progress.update(1)
@@ -165,7 +169,7 @@ def measure_time_to_accuracy(bench: BenchConfig, data, device, uri: str, workdir
     runs = []
     for seed in range(bench.seeds):
         progress.set_description(f"time to accuracy: seed {seed}")
-        runs.append(_logged_fit(prepare(config(seed), data), uri, "benchmark-fast", f"fast-s{seed}", workdir))
+        runs.append(_logged_fit(prepare(config(seed), data), uri, FAST_EXPERIMENT, f"fast-s{seed}", workdir))
         progress.update(1)
     accs = [r["test_acc"] for r in runs]
     mean_acc = statistics.mean(accs)

@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# The GPU section of docs/benchmarks.md as one prepared script, for a machine with an NVIDIA GPU and
+# PyTorch but no network (and no MLflow or Optuna until their wheels are installed from .whl/).
+#
+# Prepare, on a machine with the package index and ../shared (the repository root):
+#   ../shared/tools/gpu-wheels.sh                       # .whl/: MLflow (client) and Optuna, about 20 MB
+#   mkdir -p data && cp ../shared/data/cifar10-jpg.tar.gz data/
+# Then, on the GPU machine, from the repository root (sections run in the order given):
+#   tools/gpu_session.sh check bench fast tune          # about 6 minutes on one H100/H200 (estimate)
+#   tools/gpu_session.sh reference                      # the long recipes, each as far as REFERENCE_S allows
+#
+# Sections:
+#   check      versions, the GPU, and one short training run on it (the CUDA line, end to end)
+#   bench      python -m cifar_mlflow.bench: training images/s against the DataLoader + PIL pipeline,
+#              the data path alone, MLflow tracking overhead (against the embedded SQLite store: the
+#              carried mlflow-skinny cannot run `mlflow server`)
+#   fast       the fast recipe over 3 seeds with MLflow logging: accuracy and training seconds
+#   tune       python -m cifar_mlflow.tune --recipe fast --trials 50, stopped after TUNE_S seconds
+#   reference  mobilenetv2, mobilenetv3_small, mobilenetv3_large, resnet18 at their recommended
+#              settings, REFERENCE_S seconds each (a run stopped there ends KILLED with its epochs)
+#
+# Everything lands in $OUT (default ./gpu-out): gpu.log (all output), bench.json, fast.json,
+# summary.txt (every run: name, status, epochs, test accuracy, wall time) and stores.tar.gz (the
+# MLflow and Optuna databases: params, metrics and tags of every run and trial; artifacts stay on
+# the machine). Each section runs under a time limit and is stopped with SIGTERM, so its run ends
+# KILLED, never RUNNING; a failed section does not stop the next. Exit status: the number of
+# sections that failed or were stopped.
+#
+# Environment: OUT; DATA_DIR (default data/cifar10-jpg, extracted from data/cifar10-jpg.tar.gz);
+# BENCH_S, FAST_S, TUNE_S, REFERENCE_S (time limits, seconds); DEVICE (default cuda; cpu to rehearse
+# the script on a machine without a GPU); EXTRA_ARGS (appended to every training and tuning
+# command) and BENCH_ARGS (to every bench command), to rehearse with tiny runs.
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-out}
+DATA_DIR=${DATA_DIR:-data/cifar10-jpg}
+DEVICE=${DEVICE:-cuda}
+BENCH_S=${BENCH_S:-240}
+FAST_S=${FAST_S:-180}
+TUNE_S=${TUNE_S:-150}
+REFERENCE_S=${REFERENCE_S:-120}
+EXTRA_ARGS=${EXTRA_ARGS:-}
+BENCH_ARGS=${BENCH_ARGS:-}
+STORE=/tmp/cifar_mlflow-gpu-store
+mkdir -p "$OUT" "$STORE"
+export MLFLOW_TRACKING_URI="sqlite:///$STORE/mlflow.db"
+OPTUNA_STORAGE="sqlite:///$STORE/optuna.db"
+DATA=(--dataset imagefolder --data-dir "$DATA_DIR")
+exec > >(tee -a "$OUT/gpu.log") 2>&1
+failed=0
+
+say() { echo "=== $(date -u +%FT%TZ) $*"; }
+
+# Runs "$@" for at most $1 seconds; SIGTERM first (the product ends its run KILLED), SIGKILL 30 s later.
+limited() {
+  local seconds=$1; shift
+  timeout --signal=TERM --kill-after=30 "$seconds" "$@"
+  local rc=$?
+  if [ "$rc" -ne 0 ]; then
+    failed=$((failed + 1))
+    if [ "$rc" -eq 124 ]; then say "stopped after ${seconds}s: $*"; else say "exit status $rc: $*"; fi
+  fi
+  return 0
+}
+
+setup() {
+  if ! python3 -c "import mlflow, optuna" 2>/dev/null; then
+    [ -d .whl ] || { say "MLflow/Optuna missing and no .whl/ here: run ../shared/tools/gpu-wheels.sh first"; exit 2; }
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+      || { say "installing .whl/ failed"; exit 2; }
+    export PYTHONPATH=/tmp/site:$PWD
+  else
+    export PYTHONPATH=$PWD
+  fi
+  if [ ! -d "$DATA_DIR/train" ]; then
+    [ -f data/cifar10-jpg.tar.gz ] || { say "no $DATA_DIR and no data/cifar10-jpg.tar.gz to extract it from"; exit 2; }
+    mkdir -p "$DATA_DIR" && tar -xzf data/cifar10-jpg.tar.gz -C "$DATA_DIR"
+  fi
+}
+
+section_check() {
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || echo "(no nvidia-smi)"
+  python3 - <<'EOF'
+import platform, torch, torchvision, mlflow, optuna
+print(f"python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
+      f"mlflow {mlflow.__version__}, optuna {optuna.__version__}")
+print("cuda:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available")
+EOF
+  limited 300 python3 -m cifar_mlflow.train --arch cnn_small --dataset synthetic --epochs 2 --max-train-samples 4096 \
+    --device "$DEVICE" --no-progress --experiment-name gpu-check --run-name "check-$DEVICE" $EXTRA_ARGS
+}
+
+section_bench() {
+  limited "$BENCH_S" python3 -m cifar_mlflow.bench "${DATA[@]}" --device "$DEVICE" --sections training data_path tracking \
+    --tracking-store sqlite \
+    --json "$OUT/bench.json" --log --no-progress $BENCH_ARGS
+}
+
+section_fast() {
+  limited "$FAST_S" python3 -m cifar_mlflow.bench "${DATA[@]}" --device "$DEVICE" --sections time_to_accuracy --seeds 3 \
+    --tracking-store sqlite \
+    --json "$OUT/fast.json" --log --no-progress $BENCH_ARGS
+}
+
+section_tune() {
+  # --timeout: no new trial after it; the outer limit leaves the last trial a minute to end.
+  limited $((TUNE_S + 60)) python3 -m cifar_mlflow.tune --recipe fast --trials 50 --timeout "$TUNE_S" "${DATA[@]}" \
+    --device "$DEVICE" --storage "$OPTUNA_STORAGE" --study-name "fast-gpu" --no-progress $EXTRA_ARGS
+}
+
+section_reference() {
+  for arch in mobilenetv2 mobilenetv3_small mobilenetv3_large resnet18; do
+    limited "$REFERENCE_S" python3 -m cifar_mlflow.train --arch "$arch" "${DATA[@]}" --device "$DEVICE" --no-progress \
+      --experiment-name reference-gpu --checkpoint-dir "$STORE/checkpoints" $EXTRA_ARGS
+  done
+}
+
+summarise() {
+  python3 - "$STORE/mlflow.db" > "$OUT/summary.txt" <<'EOF'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+rows = db.execute("""
+  select e.name, r.name, substr(r.run_uuid, 1, 8), r.status, (r.end_time - r.start_time) / 1000.0,
+         (select value from latest_metrics m where m.run_uuid = r.run_uuid and m.key = 'epochs_trained'),
+         (select max(step) from metrics m where m.run_uuid = r.run_uuid and m.key = 'val_acc'),
+         (select value from latest_metrics m where m.run_uuid = r.run_uuid and m.key = 'test_acc'),
+         (select value from latest_metrics m where m.run_uuid = r.run_uuid and m.key = 'val_acc')
+  from runs r join experiments e on e.experiment_id = r.experiment_id order by r.start_time""").fetchall()
+print(f"{'experiment':<22} {'run':<40} {'id':<8} {'status':<9} {'wall s':>8} {'epochs':>6} {'val_acc':>8} {'test_acc':>8}")
+for exp, name, rid, status, wall, epochs, last_epoch, test, val in rows:
+    epochs = epochs if epochs is not None else last_epoch
+    fmt = lambda v, f: format(v, f) if v is not None else "-"
+    print(f"{exp:<22} {name:<40} {rid:<8} {status:<9} {fmt(wall, '8.1f')} {fmt(epochs, '6.0f')} "
+          f"{fmt(val, '8.4f')} {fmt(test, '8.4f')}")
+EOF
+  cat "$OUT/summary.txt"
+  tar -czf "$OUT/stores.tar.gz" -C "$STORE" $(cd "$STORE" && ls mlflow.db optuna.db 2>/dev/null)
+}
+
+[ $# -gt 0 ] || { echo "usage: tools/gpu_session.sh SECTION... (check bench fast tune reference)" >&2; exit 2; }
+for section in "$@"; do
+  declare -F "section_$section" > /dev/null || { echo "unknown section: $section (check bench fast tune reference)" >&2; exit 2; }
+done
+setup
+for section in "$@"; do
+  say "section $section"
+  "section_$section"
+done
+say "summary"
+summarise
+say "done; sections failed or stopped: $failed"
+exit "$failed"
