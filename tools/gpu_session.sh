@@ -26,15 +26,17 @@
 # KILLED, never RUNNING; a failed section does not stop the next. Exit status: the number of
 # sections that failed or were stopped.
 #
-# Environment: OUT; DATA_DIR (default data/cifar10-jpg, extracted from data/cifar10-jpg.tar.gz);
+# Environment: OUT; DATA_DIR (default data/cifar10-jpg, extracted from DATA_TAR, default
+# data/cifar10-jpg.tar.gz, where it has no train/ folder yet);
 # BENCH_S, FAST_S, TUNE_S, REFERENCE_S (time limits, seconds); DEVICE (default cuda; cpu to rehearse
 # the script on a machine without a GPU); EXTRA_ARGS (appended to every training and tuning
 # command) and BENCH_ARGS (to every bench command), to rehearse with tiny runs.
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
-OUT=${OUT:-$PWD/gpu-out}
-DATA_DIR=${DATA_DIR:-data/cifar10-jpg}
+OUT=$(realpath -m "${OUT:-gpu-out}")
+DATA_DIR=$(realpath -m "${DATA_DIR:-data/cifar10-jpg}")
+DATA_TAR=$(realpath -m "${DATA_TAR:-data/cifar10-jpg.tar.gz}")
 DEVICE=${DEVICE:-cuda}
 BENCH_S=${BENCH_S:-240}
 FAST_S=${FAST_S:-180}
@@ -53,9 +55,10 @@ failed=0
 say() { echo "=== $(date -u +%FT%TZ) $*"; }
 
 # Runs "$@" for at most $1 seconds; SIGTERM first (the product ends its run KILLED), SIGKILL 30 s later.
+# From $STORE, so that the runs' artifacts (./mlruns beside a SQLite store) stay out of the checkout.
 limited() {
   local seconds=$1; shift
-  timeout --signal=TERM --kill-after=30 "$seconds" "$@"
+  (cd "$STORE" && timeout --signal=TERM --kill-after=30 "$seconds" "$@")
   local rc=$?
   if [ "$rc" -ne 0 ]; then
     failed=$((failed + 1))
@@ -74,8 +77,9 @@ setup() {
     export PYTHONPATH=$PWD
   fi
   if [ ! -d "$DATA_DIR/train" ]; then
-    [ -f data/cifar10-jpg.tar.gz ] || { say "no $DATA_DIR and no data/cifar10-jpg.tar.gz to extract it from"; exit 2; }
-    mkdir -p "$DATA_DIR" && tar -xzf data/cifar10-jpg.tar.gz -C "$DATA_DIR"
+    [ -f "$DATA_TAR" ] || { say "no $DATA_DIR/train and no $DATA_TAR to extract it from"; exit 2; }
+    say "extracting $DATA_TAR into $DATA_DIR"
+    mkdir -p "$DATA_DIR" && tar -xzf "$DATA_TAR" -C "$DATA_DIR" || { say "extracting $DATA_TAR failed"; exit 2; }
   fi
 }
 
