@@ -6,7 +6,7 @@
 #   ../shared/tools/gpu-wheels.sh                       # .whl/: MLflow (client) and Optuna, about 20 MB
 #   mkdir -p data && cp ../shared/data/cifar10-jpg.tar.gz data/
 # Then, on the GPU machine, from the repository root (sections run in the order given):
-#   tools/gpu_session.sh check bench fast tune          # about 6 minutes on one H100/H200 (estimate)
+#   tools/gpu_session.sh check bench fast tune          # 9.5 minutes at most with the default limits
 #   tools/gpu_session.sh reference                      # the long recipes, each as far as REFERENCE_S allows
 #
 # Sections:
@@ -28,7 +28,7 @@
 #
 # Environment: OUT; DATA_DIR (default data/cifar10-jpg, extracted from DATA_TAR, default
 # data/cifar10-jpg.tar.gz, where it has no train/ folder yet);
-# BENCH_S, FAST_S, TUNE_S, REFERENCE_S (time limits, seconds); DEVICE (default cuda; cpu to rehearse
+# CHECK_S, BENCH_S, FAST_S, TUNE_S, REFERENCE_S (time limits, seconds); DEVICE (default cuda; cpu to rehearse
 # the script on a machine without a GPU); EXTRA_ARGS (appended to every training and tuning
 # command) and BENCH_ARGS (to every bench command), to rehearse with tiny runs.
 set -uo pipefail
@@ -38,9 +38,10 @@ OUT=$(realpath -m "${OUT:-gpu-out}")
 DATA_DIR=$(realpath -m "${DATA_DIR:-data/cifar10-jpg}")
 DATA_TAR=$(realpath -m "${DATA_TAR:-data/cifar10-jpg.tar.gz}")
 DEVICE=${DEVICE:-cuda}
-BENCH_S=${BENCH_S:-240}
-FAST_S=${FAST_S:-180}
-TUNE_S=${TUNE_S:-150}
+CHECK_S=${CHECK_S:-120}
+BENCH_S=${BENCH_S:-180}
+FAST_S=${FAST_S:-120}
+TUNE_S=${TUNE_S:-90}
 REFERENCE_S=${REFERENCE_S:-120}
 EXTRA_ARGS=${EXTRA_ARGS:-}
 BENCH_ARGS=${BENCH_ARGS:-}
@@ -91,7 +92,7 @@ print(f"python {platform.python_version()}, torch {torch.__version__}, torchvisi
       f"mlflow {mlflow.__version__}, optuna {optuna.__version__}")
 print("cuda:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available")
 EOF
-  limited 300 python3 -m cifar_mlflow.train --arch cnn_small --dataset synthetic --epochs 2 --max-train-samples 4096 \
+  limited "$CHECK_S" python3 -m cifar_mlflow.train --arch cnn_small --dataset synthetic --epochs 2 --max-train-samples 4096 \
     --device "$DEVICE" --no-progress --experiment-name gpu-check --run-name "check-$DEVICE" $EXTRA_ARGS
 }
 
@@ -108,8 +109,8 @@ section_fast() {
 }
 
 section_tune() {
-  # --timeout: no new trial after it; the outer limit leaves the last trial a minute to end.
-  limited $((TUNE_S + 60)) python3 -m cifar_mlflow.tune --recipe fast --trials 50 --timeout "$TUNE_S" "${DATA[@]}" \
+  # --timeout: no new trial after it; the outer limit leaves the last trial 30 s to end.
+  limited $((TUNE_S + 30)) python3 -m cifar_mlflow.tune --recipe fast --trials 50 --timeout "$TUNE_S" "${DATA[@]}" \
     --device "$DEVICE" --storage "$OPTUNA_STORAGE" --study-name "fast-gpu" --no-progress $EXTRA_ARGS
 }
 
