@@ -35,7 +35,7 @@ class TuneConfig:
     pruner_warmup_epochs: int = _field(1, "median/percentile: epochs of every trial that are never pruned")
     pruner_percentile: float = _field(25.0, "percentile pruner: prune trials below this percentile")
     metric: str = _field("val_acc", "objective, reported every epoch: val_acc (maximised) or val_loss "
-                         "(minimised)", choices=METRICS)
+                         "(the cross-entropy without label smoothing, minimised)", choices=METRICS)
     search_space: str | None = _field(None, "search space YAML file (default: the shipped space, "
                                       "docs/tuning.md)")
     n_jobs: int = _field(1, "trials run in parallel in this process (threads)")
