@@ -16,8 +16,9 @@
 #              carried mlflow-skinny cannot run `mlflow server`)
 #   fast       the fast recipe over 3 seeds with MLflow logging: accuracy and training seconds
 #   tune       python -m cifar_mlflow.tune --recipe fast --trials 50, stopped after TUNE_S seconds
-#   reference  mobilenetv2, mobilenetv3_small, mobilenetv3_large, resnet18 at their recommended
-#              settings, REFERENCE_S seconds each (a run stopped there ends KILLED with its epochs)
+#   reference  mobilenetv2, mobilenetv3_small, mobilenetv3_large, resnet18 (REFERENCE_ARCHS) at their
+#              recommended settings, REFERENCE_S seconds each (a run stopped there ends KILLED with
+#              its epochs)
 #
 # Everything lands in $OUT (default ./gpu-out): gpu.log (all output), bench.json, fast.json,
 # summary.txt (every run: name, status, epochs, test accuracy, wall time) and stores.tar.gz (the
@@ -26,11 +27,13 @@
 # KILLED, never RUNNING; a failed section does not stop the next. Exit status: the number of
 # sections that failed or were stopped.
 #
-# Environment: OUT; DATA_DIR (default data/cifar10-jpg, extracted from DATA_TAR, default
+# Environment: OUT; STORE (where the databases, artifacts and checkpoints go; default
+# /tmp/cifar_mlflow-gpu-store); DATA_DIR (default data/cifar10-jpg, extracted from DATA_TAR, default
 # data/cifar10-jpg.tar.gz, where it has no train/ folder yet);
 # CHECK_S, BENCH_S, FAST_S, TUNE_S, REFERENCE_S (time limits, seconds); DEVICE (default cuda; cpu to rehearse
 # the script on a machine without a GPU); EXTRA_ARGS (appended to every training and tuning
-# command) and BENCH_ARGS (to every bench command), to rehearse with tiny runs.
+# command) and BENCH_ARGS (to every bench command), to rehearse with tiny runs. Relative paths are
+# taken from the repository root.
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -43,9 +46,17 @@ BENCH_S=${BENCH_S:-180}
 FAST_S=${FAST_S:-120}
 TUNE_S=${TUNE_S:-90}
 REFERENCE_S=${REFERENCE_S:-120}
+REFERENCE_ARCHS=${REFERENCE_ARCHS:-mobilenetv2 mobilenetv3_small mobilenetv3_large resnet18}
 EXTRA_ARGS=${EXTRA_ARGS:-}
 BENCH_ARGS=${BENCH_ARGS:-}
-STORE=/tmp/cifar_mlflow-gpu-store
+STORE=$(realpath -m "${STORE:-/tmp/cifar_mlflow-gpu-store}")
+[ $# -gt 0 ] || { echo "usage: tools/gpu_session.sh SECTION... (check bench fast tune reference)" >&2; exit 2; }
+for section in "$@"; do
+  case $section in
+    check|bench|fast|tune|reference) ;;
+    *) echo "unknown section: $section (choose from: check bench fast tune reference)" >&2; exit 2 ;;
+  esac
+done
 mkdir -p "$OUT" "$STORE"
 export MLFLOW_TRACKING_URI="sqlite:///$STORE/mlflow.db"
 OPTUNA_STORAGE="sqlite:///$STORE/optuna.db"
@@ -77,7 +88,10 @@ setup() {
   else
     export PYTHONPATH=$PWD
   fi
-  if [ ! -d "$DATA_DIR/train" ]; then
+  for section in "$@"; do
+    [ "$section" = check ] || need_data=1
+  done
+  if [ -n "${need_data:-}" ] && [ ! -d "$DATA_DIR/train" ]; then
     [ -f "$DATA_TAR" ] || { say "no $DATA_DIR/train and no $DATA_TAR to extract it from"; exit 2; }
     say "extracting $DATA_TAR into $DATA_DIR"
     mkdir -p "$DATA_DIR" && tar -xzf "$DATA_TAR" -C "$DATA_DIR" || { say "extracting $DATA_TAR failed"; exit 2; }
@@ -115,7 +129,7 @@ section_tune() {
 }
 
 section_reference() {
-  for arch in mobilenetv2 mobilenetv3_small mobilenetv3_large resnet18; do
+  for arch in $REFERENCE_ARCHS; do
     limited "$REFERENCE_S" python3 -m cifar_mlflow.train --arch "$arch" "${DATA[@]}" --device "$DEVICE" --no-progress \
       --experiment-name reference-gpu --checkpoint-dir "$STORE/checkpoints" $EXTRA_ARGS
   done
@@ -143,11 +157,7 @@ EOF
   tar -czf "$OUT/stores.tar.gz" -C "$STORE" $(cd "$STORE" && ls mlflow.db optuna.db 2>/dev/null)
 }
 
-[ $# -gt 0 ] || { echo "usage: tools/gpu_session.sh SECTION... (check bench fast tune reference)" >&2; exit 2; }
-for section in "$@"; do
-  declare -F "section_$section" > /dev/null || { echo "unknown section: $section (check bench fast tune reference)" >&2; exit 2; }
-done
-setup
+setup "$@"
 for section in "$@"; do
   say "section $section"
   "section_$section"
