@@ -10,8 +10,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from cifar_mlflow.metrics import per_class_accuracy, row_normalised  # noqa: E402
+
+
+def epoch_ticks() -> MaxNLocator:
+    """Whole epochs only on an epoch axis: a 3-epoch run has no epoch 1.25."""
+    return MaxNLocator(integer=True)
 
 
 def learning_curves_figure(history: list[dict[str, float]], best_epoch: int | None = None) -> Figure:
@@ -25,6 +31,7 @@ def learning_curves_figure(history: list[dict[str, float]], best_epoch: int | No
         if best_epoch is not None:
             ax.axvline(best_epoch, color="grey", ls="--", lw=1, label=f"best epoch ({best_epoch})")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(epoch_ticks())
         ax.set_ylabel(label)
         ax.set_title(f"{label}: train vs validation")
         ax.grid(alpha=0.3)

@@ -88,3 +88,18 @@ def test_runs_are_labelled_by_name_and_the_params_in_which_they_differ() -> None
     same = record("c" * 32, "cnn")
     label_runs([same, record("d" * 32, "cnn")])
     assert same.label == "cnn (ccccccc)"  # nothing differs: the id tells them apart
+
+
+def test_epoch_axes_show_whole_epochs_only() -> None:
+    # A 2- or 3-epoch run drew ticks at epoch 1.25, 1.5, ...: no such epoch exists.
+    from cifar_mlflow.compare.analysis import learning_curves_figure as compared
+    from cifar_mlflow.plots import learning_curves_figure as one_run
+
+    history = [{"epoch": e, "train_loss": 1.0 / e, "train_acc": 0.5 + e / 10, "val_loss": 1.1 / e,
+                "val_acc": 0.45 + e / 10} for e in (1, 2, 3)]
+    for fig in (one_run(history, best_epoch=3), compared([record("a" * 32, "cnn"), record("b" * 32, "mlp")])):
+        fig.canvas.draw()
+        for ax in fig.axes:
+            lo, hi = ax.get_xlim()
+            ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+            assert ticks and all(float(t).is_integer() for t in ticks), ticks

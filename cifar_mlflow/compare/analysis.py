@@ -19,6 +19,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from cifar_mlflow.metrics import row_normalised  # noqa: E402
+from cifar_mlflow.plots import epoch_ticks  # noqa: E402
 from cifar_mlflow.records import RunRecord  # noqa: E402
 
 # Final metrics shown in the table, and whether higher is better.
@@ -116,6 +117,7 @@ def learning_curves_figure(runs: list[RunRecord], with_train: bool = False) -> F
             if with_train and train:
                 ax.plot(*zip(*train), "--", color=color, alpha=0.6, label=f"{r.label} train")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(epoch_ticks())
         ax.set_ylabel(f"validation {'accuracy' if key == 'acc' else 'loss'}")
         ax.grid(alpha=0.3)
     axes[0].set_title("validation accuracy per epoch")
