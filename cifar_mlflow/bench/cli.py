@@ -78,9 +78,9 @@ def _tracking_store(bench: BenchConfig, workdir: Path) -> Iterator[str]:
                 yield uri
         except ServerStartError as exc:
             last = str(exc).strip().splitlines()[-1]
-            raise ConfigError(f"mlflow server did not start ({last}); the full mlflow package runs it, "
-                              "mlflow-skinny does not: --tracking-store sqlite measures against the "
-                              "embedded store instead") from None
+            raise ConfigError(f"mlflow server did not start ({last}); where only mlflow-skinny is installed "
+                              "(it has no server), --tracking-store sqlite measures against the embedded "
+                              "store instead") from None
         return
     from mlflow.tracking import MlflowClient
 
