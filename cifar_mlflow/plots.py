@@ -20,12 +20,18 @@ def epoch_ticks() -> MaxNLocator:
     return MaxNLocator(integer=True)
 
 
-def learning_curves_figure(history: list[dict[str, float]], best_epoch: int | None = None) -> Figure:
-    """Loss and accuracy per epoch, train vs validation (train only when there was no validation split)."""
+def learning_curves_figure(history: list[dict[str, float]], best_epoch: int | None = None,
+                           label_smoothing: float = 0.0) -> Figure:
+    """Loss and accuracy per epoch, train vs validation (train only when there was no validation split).
+
+    With label smoothing, the training loss is the smoothed criterion and the validation loss the
+    plain cross-entropy: the legend says so, since the gap between them is then partly smoothing.
+    """
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
-        ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train", ms=3)
+        train_label = f"train (label smoothing {label_smoothing:g})" if key == "loss" and label_smoothing else "train"
+        ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label=train_label, ms=3)
         if all(f"val_{key}" in h for h in history):
             ax.plot(epochs, [h[f"val_{key}"] for h in history], "o-", label="validation", ms=3)
         if best_epoch is not None:

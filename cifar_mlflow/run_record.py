@@ -91,7 +91,9 @@ def log_report(prepared: Prepared, result: TrainResult, logger: RunLogger) -> No
     """Plots, confusion matrix CSV, classification report and the resolved config as artifacts."""
     data = prepared.data
     cm = metrics.confusion_matrix(result.test.labels, result.test.predictions, data.num_classes)
-    logger.log_figure(plots.learning_curves_figure(result.history, result.best_epoch), "plots/learning_curves.png")
+    logger.log_figure(plots.learning_curves_figure(result.history, result.best_epoch,
+                                                   prepared.config.label_smoothing or 0.0),
+                      "plots/learning_curves.png")
     logger.log_figure(plots.confusion_matrix_figure(cm, data.classes), "plots/confusion_matrix.png")
     logger.log_figure(plots.per_class_accuracy_figure(cm, data.classes), "plots/per_class_accuracy.png")
     logger.log_figure(plots.misclassified_figure(data.test.images, result.test.logits, result.test.labels,

@@ -103,3 +103,16 @@ def test_epoch_axes_show_whole_epochs_only() -> None:
             lo, hi = ax.get_xlim()
             ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
             assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_a_runs_curves_say_when_the_training_loss_is_smoothed() -> None:
+    # Training loss with smoothing, validation loss without: the legend must tell them apart.
+    from cifar_mlflow.plots import learning_curves_figure
+
+    history = [{"epoch": e, "train_loss": 1.0, "train_acc": 0.5, "val_loss": 0.8, "val_acc": 0.6} for e in (1, 2)]
+    smoothed = learning_curves_figure(history, label_smoothing=0.118)
+    loss_axis, acc_axis = smoothed.axes
+    assert "train (label smoothing 0.118)" in [t.get_text() for t in loss_axis.get_legend().get_texts()]
+    assert "train" in [t.get_text() for t in acc_axis.get_legend().get_texts()]
+    plain = learning_curves_figure(history)
+    assert [t.get_text() for t in plain.axes[0].get_legend().get_texts()][:2] == ["train", "validation"]
