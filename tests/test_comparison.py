@@ -116,3 +116,16 @@ def test_a_runs_curves_say_when_the_training_loss_is_smoothed() -> None:
     assert "train" in [t.get_text() for t in acc_axis.get_legend().get_texts()]
     plain = learning_curves_figure(history)
     assert [t.get_text() for t in plain.axes[0].get_legend().get_texts()][:2] == ["train", "validation"]
+
+
+def test_the_compared_curves_legend_sits_below_the_plots() -> None:
+    # Four runs' labels with their differing params inside the accuracy plot covered its curves.
+    from cifar_mlflow.compare.analysis import learning_curves_figure
+
+    fig = learning_curves_figure([record(c * 32, f"run-{c}") for c in "abcd"], with_train=True)
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    (legend,) = fig.legends
+    assert len(legend.get_texts()) == 4  # each run once (these records have no training curves)
+    fig.canvas.draw()
+    box = legend.get_window_extent()
+    assert all(box.y1 <= ax.get_window_extent().y0 for ax in fig.axes)
