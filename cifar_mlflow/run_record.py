@@ -92,7 +92,7 @@ def log_report(prepared: Prepared, result: TrainResult, logger: RunLogger) -> No
     data = prepared.data
     cm = metrics.confusion_matrix(result.test.labels, result.test.predictions, data.num_classes)
     logger.log_figure(plots.learning_curves_figure(result.history, result.best_epoch,
-                                                   prepared.config.label_smoothing or 0.0),
+                                                   prepared.config.label_smoothing),
                       "plots/learning_curves.png")
     logger.log_figure(plots.confusion_matrix_figure(cm, data.classes), "plots/confusion_matrix.png")
     logger.log_figure(plots.per_class_accuracy_figure(cm, data.classes), "plots/per_class_accuracy.png")

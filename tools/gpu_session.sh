@@ -50,12 +50,11 @@ REFERENCE_ARCHS=${REFERENCE_ARCHS:-mobilenetv2 mobilenetv3_small mobilenetv3_lar
 EXTRA_ARGS=${EXTRA_ARGS:-}
 BENCH_ARGS=${BENCH_ARGS:-}
 STORE=$(realpath -m "${STORE:-/tmp/cifar_mlflow-gpu-store}")
-[ $# -gt 0 ] || { echo "usage: tools/gpu_session.sh SECTION... (check bench fast tune reference)" >&2; exit 2; }
+SECTIONS="check bench fast tune reference"  # each one a section_NAME function below
+[ $# -gt 0 ] || { echo "usage: tools/gpu_session.sh SECTION... ($SECTIONS)" >&2; exit 2; }
 for section in "$@"; do
-  case $section in
-    check|bench|fast|tune|reference) ;;
-    *) echo "unknown section: $section (choose from: check bench fast tune reference)" >&2; exit 2 ;;
-  esac
+  [[ " $SECTIONS " == *" $section "* ]] \
+    || { echo "unknown section: $section (choose from: $SECTIONS)" >&2; exit 2; }
 done
 mkdir -p "$OUT" "$STORE"
 export MLFLOW_TRACKING_URI="sqlite:///$STORE/mlflow.db"

@@ -106,9 +106,7 @@ def largest_confusion_changes(cm_a: np.ndarray, cm_b: np.ndarray, classes: list[
 
 def learning_curves_figure(runs: list[RunRecord], with_train: bool = False) -> Figure:
     """Validation accuracy and loss per epoch, one line per run (train dashed when asked)."""
-    lines_per_run = 2 if with_train else 1
-    legend_rows = -(-len(runs) * lines_per_run // 2)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5 + 0.22 * legend_rows), layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
     for ax, key in ((axes[0], "acc"), (axes[1], "loss")):
         for index, r in enumerate(runs):
             color = f"C{index % 10}"
@@ -125,7 +123,8 @@ def learning_curves_figure(runs: list[RunRecord], with_train: bool = False) -> F
     axes[0].set_title("validation accuracy per epoch")
     axes[1].set_title("validation loss per epoch")
     handles, labels = axes[0].get_legend_handles_labels()
-    if handles:  # below both plots, where long run labels cover no curve
+    if handles:  # below both plots, where long run labels cover no curve; the figure grows by its rows
+        fig.set_figheight(4.5 + 0.22 * -(-len(handles) // 2))
         fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=8)
     return fig
 
