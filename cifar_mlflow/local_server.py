@@ -16,6 +16,10 @@ from pathlib import Path
 class ServerStartError(RuntimeError):
     """The server exited or did not answer its health check in time; the message ends with its log."""
 
+    def __init__(self, message: str, log: str) -> None:
+        super().__init__(message)
+        self.log = log  # the end of the server's output
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -43,7 +47,8 @@ def running_server(command: list[str], uri: str, log_path: Path, env: dict[str, 
             except OSError:
                 pass
             if proc.poll() is not None or time.time() > deadline:
-                raise ServerStartError(f"{' '.join(command[:2])} did not start: {log_path.read_text()[-2000:]}")
+                output = log_path.read_text()[-2000:]
+                raise ServerStartError(f"{' '.join(command[:2])} did not start: {output}", output)
             time.sleep(0.5)
         yield uri
     finally:

@@ -109,7 +109,8 @@ def run_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     # As with an activated virtual environment: `python` (used by `mlflow run`) is this one.
     path = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    env.update(PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="", PATH=path, **extra)
+    env.update(PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="", PATH=path)
+    env.update(extra)
     return env
 
 

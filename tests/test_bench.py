@@ -4,13 +4,14 @@ and bad input. (Its figures are measured by docs/benchmarks.md, never asserted a
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import run_env
+from tests.conftest import ROOT, run_env
 
 TINY = ["--device", "cpu", "--dataset", "synthetic", "--max-train-samples", "600", "--max-eval-samples", "100", "--batch-size", "32", "--steps", "3",
         "--warmup-steps", "1", "--num-workers", "1", "--tracking-samples", "128", "--tracking-epochs", "1",
@@ -98,6 +99,26 @@ def test_without_a_server_the_logged_runs_go_to_an_embedded_store_and_leave_noth
     assert results["tracking_overhead"]["wall_s_logging_on"] > 0
     assert results["time_to_accuracy"]["mlflow_logging"] and results["time_to_accuracy"]["train_s_mean"] > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]  # no mlruns/ or mlflow.db where it ran
+
+
+def test_a_server_that_does_not_start_ends_the_benchmark_before_anything_is_measured(tmp_path) -> None:
+    # An install whose `mlflow server` cannot run (as mlflow-skinny's): this sitecustomize makes the
+    # real server process exit at once; the benchmark itself runs as usual.
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os, sys\nif sys.argv[1:2] == ['server']:\n"
+        "    sys.stderr.write('mlflow server: not in this install\\n')\n    sys.stderr.flush()\n    os._exit(1)\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = bench(*[a for a in TINY if a != "--no-progress"], "--archs", "lenet", "--sections", "training",
+                 "tracking", "--json", "bench.json", cwd=work, PYTHONPATH=f"{site}{os.pathsep}{ROOT}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    # One line, no progress bar before it: the training section never started.
+    assert proc.stderr.count("\n") == 1, proc.stderr[-3000:]
+    assert proc.stderr.startswith("error: mlflow server did not start (mlflow server: not in this install)")
+    assert "--tracking-store sqlite" in proc.stderr
+    assert proc.stdout == "" and list(work.iterdir()) == []
 
 
 def test_time_to_accuracy_is_said_to_be_gpu_only_on_the_cpu(tmp_path) -> None:

@@ -77,7 +77,7 @@ def _tracking_store(bench: BenchConfig, workdir: Path) -> Iterator[str]:
             with local_mlflow_server(workdir / "mlflow-server") as uri:
                 yield uri
         except ServerStartError as exc:
-            last = str(exc).strip().splitlines()[-1]
+            last = (exc.log.strip().splitlines() or ["no output"])[-1]
             raise ConfigError(f"mlflow server did not start ({last}); where only mlflow-skinny is installed "
                               "(it has no server), --tracking-store sqlite measures against the embedded "
                               "store instead") from None
@@ -100,17 +100,21 @@ def _run_sections(bench: BenchConfig, device, data, workdir: Path) -> dict[str, 
     total = (len(arch_list(bench)) * ("training" in sections) + ("data_path" in sections)
              + bench.tracking_repeats * ("tracking" in sections) + bench.seeds * ("time_to_accuracy" in sections))
     results: dict[str, Any] = {}
-    with tqdm(total=total, disable=not bench.progress, file=sys.stderr, dynamic_ncols=True) as progress:
+    with contextlib.ExitStack() as stack:
+        # The store first (an idle server while the other sections measure): one that does not start
+        # ends the benchmark before anything is measured.
+        if "tracking" in sections or "time_to_accuracy" in sections:
+            uri = stack.enter_context(_tracking_store(bench, workdir))
+        progress = stack.enter_context(tqdm(total=total, disable=not bench.progress, file=sys.stderr,
+                                            dynamic_ncols=True))
         if "training" in sections:
             results["rows"] = measure_training(bench, data, device, progress)
         if "data_path" in sections:
             results["data_path"] = measure_data_path(bench, data, device, progress)
-        if "tracking" in sections or "time_to_accuracy" in sections:
-            with _tracking_store(bench, workdir) as uri:
-                if "tracking" in sections:
-                    results["tracking_overhead"] = measure_tracking(bench, data, device, uri, workdir, progress)
-                if "time_to_accuracy" in sections:
-                    results["time_to_accuracy"] = measure_time_to_accuracy(bench, data, device, uri, workdir, progress)
+        if "tracking" in sections:
+            results["tracking_overhead"] = measure_tracking(bench, data, device, uri, workdir, progress)
+        if "time_to_accuracy" in sections:
+            results["time_to_accuracy"] = measure_time_to_accuracy(bench, data, device, uri, workdir, progress)
     if "time_to_accuracy" not in sections:
         results["time_to_accuracy_note"] = ("GPU only: not run on the CPU unless --sections names time_to_accuracy"
                                             if device.type != "cuda" else "not in --sections")
