@@ -70,22 +70,14 @@ STALL_NOTICE_SECONDS = 5.0  # a tracking call silent this long is said on the co
 _watching = threading.local()
 
 
-def _store_is_a_server() -> bool:
-    """Whether tracking calls go over HTTP to a tracking server (MLflow retries those in silence), as
-    against an embedded store (SQLite, a database, files) that this process writes itself."""
-    return mlflow.get_tracking_uri().startswith(("http://", "https://"))
-
-
 def reporting_stalls(what: str):
-    """Decorator: when the wrapped call waits on the tracking server for more than
-    `STALL_NOTICE_SECONDS`, say so on the console (MLflow retries in silence), and say when the server
-    answers again. With an embedded store there is no server to wait for (a slow call is this
-    process's own work, such as saving the model), so nothing is said."""
+    """Decorator: when the wrapped call waits on the server for more than `STALL_NOTICE_SECONDS`, say
+    so on the console (MLflow retries in silence), and say when the server answers again."""
 
     def decorate(function):
         @functools.wraps(function)
         def wrapper(*args, **kwargs):
-            if getattr(_watching, "active", False) or not _store_is_a_server():  # watched already, or no server
+            if getattr(_watching, "active", False):  # an outer call is already watching
                 return function(*args, **kwargs)
             done, started, stalled = threading.Event(), time.time(), threading.Event()
 
