@@ -268,7 +268,9 @@ def _train(prepared, uri: str, state: dict[str, Any] | None) -> int:
 
 def ui_command(uri: str) -> str:
     """A command that shows the runs of `uri`: `mlflow ui` opens stores, a server is opened in a browser."""
-    if uri.startswith(("http://", "https://")):
+    from cifar_mlflow.tracking.faults import is_tracking_server
+
+    if is_tracking_server(uri):
         return f"open {uri} in a browser"
     return f"mlflow ui --backend-store-uri {uri}"
 

@@ -70,15 +70,25 @@ STALL_NOTICE_SECONDS = 5.0  # a tracking call silent this long is said on the co
 _watching = threading.local()
 
 
+def is_tracking_server(uri: str) -> bool:
+    """Whether a tracking URI's calls go over HTTP to a tracking server (MLflow retries those in
+    silence), as against an embedded store (SQLite, a database, files) that this process opens itself."""
+    return uri.startswith(("http://", "https://"))
+
+
 def reporting_stalls(what: str):
-    """Decorator: when the wrapped call waits on the server for more than `STALL_NOTICE_SECONDS`, say
-    so on the console (MLflow retries in silence), and say when the server answers again."""
+    """Decorator for the methods of an object with a tracking `uri` (the run's logger): when the wrapped
+    call waits on the tracking server for more than `STALL_NOTICE_SECONDS`, say so on the console (MLflow
+    retries in silence), and say when the server answers again. With an embedded store there is no
+    server to wait for (a slow call is this process's own work, such as saving the model), so nothing
+    is said. The URI is the object's, not MLflow's global one: that is set only once the run opens,
+    inside the first watched call."""
 
     def decorate(function):
         @functools.wraps(function)
-        def wrapper(*args, **kwargs):
-            if getattr(_watching, "active", False):  # an outer call is already watching
-                return function(*args, **kwargs)
+        def wrapper(self, *args, **kwargs):
+            if getattr(_watching, "active", False) or not is_tracking_server(self.uri):  # watched already, or no server
+                return function(self, *args, **kwargs)
             done, started, stalled = threading.Event(), time.time(), threading.Event()
 
             def watch() -> None:
@@ -91,7 +101,7 @@ def reporting_stalls(what: str):
             _watching.active = True
             watcher.start()
             try:
-                return function(*args, **kwargs)
+                return function(self, *args, **kwargs)
             finally:
                 _watching.active = False
                 done.set()

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.records import RESOLVED_PREFIX
 from cifar_mlflow.redaction import redact, split_tracking_credentials
-from cifar_mlflow.tracking.faults import failure_in_words
+from cifar_mlflow.tracking.faults import failure_in_words, is_tracking_server
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -57,7 +57,7 @@ def check_tracking_server(uri: str, timeout: float = 10.0) -> None:
     Raises:
         ConfigError: the server cannot be reached, refuses the credentials, or answers with an error.
     """
-    if not uri.startswith(("http://", "https://")):
+    if not is_tracking_server(uri):
         return  # the embedded store (or a database) is opened where it is used
     auth = None
     if os.environ.get("MLFLOW_TRACKING_USERNAME"):
