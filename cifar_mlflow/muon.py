@@ -5,6 +5,10 @@ layer's filter bank `(out, in, kh, kw)` is trained here as the `(out, in * kh * 
 viewed as, as airbench94_muon does; everything else is PyTorch's code. The parameters Muon is not
 meant for (biases, normalisation layers, the first layer, which sees pixels, and the last, which
 gives the logits) train with SGD and Nesterov momentum, as its authors advise.
+
+PyTorch's Newton-Schulz iteration always computes in bf16. Where bf16 is emulated (a CPU without
+AVX-512 BF16, AMX or Arm BF16) that is an order of magnitude slower than fp32, and it dominated a
+step; there the same iteration runs in fp32 (`orthogonalise`), the rest of the step as PyTorch's.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim._muon import _adjust_lr  # PyTorch's learning rate for a matrix's shape
 
 
 def as_matrix(t: torch.Tensor) -> torch.Tensor:
@@ -28,12 +33,31 @@ def as_matrix(t: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"cannot view a weight of shape {tuple(t.shape)} and strides {t.stride()} as a matrix")
 
 
-class FilterBankMuon(torch.optim.Muon):
-    """`torch.optim.Muon` that also takes weights of more than two dimensions, each as `as_matrix` views it."""
+def orthogonalise(update: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """PyTorch's Newton-Schulz iteration (`torch.optim._muon._zeropower_via_newtonschulz`), operation for
+    operation, computed in `dtype` where PyTorch's always computes in bf16: an update of about the
+    same direction with orthogonalised singular values, returned in `dtype`."""
+    a, b, c = coefficients
+    x = update.to(dtype)
+    wide = update.size(0) > update.size(1)
+    if wide:
+        x = x.T
+    x.div_(x.norm().clamp(min=eps))  # spectral norm at most 1
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if wide else x
 
-    def __init__(self, params: Any, **options: Any) -> None:
+
+class FilterBankMuon(torch.optim.Muon):
+    """`torch.optim.Muon` that also takes weights of more than two dimensions, each as `as_matrix` views it,
+    and orthogonalises in `newton_schulz_dtype` (PyTorch's: bf16; fp32 where bf16 is emulated)."""
+
+    def __init__(self, params: Any, newton_schulz_dtype: torch.dtype = torch.bfloat16, **options: Any) -> None:
         probe = torch.optim.Muon([torch.zeros(1, 1, requires_grad=True)], **options)  # PyTorch's own checks
         torch.optim.Optimizer.__init__(self, params, probe.defaults)
+        self.newton_schulz_dtype = newton_schulz_dtype
         for group in self.param_groups:
             for p in group["params"]:
                 if p.ndim < 2:
@@ -44,6 +68,27 @@ class FilterBankMuon(torch.optim.Muon):
         for items in (params_with_grad, grads, muon_momentum_bufs):
             items[:] = [as_matrix(t) for t in items]
         return has_complex
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if self.newton_schulz_dtype == torch.bfloat16:
+            return super().step(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:  # PyTorch's single-tensor Muon step, `orthogonalise` in its place
+            params, grads, bufs = [], [], []
+            self._init_group(group, params, grads, bufs)
+            lr, momentum = group["lr"], group["momentum"]
+            for param, grad, buf in zip(params, grads, bufs):
+                buf.lerp_(grad, 1 - momentum)
+                update = grad.lerp(buf, momentum) if group["nesterov"] else buf
+                update = orthogonalise(update, group["ns_coefficients"], group["ns_steps"], group["eps"],
+                                       self.newton_schulz_dtype)
+                param.mul_(1 - lr * group["weight_decay"])
+                param.add_(update, alpha=-_adjust_lr(lr, group["adjust_lr_fn"], param.shape))
+        return loss
 
 
 def hidden_weights(model: nn.Module) -> list[nn.Parameter]:
@@ -60,11 +105,13 @@ class MuonWithSGD(torch.optim.Optimizer):
     `FilterBankMuon` on `muon_groups`. Its `param_groups` are theirs (the same dicts, SGD's first), so
     a learning-rate schedule set here is the one they use."""
 
-    def __init__(self, sgd_groups: list[dict], muon_groups: list[dict], *, momentum: float, nesterov: bool) -> None:
+    def __init__(self, sgd_groups: list[dict], muon_groups: list[dict], *, momentum: float, nesterov: bool,
+                 newton_schulz_dtype: torch.dtype = torch.bfloat16) -> None:
         self.sgd = torch.optim.SGD(sgd_groups, lr=sgd_groups[0]["lr"], momentum=momentum,
                                    nesterov=nesterov and momentum > 0)
         self.muon = FilterBankMuon(muon_groups, lr=muon_groups[0]["lr"], momentum=momentum,
-                                   nesterov=nesterov, weight_decay=muon_groups[0]["weight_decay"])
+                                   nesterov=nesterov, weight_decay=muon_groups[0]["weight_decay"],
+                                   newton_schulz_dtype=newton_schulz_dtype)
         super().__init__(self.sgd.param_groups + self.muon.param_groups, {"lr": sgd_groups[0]["lr"],
                                                                           "momentum": momentum})
 

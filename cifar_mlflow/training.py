@@ -174,7 +174,7 @@ def _build_loop(prepared: Prepared) -> _Loop:
     val_loader = (DeviceLoader(data.val, eval_batch, plain, device, shuffle=False, **layout, **shard)
                   if len(data.val) > 0 else None)
     test_loader = DeviceLoader(data.test, eval_batch, plain, device, shuffle=False, **layout)
-    optimizer = build_optimizer(config, model)
+    optimizer = build_optimizer(config, model, prepared.precision)
     schedule = build_schedule(config, optimizer, len(train_loader))
     lookahead = Lookahead(model, config.epochs * len(train_loader)) if config.lookahead else None
     train_model = model

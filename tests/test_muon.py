@@ -11,7 +11,7 @@ from torch import nn
 from cifar_mlflow.config import TrainConfig, resolve_config
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.models import get_model
-from cifar_mlflow.muon import FilterBankMuon, MuonWithSGD, as_matrix
+from cifar_mlflow.muon import FilterBankMuon, MuonWithSGD, as_matrix, orthogonalise
 from cifar_mlflow.optim import build_optimizer, build_schedule
 from cifar_mlflow.training import train
 from tests.test_training import quick
@@ -33,6 +33,50 @@ def test_on_matrices_it_is_pytorchs_muon() -> None:
     steps(torch.optim.Muon([theirs], lr=0.02, momentum=0.9), [theirs], grads)
     assert torch.equal(ours, theirs)
     assert not torch.equal(ours, start)
+
+
+NS = ((3.4445, -4.7750, 2.0315), 5, 1e-7)  # PyTorch's default coefficients, steps and eps
+
+
+@pytest.mark.parametrize("shape", [(16, 24), (24, 16)])  # wide, and tall (orthogonalised transposed)
+def test_orthogonalise_is_pytorchs_newton_schulz_in_the_dtype_asked(shape) -> None:
+    from torch.optim._muon import _zeropower_via_newtonschulz
+
+    torch.manual_seed(0)
+    update = torch.randn(*shape)
+    theirs = _zeropower_via_newtonschulz(update, *NS)
+    assert torch.equal(orthogonalise(update, *NS, dtype=torch.bfloat16), theirs)  # operation for operation
+    exact = orthogonalise(update.double(), *NS, dtype=torch.float64)
+    ours = orthogonalise(update, *NS, dtype=torch.float32)
+    assert ours.dtype == torch.float32 and ours.shape == shape
+    # in fp32 it computes the same iteration, without bf16's rounding
+    assert (ours.double() - exact).abs().max() < 1e-4 < (theirs.double() - exact).abs().max()
+
+
+def test_in_fp32_on_matrices_it_is_pytorchs_muon_but_for_bf16s_rounding() -> None:
+    torch.manual_seed(0)
+    start = torch.randn(16, 24)
+    grads = [[torch.randn(16, 24)] for _ in range(3)]
+    ours, theirs = nn.Parameter(start.clone()), nn.Parameter(start.clone())
+    steps(FilterBankMuon([ours], newton_schulz_dtype=torch.float32, lr=0.02, momentum=0.9, weight_decay=0.1,
+                         nesterov=True), [ours], grads)
+    steps(torch.optim.Muon([theirs], lr=0.02, momentum=0.9, weight_decay=0.1, nesterov=True), [theirs], grads)
+    assert ours.dtype == torch.float32 and not torch.equal(ours, theirs)
+    torch.testing.assert_close(ours, theirs, atol=2e-3, rtol=0)  # steps of 0.02 on the same path
+    assert (ours - start).abs().max() > 0.01
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_orthogonalisation_follows_the_runs_precision(precision, dtype) -> None:
+    optimizer = build_optimizer(muon_config(), cnn_small(), precision)
+    assert optimizer.muon.newton_schulz_dtype == dtype
+
+
+def test_without_a_precision_it_is_the_one_auto_picks_for_the_device() -> None:
+    from cifar_mlflow.hardware import select_precision
+
+    expected = torch.bfloat16 if select_precision("auto", torch.device("cpu")) == "bf16" else torch.float32
+    assert build_optimizer(muon_config(), cnn_small()).muon.newton_schulz_dtype == expected
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
