@@ -18,8 +18,11 @@ install: $(VENV)/.installed
 run: install
 	$(PY) -m cifar_mlflow.train $(ARGS)
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), a file to each at a time: most of its time is
+# spent starting processes and servers, which two cores overlap. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q -m "not faults" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not faults" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Fault and concurrency tests: many real processes, full disks, stalled servers (a few minutes more).
 test-faults: install
