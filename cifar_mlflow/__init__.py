@@ -2,15 +2,46 @@
 
 The library entry point is `cifar_mlflow.training.train(config, logger=..., callbacks=...)`; it is
 not re-exported here because `cifar_mlflow.train` is the command-line module.
+
+The names below load on first use (PEP 562), so that `python -m cifar_mlflow.train --help`, and a
+command refusing bad input, answer without importing PyTorch, scikit-learn and matplotlib first.
 """
 
-from cifar_mlflow.config import TrainConfig, resolve_config
-from cifar_mlflow.errors import ConfigError, NonFiniteLossError
-from cifar_mlflow.logger import NullLogger, RunLogger
-from cifar_mlflow.models import get_model, list_models, register_model
-from cifar_mlflow.training import TrainResult, fit, prepare, run
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+_EXPORTS = {
+    "TrainConfig": "cifar_mlflow.config", "resolve_config": "cifar_mlflow.config",
+    "ConfigError": "cifar_mlflow.errors", "NonFiniteLossError": "cifar_mlflow.errors",
+    "NullLogger": "cifar_mlflow.logger", "RunLogger": "cifar_mlflow.logger",
+    "get_model": "cifar_mlflow.models", "list_models": "cifar_mlflow.models", "register_model": "cifar_mlflow.models",
+    "TrainResult": "cifar_mlflow.training", "fit": "cifar_mlflow.training", "prepare": "cifar_mlflow.training",
+    "run": "cifar_mlflow.training",
+}
+
 __all__ = ["ConfigError", "NonFiniteLossError", "NullLogger", "RunLogger", "TrainConfig", "TrainResult",
            "fit", "get_model", "list_models", "prepare", "register_model", "resolve_config", "run"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'cifar_mlflow' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from cifar_mlflow.config import TrainConfig, resolve_config
+    from cifar_mlflow.errors import ConfigError, NonFiniteLossError
+    from cifar_mlflow.logger import NullLogger, RunLogger
+    from cifar_mlflow.models import get_model, list_models, register_model
+    from cifar_mlflow.training import TrainResult, fit, prepare, run

@@ -25,9 +25,11 @@ from cifar_mlflow.config import (
     TrainConfig,
     build_config,
     default_run_name,
+    resolve_config,
 )
 from cifar_mlflow.errors import ConfigError, NonFiniteLossError
 from cifar_mlflow.models import list_models, model_description, recommended_settings
+from cifar_mlflow.models.registry import check_model_name
 from cifar_mlflow.redaction import protect_console, redact
 from cifar_mlflow.rerun import SourceRun, options_from_params, provenance_warnings
 
@@ -172,11 +174,14 @@ def main(argv: list[str] | None = None) -> int:
 def _prepare(args: argparse.Namespace, workdir: Path):
     """The options, the tracking server, torchrun, the resume state, the data and the model: all checked
     before anything is created. Raises `ConfigError`."""
-    # Imported here, after the options parse: `--help` answers without loading MLflow.
+    values, given = collect_values(args, TrainConfig, extra=("list_models",))
+    if not values.get("resume") and not values.get("from_run"):  # (those take their options from a run)
+        check_model_name(resolve_config(build_config(values)).arch)
+    # Imported once the options are checked: `--help` and bad input answer without loading MLflow,
+    # scikit-learn and matplotlib (seconds each).
     from cifar_mlflow.tracking import check_tracking_server, refuse_live_run, tracking_uri
     from cifar_mlflow.training import prepare
 
-    values, given = collect_values(args, TrainConfig, extra=("list_models",))
     uri = tracking_uri(values.get("tracking_uri"))
     if values.get("tracking_uri"):
         values["tracking_uri"] = uri  # credentials of an http URI are in the environment now

@@ -138,8 +138,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _bench(args: argparse.Namespace, argv: list[str] | None, workdir: Path) -> int:
     from cifar_mlflow.hardware import select_device
-    from cifar_mlflow.tracking import tracking_uri
-    from cifar_mlflow.training import load_splits
 
     try:
         values, _ = collect_values(args, BenchConfig)
@@ -147,6 +145,10 @@ def _bench(args: argparse.Namespace, argv: list[str] | None, workdir: Path) -> i
         _resolved_probe(bench)  # validates the device name and the fast recipe's settings
         device = select_device(bench.device)
         bench = resolve_bench_config(bench, device.type == "cuda")
+        # Imported once the options are checked: bad input answers without loading MLflow and the data libraries.
+        from cifar_mlflow.tracking import tracking_uri
+        from cifar_mlflow.training import load_splits
+
         # Resolved now: the sections' logged runs point MLflow (and $MLFLOW_TRACKING_URI) at their own
         # temporary store, which is gone by the time the benchmark run is logged.
         log_uri = tracking_uri(bench.tracking_uri) if bench.log else None

@@ -56,15 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cifar_mlflow.compare.report import build_report
-    from cifar_mlflow.tracking import (
-        check_tracking_server,
-        fetch_run_records,
-        log_comparison,
-        select_runs,
-        tracking_uri,
-    )
-
     protect_console()
     args = build_parser().parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per small CSV is noise
@@ -77,6 +68,16 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("say which runs to compare: --runs ID ..., --experiment NAME, --top K or --study NAME")
         if config.top is not None and config.top < 1:
             raise ConfigError(f"top must be at least 1, got {config.top}")
+        # Imported once the options are checked: `--help` and bad input answer without loading MLflow and matplotlib.
+        from cifar_mlflow.compare.report import build_report
+        from cifar_mlflow.tracking import (
+            check_tracking_server,
+            fetch_run_records,
+            log_comparison,
+            select_runs,
+            tracking_uri,
+        )
+
         uri = tracking_uri(config.tracking_uri)
         check_tracking_server(uri)
         runs = select_runs(uri, run_ids=run_ids, experiment=config.experiment, filter_string=config.filter or "",

@@ -7,9 +7,22 @@ As in the usual CIFAR variants, the stem and the first stride-2 stage keep full 
 from __future__ import annotations
 
 from torch import nn
-from torchvision.ops.misc import Conv2dNormActivation, SqueezeExcitation
 
 from cifar_mlflow.models.registry import register_model
+
+
+# torchvision's building blocks, imported when a MobileNet is built rather than when the registry is
+# listed: importing torchvision takes seconds that `--help` and bad input should not wait for.
+def _conv_norm_act(*args, **kwargs) -> nn.Module:
+    from torchvision.ops.misc import Conv2dNormActivation
+
+    return Conv2dNormActivation(*args, **kwargs)
+
+
+def _squeeze_excite(*args, **kwargs) -> nn.Module:
+    from torchvision.ops.misc import SqueezeExcitation
+
+    return SqueezeExcitation(*args, **kwargs)
 
 
 def _divisible(value: float, divisor: int = 8) -> int:
@@ -26,12 +39,12 @@ class InvertedResidual(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         if expanded != cin:
-            layers.append(Conv2dNormActivation(cin, expanded, 1, activation_layer=activation))
-        layers.append(Conv2dNormActivation(expanded, expanded, kernel, stride=stride, groups=expanded,
-                                           activation_layer=activation))
+            layers.append(_conv_norm_act(cin, expanded, 1, activation_layer=activation))
+        layers.append(_conv_norm_act(expanded, expanded, kernel, stride=stride, groups=expanded,
+                                    activation_layer=activation))
         if squeeze_excite:
-            layers.append(SqueezeExcitation(expanded, _divisible(expanded // 4), scale_activation=nn.Hardsigmoid))
-        layers.append(Conv2dNormActivation(expanded, cout, 1, activation_layer=None))
+            layers.append(_squeeze_excite(expanded, _divisible(expanded // 4), scale_activation=nn.Hardsigmoid))
+        layers.append(_conv_norm_act(expanded, cout, 1, activation_layer=None))
         self.block = nn.Sequential(*layers)
         self.use_residual = stride == 1 and cin == cout
 
@@ -53,13 +66,13 @@ def mobilenetv2(*, num_classes: int = 10, in_channels: int = 3, width_mult: floa
     """MobileNetV2 (inverted residuals, linear bottlenecks; width_mult, dropout), CIFAR stem."""
     cin = _divisible(32 * width_mult)
     last = _divisible(1280 * max(1.0, width_mult))
-    layers: list[nn.Module] = [Conv2dNormActivation(in_channels, cin, 3, stride=1, activation_layer=nn.ReLU6)]
+    layers: list[nn.Module] = [_conv_norm_act(in_channels, cin, 3, stride=1, activation_layer=nn.ReLU6)]
     for t, c, n, s in _V2_STAGES:
         cout = _divisible(c * width_mult)
         for i in range(n):
             layers.append(InvertedResidual(cin, cin * t, cout, 3, s if i == 0 else 1, nn.ReLU6, False))
             cin = cout
-    layers.append(Conv2dNormActivation(cin, last, 1, activation_layer=nn.ReLU6))
+    layers.append(_conv_norm_act(cin, last, 1, activation_layer=nn.ReLU6))
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
                          nn.Linear(last, num_classes))
 
@@ -80,14 +93,14 @@ _V3_LARGE = ((3, 16, 16, False, False, 1), (3, 64, 24, False, False, 1), (3, 72,
 def _mobilenetv3(blocks: tuple, last_conv: int, hidden: int, num_classes: int, in_channels: int,
                  width_mult: float, dropout: float) -> nn.Module:
     cin = _divisible(16 * width_mult)
-    layers: list[nn.Module] = [Conv2dNormActivation(in_channels, cin, 3, stride=1, activation_layer=nn.Hardswish)]
+    layers: list[nn.Module] = [_conv_norm_act(in_channels, cin, 3, stride=1, activation_layer=nn.Hardswish)]
     for kernel, expanded, out, se, hswish, stride in blocks:
         cout = _divisible(out * width_mult)
         layers.append(InvertedResidual(cin, _divisible(expanded * width_mult), cout, kernel, stride,
                                        nn.Hardswish if hswish else nn.ReLU, se))
         cin = cout
     last = _divisible(last_conv * width_mult)
-    layers.append(Conv2dNormActivation(cin, last, 1, activation_layer=nn.Hardswish))
+    layers.append(_conv_norm_act(cin, last, 1, activation_layer=nn.Hardswish))
     head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(last, hidden), nn.Hardswish(inplace=True),
             nn.Dropout(dropout), nn.Linear(hidden, num_classes)]
     return nn.Sequential(*layers, *head)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.models import resnet18 as torchvision_resnet18
 
 from cifar_mlflow.models.registry import register_model
 
@@ -14,6 +13,8 @@ from cifar_mlflow.models.registry import register_model
     augment="standard", label_smoothing=0.0))
 def resnet18(*, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """ResNet-18 with the CIFAR stem (3x3 stride-1 first conv, no max-pool): 11M parameters."""
+    from torchvision.models import resnet18 as torchvision_resnet18  # imported when built, not when listed
+
     model = torchvision_resnet18(weights=None, num_classes=num_classes)
     model.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()

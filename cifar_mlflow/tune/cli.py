@@ -61,11 +61,10 @@ def parse_configs(argv: list[str] | None) -> tuple[TuneConfig, TrainConfig]:
 
 def main(argv: list[str] | None = None) -> int:
     protect_console()
-    # Imported here, after the options parse: `--help` answers without loading torch, MLflow or Optuna.
-    from cifar_mlflow.tune.study import open_study
-
     try:
         ctx, sampler, pruner, storage = _prepare(argv)
+        from cifar_mlflow.tune.study import open_study  # loaded by _prepare once the options were checked
+
         study = open_study(ctx, storage=storage, sampler=sampler, pruner=pruner)
     except ConfigError as exc:
         print(f"error: {redact(str(exc))}", file=sys.stderr)
@@ -77,9 +76,7 @@ def _prepare(argv: list[str] | None):
     """Everything checked and built before the study exists: options, search space, architectures,
     sampler, pruner, the tracking server, the storage and the data. Raises `ConfigError`."""
     from cifar_mlflow.models.registry import check_model_name
-    from cifar_mlflow.tracking import StudyTracker, check_tracking_server, tracking_uri
     from cifar_mlflow.tune.search_space import default_search_space, load_search_space
-    from cifar_mlflow.tune.study import StudyContext, build_pruner, build_sampler, build_storage
 
     tune, base = parse_configs(argv)
     space = load_search_space(tune.search_space) if tune.search_space else default_search_space()
@@ -88,6 +85,11 @@ def _prepare(argv: list[str] | None):
         if spec.name == "arch":
             for choice in spec.choices:
                 check_model_name(str(choice))
+    # Imported once the options and the search space are checked: `--help` and bad input answer without
+    # loading MLflow, Optuna and the data libraries.
+    from cifar_mlflow.tracking import StudyTracker, check_tracking_server, tracking_uri
+    from cifar_mlflow.tune.study import StudyContext, build_pruner, build_sampler, build_storage
+
     sampler = build_sampler(tune, space, base.seed)
     pruner = build_pruner(tune, base.epochs)
     study_name = tune.study_name or f"{base.arch.replace(':', '-')}-{base.dataset}"
