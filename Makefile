@@ -25,7 +25,7 @@ TEST_WORKERS ?= 2
 test: install
 	$(PY) -m pytest -q -m "not faults" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
-# Fault and concurrency tests: many real processes, full disks, stalled servers (a few minutes more).
+# Fault and concurrency tests: many real processes, full disks, stalled servers (about 20 minutes on 2 cores).
 test-faults: install
 	$(PY) -m pytest -q -m faults $(PYTEST_ARGS)
 

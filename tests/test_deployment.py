@@ -137,6 +137,7 @@ def compose_server(postgres_url, tmp_path_factory):
         yield uri, artifacts
 
 
+@pytest.mark.faults  # three processes against one server and PostgreSQL: a concurrency test (make test-faults)
 def test_training_and_two_tuning_workers_against_the_compose_server(compose_server, postgres_url, imagefolder,
                                                                      tmp_path) -> None:
     uri, artifacts = compose_server
