@@ -201,12 +201,16 @@ def parse_model_args(text: str) -> dict[str, Any]:
 
 
 def resolve_config(config: TrainConfig) -> TrainConfig:
-    """Fill what the user left unset from the recipe, then from the architecture's recommendations; validate."""
+    """Fill what the user left unset from the recipe, then from the architecture's recommendations; validate
+    (the architecture's name too). Raises `ConfigError`."""
     check_choices(config)  # before the recipe and the recommendations are looked up by name
     recipe = RECIPE_SETTINGS.get(config.recipe, {})
     config = dataclasses.replace(config, **{k: v for k, v in recipe.items() if getattr(config, k) is None})
     if config.arch is None:
         config = dataclasses.replace(config, arch=DEFAULT_ARCH)
+    from cifar_mlflow.models.registry import check_model_name  # (the registry reads this module)
+
+    check_model_name(config.arch)  # an unknown name would silently get the generic recommendations
     recommended = recommended_for(config.arch)
     filled = {k: v for k, v in recommended.items() if getattr(config, k) is None}
     if config.epochs is not None:  # a budget the recommendations were not made for

@@ -29,7 +29,6 @@ from cifar_mlflow.config import (
 )
 from cifar_mlflow.errors import ConfigError, NonFiniteLossError
 from cifar_mlflow.models import list_models, model_description, recommended_settings
-from cifar_mlflow.models.registry import check_model_name
 from cifar_mlflow.redaction import protect_console, redact
 from cifar_mlflow.rerun import SourceRun, options_from_params, provenance_warnings
 
@@ -176,7 +175,7 @@ def _prepare(args: argparse.Namespace, workdir: Path):
     before anything is created. Raises `ConfigError`."""
     values, given = collect_values(args, TrainConfig, extra=("list_models",))
     if not values.get("resume") and not values.get("from_run"):  # (those take their options from a run)
-        check_model_name(resolve_config(build_config(values)).arch)
+        resolve_config(build_config(values))
     # Imported once the options are checked: `--help` and bad input answer without loading MLflow,
     # scikit-learn and matplotlib (seconds each).
     from cifar_mlflow.tracking import check_tracking_server, refuse_live_run, tracking_uri

@@ -33,7 +33,6 @@ from cifar_mlflow.hardware import select_device, select_precision, use_channels_
 from cifar_mlflow.logger import NullLogger, RunLogger
 from cifar_mlflow.models import get_model
 from cifar_mlflow.models.inference import with_tta
-from cifar_mlflow.models.registry import check_model_name
 from cifar_mlflow.optim import Lookahead, build_optimizer, build_schedule
 from cifar_mlflow.redaction import redact
 from cifar_mlflow.run_record import log_report, log_trained_model, run_datasets, run_params, run_tags
@@ -92,8 +91,7 @@ def prepare(config: TrainConfig, data: DataSplits | None = None) -> Prepared:
     Raises:
         ConfigError: for any bad input, before anything is created.
     """
-    config = resolve_config(config)
-    check_model_name(config.arch)  # before the data set is read
+    config = resolve_config(config)  # the architecture's name too, before the data set is read
     device = select_device(config.device)
     if device.type == "cuda" and distributed.world_size() > 1 and device.index is None:
         device = torch.device("cuda", distributed.local_rank())  # one GPU per torchrun process
