@@ -18,12 +18,12 @@ install: $(VENV)/.installed
 run: install
 	$(PY) -m cifar_mlflow.train $(ARGS)
 
-# The suite runs in TEST_WORKERS processes (pytest-xdist), a file to each at a time: much of its time is
-# spent starting processes and servers, which two processes overlap in part (on a 2-core CPU: 13 min 56 s
-# against 15 min 50 s in one). TEST_WORKERS=0: one process.
+# The suite runs in TEST_WORKERS processes (pytest-xdist), a file to each at a time, the heaviest files
+# first (tests/conftest.py, FILE_SECONDS): much of its time is spent starting processes and servers,
+# which two processes overlap in part. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q -m "not faults" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not faults" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # Fault and concurrency tests: many real processes, full disks, stalled servers (about 20 minutes on 2 cores).
 test-faults: install

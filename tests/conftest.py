@@ -15,8 +15,27 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifar_mlflow.local_server import ServerStartError, free_port, mlflow_server_command
+from cifar_mlflow.local_server import ServerStartError, free_port, mlflow_server_command, mlflow_server_env
 from cifar_mlflow.local_server import running_server as serve
+
+# Seconds each test file took (the sum of its tests, fixtures included), `make test` on a 2-core CPU.
+# `make test` hands the files to its two processes heaviest first (`--dist loadfile
+# --no-loadscope-reorder` keeps this order), so the short files fill in at the end instead of one
+# process finishing a long file alone. Files not listed follow in name order. Re-measure with
+# `make test PYTEST_ARGS=--junitxml=times.xml` when a file's weight changes a lot; a stale figure only
+# costs balance, never a test.
+FILE_SECONDS = {
+    "test_bench.py": 133, "test_from_run.py": 119, "test_mlflow_run.py": 115, "test_tune.py": 99,
+    "test_train_cli.py": 90, "test_auth.py": 87, "test_gpu_session.py": 62, "test_tune_interrupts.py": 54,
+    "test_served_model.py": 54, "test_tracking_server.py": 39, "test_distributed.py": 37, "test_startup.py": 36,
+    "test_fast_recipe.py": 30, "test_dashboard.py": 24, "test_local_server.py": 20, "test_compare.py": 15,
+    "test_training.py": 10, "test_models.py": 10, "test_browser.py": 9,
+}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    items.sort(key=lambda item: -FILE_SECONDS.get(item.path.name, 0))  # stable: each file's own order kept
+
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ["cat", "dog", "ship"]
@@ -100,7 +119,8 @@ def mlflow_server(tmp_path_factory):
     """A real `mlflow server` on a free loopback port (SQLite + proxied artifacts), stopped after."""
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    with running_server(mlflow_server_command(root, port), f"http://127.0.0.1:{port}", root / "server.log") as uri:
+    with running_server(mlflow_server_command(root, port), f"http://127.0.0.1:{port}", root / "server.log",
+                        env=mlflow_server_env()) as uri:
         yield uri
 
 

@@ -27,8 +27,8 @@ def bench(*argv: str, cwd, **env: str) -> subprocess.CompletedProcess:
 def bench_result(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("bench")
     store = f"sqlite:///{workdir / 'results.db'}"
+    # The sections a CPU runs by default (time_to_accuracy has a test of its own), logged to a live server.
     proc = bench(*TINY, "--archs", "lenet", "mlp", "--sections", "training", "data_path", "tracking",
-                 "time_to_accuracy", "--seeds", "1", "--fast-epochs", "1", "--target-accuracy", "0.5",
                  "--json", "bench.json", "--log", cwd=workdir, MLFLOW_TRACKING_URI=store)  # the store a user set
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc, json.loads((workdir / "bench.json").read_text()), store
@@ -53,15 +53,10 @@ def test_json_has_a_row_per_arch_with_the_ratio_of_the_two_pipelines(bench_resul
     tracking = results["tracking_overhead"]
     assert tracking["wall_s_logging_on"] > 0 and tracking["wall_s_logging_off"] > 0
     assert tracking["ratio"] == pytest.approx(tracking["wall_s_logging_on"] / tracking["wall_s_logging_off"], rel=0.01)
+    assert tracking["store"] == "server"
     assert results["machine"]["cpu_cores"] >= 1 and results["date"] and "cifar_mlflow.bench" in results["command"]
 
 
-def test_time_to_accuracy_runs_the_fast_recipe_with_logging(bench_result) -> None:
-    _, results, _ = bench_result
-    tta = results["time_to_accuracy"]
-    assert tta["recipe"] == "fast" and tta["seeds"] == 1 and tta["epochs"] == 1 and tta["mlflow_logging"]
-    assert 0 <= tta["test_acc_mean"] <= 1 and tta["train_s_mean"] > 0
-    assert tta["reached"] == (tta["test_acc_mean"] >= 0.5)
 
 
 def test_markdown_tables_on_stdout(bench_result) -> None:
@@ -75,8 +70,8 @@ def test_markdown_tables_on_stdout(bench_result) -> None:
             f"| {lenet['baseline_images_per_s']:,.0f} | {lenet['speedup']:.2f}x "
             f"| {lenet['model_alone_images_per_s']:,.0f} | {lenet['ours_share_of_model_alone']:.0%} "
             f"| {lenet['speedup_bound']:.2f}x |") in out
-    assert "### Data path alone" in out and "### Tracking overhead" in out and "### Time to 50%" in out
-    assert "note: measured on `synthetic` data" in out and "not the original CIFAR-10" in out
+    assert "### Data path alone" in out and "### Tracking overhead" in out and "live `mlflow server`" in out
+    assert "not measured: GPU only: not run on the CPU unless --sections names time_to_accuracy" in out
 
 
 def test_logged_as_a_finished_benchmark_run(bench_result) -> None:
@@ -90,14 +85,17 @@ def test_logged_as_a_finished_benchmark_run(bench_result) -> None:
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"benchmark.md", "benchmark.json"}
 
 
-def test_without_a_server_the_logged_runs_go_to_an_embedded_store_and_leave_nothing_behind(tmp_path) -> None:
+def test_time_to_accuracy_logs_the_fast_recipe_to_an_embedded_store_and_leaves_nothing_behind(tmp_path) -> None:
     # What a machine with only mlflow-skinny (no `mlflow server`) can run: the GPU machines' case.
-    proc = bench(*TINY, "--archs", "mlp", "--sections", "tracking", "time_to_accuracy", "--seeds", "1",
-                 "--fast-epochs", "1", "--tracking-store", "sqlite", "--json", "bench.json", cwd=tmp_path)
+    proc = bench(*TINY, "--sections", "time_to_accuracy", "--seeds", "1", "--fast-epochs", "1",
+                 "--target-accuracy", "0.5", "--tracking-store", "sqlite", "--json", "bench.json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    results = json.loads((tmp_path / "bench.json").read_text())
-    assert results["tracking_overhead"]["wall_s_logging_on"] > 0
-    assert results["time_to_accuracy"]["mlflow_logging"] and results["time_to_accuracy"]["train_s_mean"] > 0
+    tta = json.loads((tmp_path / "bench.json").read_text())["time_to_accuracy"]
+    assert tta["recipe"] == "fast" and tta["seeds"] == 1 and tta["epochs"] == 1 and tta["mlflow_logging"]
+    assert 0 <= tta["test_acc_mean"] <= 1 and tta["train_s_mean"] > 0
+    assert tta["reached"] == (tta["test_acc_mean"] >= 0.5)
+    assert "### Time to 50% (the fast recipe, MLflow logging on)" in proc.stdout
+    assert "note: measured on `synthetic` data" in proc.stdout and "not the original CIFAR-10" in proc.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]  # no mlruns/ or mlflow.db where it ran
 
 
@@ -121,12 +119,10 @@ def test_a_server_that_does_not_start_ends_the_benchmark_before_anything_is_meas
     assert proc.stdout == "" and list(work.iterdir()) == []
 
 
-def test_time_to_accuracy_is_said_to_be_gpu_only_on_the_cpu(tmp_path) -> None:
-    proc = bench(*TINY, "--archs", "lenet", "--sections", "data_path", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "not measured: GPU only" in proc.stdout
+def test_help_names_the_sections_and_their_options(tmp_path) -> None:
     proc = bench("--help", cwd=tmp_path)
-    assert "--tracking-repeats" in proc.stdout and "time_to_accuracy" in proc.stdout
+    assert proc.returncode == 0 and "--tracking-repeats" in proc.stdout and "time_to_accuracy" in proc.stdout
+    assert "--tracking-store" in proc.stdout and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -153,3 +149,15 @@ def test_the_cpu_default_runs_every_section_but_time_to_accuracy() -> None:
     assert section_list(on_cpu) == [s for s in SECTIONS if s != "time_to_accuracy"]
     assert section_list(on_gpu) == list(SECTIONS)
     assert (on_cpu.steps, on_cpu.tracking_arch, on_cpu.tracking_samples) == (20, "cnn_small", 5000)
+
+
+def test_the_tracking_table_names_the_store_it_measured() -> None:
+    from cifar_mlflow.bench.tables import markdown_tables
+
+    tracking = {"arch": "mlp", "epochs": 1, "repeats": 1, "wall_s_logging_off": 1.0, "wall_s_logging_on": 1.1,
+                "overhead_percent": 10.0, "run_start_and_end_logging_s": 2.0}
+    results = {"machine": {"platform": "Linux", "cpu_cores": 2, "torch": "2"}, "date": "2026-12-01",
+               "command": "python -m cifar_mlflow.bench", "target_accuracy": 0.94}
+    for store, said in [("sqlite", "MLflow's embedded SQLite store"), ("server", "live `mlflow server` on loopback")]:
+        table = markdown_tables({**results, "tracking_overhead": {**tracking, "store": store}})
+        assert f"### Tracking overhead (mlp, 1 epochs, median of 1, {said})" in table

@@ -53,6 +53,14 @@ def test_compose_services_and_settings() -> None:
         devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["capabilities"] == ["gpu"]
     assert services["minio"]["profiles"] == ["s3"]
+    for name in ("mlflow", "mlflow-auth"):  # no GenAI job runner unless docker/.env turns it on
+        assert job_runner_setting(services[name]) == {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def job_runner_setting(service: dict) -> dict[str, str]:
+    """The server service's job-runner switch with its default, for running its command natively."""
+    key = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
+    return {key: interpolate(service["environment"][key], {})}
 
 
 def _published(service: dict, env: dict[str, str]) -> list[str]:
@@ -133,7 +141,7 @@ def compose_server(postgres_url, tmp_path_factory):
     command = [replacements.get(arg, arg).replace("@postgres:5432", f"@{host_port}") for arg in command]
     command[0] = mlflow_bin()
     with running_server(command, f"http://127.0.0.1:{port}", artifacts.parent / "compose-server.log",
-                        env=run_env()) as uri:
+                        env=run_env(**job_runner_setting(compose()["services"]["mlflow"]))) as uri:
         yield uri, artifacts
 
 

@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cifar_mlflow.checkpoint import load_checkpoint
-from tests.conftest import free_port, mlflow_server_command, run_env, running_server, small_disk
+from tests.conftest import free_port, mlflow_server_command, mlflow_server_env, run_env, running_server, small_disk
 
 pytestmark = pytest.mark.faults
 
@@ -22,7 +22,7 @@ def test_a_full_artifact_store_fails_within_a_minute_and_keeps_everything_locall
         command = mlflow_server_command(tmp_path, free_port())
         command[command.index("--artifacts-destination") + 1] = str(store)
         uri = f"http://127.0.0.1:{command[command.index('--port') + 1]}"
-        with running_server(command, uri, tmp_path / "server.log"):
+        with running_server(command, uri, tmp_path / "server.log", env=mlflow_server_env()):
             started = time.time()
             proc = subprocess.run([sys.executable, "-m", "cifar_mlflow.train", "--dataset", "imagefolder",
                                    "--data-dir", str(imagefolder), "--arch", "lenet", "--epochs", "2",
@@ -59,7 +59,7 @@ def test_a_stalled_server_is_said_on_the_console_and_nothing_is_lost(imagefolder
 
     command = ["setsid", *mlflow_server_command(tmp_path, free_port())]  # its own process group, to pause whole
     uri = f"http://127.0.0.1:{command[command.index('--port') + 1]}"
-    with running_server(command, uri, tmp_path / "server.log") as uri:
+    with running_server(command, uri, tmp_path / "server.log", env=mlflow_server_env()) as uri:
         server_pid = int(subprocess.run(["pgrep", "-f", "--", f"--port {uri.rsplit(':', 1)[1]}"], capture_output=True,
                                         text=True).stdout.split()[0])
         group = os.getpgid(server_pid)
@@ -108,7 +108,7 @@ def test_sixteen_runs_started_together_all_land_in_their_new_experiment(backend,
         command = _postgres_mlflow_server(request.getfixturevalue("postgres_url"), tmp_path)
     uri = f"http://127.0.0.1:{command[command.index('--port') + 1]}"
     experiment = f"crowd-{backend}"
-    with running_server(command, uri, tmp_path / "server.log"):
+    with running_server(command, uri, tmp_path / "server.log", env=mlflow_server_env()):
         procs = [subprocess.Popen(["/usr/bin/time", "-f", "peak_rss_kib %M", sys.executable, "-m",
                                    "cifar_mlflow.train", "--dataset", "synthetic", "--max-train-samples", "64",
                                    "--max-eval-samples", "64", "--arch", "cnn_small", "--epochs", "1",
@@ -143,7 +143,7 @@ def test_the_server_killed_and_restarted_mid_run_loses_nothing(tmp_path) -> None
                              text=True).stdout.split()[0]
         os.killpg(os.getpgid(int(pid)), signal.SIGKILL)
 
-    server = running_server(command, uri, tmp_path / "server.log")
+    server = running_server(command, uri, tmp_path / "server.log", env=mlflow_server_env())
     server.__enter__()
     proc = subprocess.Popen([sys.executable, "-m", "cifar_mlflow.train", "--dataset", "synthetic",
                              "--max-train-samples", "3000", "--max-eval-samples", "500", "--arch", "cnn_small",
@@ -158,7 +158,8 @@ def test_the_server_killed_and_restarted_mid_run_loses_nothing(tmp_path) -> None
         kill_server()  # SIGKILL: the server and its workers are gone mid-run
         server.__exit__(None, None, None)
         time.sleep(5)
-        server = running_server(command, uri, tmp_path / "server-restarted.log")  # same store, same port
+        # the same store, the same port
+        server = running_server(command, uri, tmp_path / "server-restarted.log", env=mlflow_server_env())
         server.__enter__()
         rest = proc.stderr.read()
         assert proc.wait(timeout=600) == 0, "".join(lines) + rest

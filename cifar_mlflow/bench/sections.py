@@ -146,7 +146,7 @@ def measure_tracking(bench: BenchConfig, data, device, uri: str, workdir: Path, 
         progress.update(1)
     on_s, off_s = statistics.median(on), statistics.median(off)
     return {"arch": bench.tracking_arch, "device": device.type, "epochs": bench.tracking_epochs,
-            "train_images": len(data.train),
+            "train_images": len(data.train), "store": bench.tracking_store,
             "wall_s_logging_off": round(off_s, 3), "wall_s_logging_on": round(on_s, 3),
             "ratio": round(on_s / off_s, 4), "overhead_percent": round(100 * (on_s / off_s - 1), 2),
             "run_start_and_end_logging_s": round(statistics.median(once), 3), "repeats": bench.tracking_repeats}

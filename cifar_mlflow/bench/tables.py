@@ -30,8 +30,10 @@ def markdown_tables(results: dict[str, Any]) -> str:
                   f"| {path['speedup']:.2f}x |", ""]
     tracking = results.get("tracking_overhead")
     if tracking:
+        store = ("MLflow's embedded SQLite store" if tracking.get("store") == "sqlite"
+                 else "live `mlflow server` on loopback")
         lines += [f"### Tracking overhead ({tracking['arch']}, {tracking['epochs']} epochs, median of "
-                  f"{tracking['repeats']}, live `mlflow server` on loopback)", "",
+                  f"{tracking['repeats']}, {store})", "",
                   "| logging off (s) | logging on (s) | overhead | run start + end-of-run artifacts (s, once) |",
                   "|---:|---:|---:|---:|",
                   f"| {tracking['wall_s_logging_off']:.2f} | {tracking['wall_s_logging_on']:.2f} | "
