@@ -1,29 +1,59 @@
-"""The console notice for a tracking call that waits: said for a tracking server (MLflow retries its
-requests in silence), never for an embedded store, where a slow call is the process's own work
-(saving the model on a busy machine) and there is no server to wait for."""
+"""The console notice for a tracking call that waits: said when a request to the tracking server
+goes unanswered (MLflow retries its requests in silence), with the answer when it comes; never for
+the process's own slow work in the same call (exporting the model on a busy CPU), and never for an
+embedded store. A real HTTP server on loopback answers slowly, at once, or hangs up."""
 
 from __future__ import annotations
 
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import mlflow
 import pytest
+import requests
 
 from cifar_mlflow.tracking import faults
 
+DELAY = 0.8  # seconds the server takes on /slow and /hangup; the notice's delay is 0.2 s here
 
-class SlowLogger:
-    """Stands for the run's logger: its `uri` says where its calls go; the sleep stands for a request
-    (or, with an embedded store, for saving the model) that takes longer than the notice's delay."""
 
-    def __init__(self, uri: str) -> None:
-        self.uri = uri
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        if self.path in ("/slow", "/hangup"):
+            time.sleep(DELAY)
+        if self.path == "/hangup":
+            self.close_connection = True  # no answer at all
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+class Logger:
+    """Stands for the run's logger: its `uri` says where its calls go, `server` answers its requests."""
+
+    def __init__(self, uri: str, server: str) -> None:
+        self.uri, self.server = uri, server
 
     @faults.reporting_stalls("uploading artifacts")
-    def log_model(self) -> str:
+    def log_model(self, path: str, own_work_s: float = 0.0) -> int:
         mlflow.set_tracking_uri(self.uri)  # as the logger's first call does when it opens the run
-        time.sleep(0.8)
-        return "done"
+        time.sleep(own_work_s)  # saving the model, say: no request under way
+        return requests.get(f"{self.server}{path}", timeout=10).status_code
 
 
 @pytest.fixture(autouse=True)
@@ -34,13 +64,26 @@ def quick_notice(monkeypatch, tmp_path):
     mlflow.set_tracking_uri(None)
 
 
-def test_a_tracking_server_that_waits_is_said_and_so_is_its_answer(capsys) -> None:
-    assert SlowLogger("http://127.0.0.1:5000").log_model() == "done"  # not contacted: the sleep stands for it
+def test_a_tracking_server_that_waits_is_said_and_so_is_its_answer(server, capsys) -> None:
+    assert Logger(server, server).log_model("/slow") == 200
+    said = capsys.readouterr().err.splitlines()
+    assert said == ["the tracking server has not answered for 0 s (uploading artifacts); retrying until it does...",
+                    "the tracking server answered again after 1 s"]
+
+
+def test_the_process_own_slow_work_is_not_said_to_be_the_server(server, capsys) -> None:
+    assert Logger(server, server).log_model("/fast", own_work_s=DELAY) == 200
+    assert capsys.readouterr().err == ""
+
+
+def test_a_server_that_never_answers_is_not_said_to_have_answered(server, capsys) -> None:
+    with pytest.raises(requests.ConnectionError):
+        Logger(server, server).log_model("/hangup")
     said = capsys.readouterr().err
-    assert "the tracking server has not answered for 0 s (uploading artifacts); retrying until it does" in said
-    assert "the tracking server answered again after 1 s" in said
+    assert "the tracking server has not answered for 0 s (uploading artifacts)" in said
+    assert "answered again" not in said
 
 
-def test_an_embedded_store_is_never_said_to_be_a_server_that_does_not_answer(capsys, tmp_path) -> None:
-    assert SlowLogger(f"sqlite:///{tmp_path / 'mlflow.db'}").log_model() == "done"
+def test_an_embedded_store_is_never_said_to_be_a_server_that_does_not_answer(server, capsys, tmp_path) -> None:
+    assert Logger(f"sqlite:///{tmp_path / 'mlflow.db'}", server).log_model("/slow") == 200
     assert capsys.readouterr().err == ""

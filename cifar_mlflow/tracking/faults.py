@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import os
 import re
 import sys
@@ -13,6 +14,7 @@ import time
 
 import mlflow
 import requests
+from requests.adapters import HTTPAdapter
 
 from cifar_mlflow.redaction import redact
 
@@ -66,8 +68,13 @@ def short_reason(exc: BaseException) -> str:
     return redact(f"{what}: {words or (text.splitlines()[0][:160] if text else 'no reason given')}")
 
 
-STALL_NOTICE_SECONDS = 5.0  # a tracking call silent this long is said on the console
+STALL_NOTICE_SECONDS = 5.0  # a request to the tracking server silent this long is said on the console
 _watching = threading.local()
+_lock = threading.Lock()
+_tickets = itertools.count()
+_in_flight: dict[int, float] = {}  # HTTP requests under way: their start (monotonic) by ticket
+_said: set[int] = set()  # those said on the console to wait on the server
+_timed = False
 
 
 def is_tracking_server(uri: str) -> bool:
@@ -76,26 +83,73 @@ def is_tracking_server(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
+def _time_requests() -> None:
+    """Time this process's HTTP requests (requests' `HTTPAdapter.send`, which MLflow's REST calls and
+    artifact uploads go through, its retries included), once: a stall notice then counts the time
+    spent waiting on the server, never the process's own work in the same call (exporting the model,
+    say, which takes longer than the notice's delay on a small CPU)."""
+    global _timed
+    with _lock:
+        if _timed:
+            return
+        send = HTTPAdapter.send
+
+        @functools.wraps(send)
+        def timed_send(adapter, request, *args, **kwargs):
+            ticket, started = next(_tickets), time.monotonic()
+            with _lock:
+                _in_flight[ticket] = started
+            answered = False
+            try:
+                response = send(adapter, request, *args, **kwargs)
+                answered = True
+                return response
+            finally:
+                with _lock:
+                    del _in_flight[ticket]
+                    said = ticket in _said
+                    _said.discard(ticket)
+                if said and answered:
+                    print(f"the tracking server answered again after {time.monotonic() - started:.0f} s",
+                          file=sys.stderr, flush=True)
+
+        HTTPAdapter.send = timed_send
+        _timed = True
+
+
+def _first_stalled_request() -> int | None:
+    """A request under way for `STALL_NOTICE_SECONDS` or more, not yet said; marked as said."""
+    now = time.monotonic()
+    with _lock:
+        for ticket, started in _in_flight.items():
+            if now - started >= STALL_NOTICE_SECONDS and ticket not in _said:
+                _said.add(ticket)
+                return ticket
+    return None
+
+
 def reporting_stalls(what: str):
-    """Decorator for the methods of an object with a tracking `uri` (the run's logger): when the wrapped
-    call waits on the tracking server for more than `STALL_NOTICE_SECONDS`, say so on the console (MLflow
-    retries in silence), and say when the server answers again. With an embedded store there is no
-    server to wait for (a slow call is this process's own work, such as saving the model), so nothing
-    is said. The URI is the object's, not MLflow's global one: that is set only once the run opens,
-    inside the first watched call."""
+    """Decorator for the methods of an object with a tracking `uri` (the run's logger): when a request
+    the wrapped call makes waits on the tracking server for more than `STALL_NOTICE_SECONDS`, say so on
+    the console (MLflow retries in silence), and say when the server answers. Only the requests are
+    timed: a call slow with its own work (saving the model) says nothing, and an embedded store,
+    with no server to wait for, never does. The URI is the object's, not MLflow's global one: that is
+    set only once the run opens, inside the first watched call."""
 
     def decorate(function):
         @functools.wraps(function)
         def wrapper(self, *args, **kwargs):
             if getattr(_watching, "active", False) or not is_tracking_server(self.uri):  # watched already, or no server
                 return function(self, *args, **kwargs)
-            done, started, stalled = threading.Event(), time.time(), threading.Event()
+            _time_requests()
+            done = threading.Event()
 
             def watch() -> None:
-                if not done.wait(STALL_NOTICE_SECONDS):
-                    stalled.set()
-                    print(f"the tracking server has not answered for {STALL_NOTICE_SECONDS:.0f} s ({what}); "
-                          "retrying until it does...", file=sys.stderr, flush=True)
+                while not done.wait(min(0.25, STALL_NOTICE_SECONDS / 2)):
+                    if _first_stalled_request() is not None:
+                        print(f"the tracking server has not answered for {STALL_NOTICE_SECONDS:.0f} s ({what}); "
+                              "retrying until it does...", file=sys.stderr, flush=True)
+                        return  # once a call: its other requests wait on the same server
 
             watcher = threading.Thread(target=watch, name="stall-notice", daemon=True)
             _watching.active = True
@@ -106,8 +160,6 @@ def reporting_stalls(what: str):
                 _watching.active = False
                 done.set()
                 watcher.join()
-                if stalled.is_set():
-                    print(f"the tracking server answered again after {time.time() - started:.0f} s", file=sys.stderr)
 
         return wrapper
 
