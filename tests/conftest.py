@@ -25,8 +25,8 @@ from cifar_mlflow.local_server import running_server as serve
 # `make test PYTEST_ARGS=--junitxml=times.xml` when a file's weight changes a lot; a stale figure only
 # costs balance, never a test.
 FILE_SECONDS = {
-    "test_bench.py": 133, "test_from_run.py": 119, "test_mlflow_run.py": 115, "test_tune.py": 99,
-    "test_train_cli.py": 90, "test_auth.py": 87, "test_gpu_session.py": 62, "test_tune_interrupts.py": 54,
+    "test_bench.py": 120, "test_from_run.py": 119, "test_mlflow_run.py": 115, "test_tune.py": 99,
+    "test_train_cli.py": 90, "test_auth.py": 87, "test_gpu_session.py": 55, "test_tune_interrupts.py": 54,
     "test_served_model.py": 54, "test_tracking_server.py": 39, "test_distributed.py": 37, "test_startup.py": 36,
     "test_fast_recipe.py": 30, "test_dashboard.py": 24, "test_local_server.py": 20, "test_compare.py": 15,
     "test_training.py": 10, "test_models.py": 10, "test_browser.py": 9,

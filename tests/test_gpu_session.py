@@ -27,7 +27,8 @@ def test_an_unknown_section_is_refused_before_anything_is_created(tmp_path) -> N
 
 
 def test_the_check_section_trains_logs_and_brings_back_the_store(tmp_path) -> None:
-    proc = session("check", tmp_path=tmp_path, EXTRA_ARGS="--epochs 1 --max-train-samples 256 --batch-size 32")
+    proc = session("check", tmp_path=tmp_path, EXTRA_ARGS="--epochs 1 --max-train-samples 256 --max-eval-samples 256 "
+                                                        "--batch-size 32")
     assert proc.returncode == 0, proc.stdout[-4000:]
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == ["gpu.log", "stores.tar.gz", "summary.txt"]
