@@ -25,11 +25,11 @@ from cifar_mlflow.local_server import running_server as serve
 # `make test PYTEST_ARGS=--junitxml=times.xml` when a file's weight changes a lot; a stale figure only
 # costs balance, never a test.
 FILE_SECONDS = {
-    "test_bench.py": 120, "test_from_run.py": 119, "test_mlflow_run.py": 115, "test_tune.py": 99,
-    "test_train_cli.py": 90, "test_auth.py": 87, "test_gpu_session.py": 55, "test_tune_interrupts.py": 54,
-    "test_served_model.py": 54, "test_tracking_server.py": 39, "test_distributed.py": 37, "test_startup.py": 36,
-    "test_fast_recipe.py": 30, "test_dashboard.py": 24, "test_local_server.py": 20, "test_compare.py": 15,
-    "test_training.py": 10, "test_models.py": 10, "test_browser.py": 9,
+    "test_from_run.py": 140, "test_bench.py": 116, "test_mlflow_run.py": 116, "test_auth.py": 109,
+    "test_tune.py": 108, "test_served_model.py": 74, "test_tracking_server.py": 59, "test_gpu_session.py": 51,
+    "test_fast_recipe.py": 47, "test_distributed.py": 47, "test_startup.py": 43, "test_train_cli.py": 35,
+    "test_dashboard.py": 29, "test_local_server.py": 25, "test_browser.py": 19, "test_models.py": 16,
+    "test_training.py": 15, "test_data.py": 11, "test_hardware.py": 11, "test_compare.py": 10,
 }
 
 

@@ -91,6 +91,7 @@ def test_non_finite_loss_marks_the_run_failed(imagefolder, tmp_path, monkeypatch
     assert run.info.status == "FAILED"
 
 
+@pytest.mark.faults  # a real Ctrl-C mid-run, then a resume: with the other signal tests in make test-faults
 def test_ctrl_c_marks_killed_and_resume_finishes_the_same_run(imagefolder, tmp_path) -> None:
     uri = f"sqlite:///{tmp_path / 'runs.db'}"
     args = quick_args(imagefolder, "--tracking-uri", uri, "--epochs", "60", "--arch", "cnn")
@@ -146,6 +147,7 @@ def test_embedded_default_store_in_the_working_directory(imagefolder, tmp_path, 
     assert (tmp_path / "mlruns").is_dir()  # artifacts beside it, where `mlflow ui` finds them
 
 
+@pytest.mark.faults
 def test_sigterm_marks_the_run_killed(imagefolder, tmp_path) -> None:
     uri = f"sqlite:///{tmp_path / 'runs.db'}"
     proc = subprocess.Popen([sys.executable, "-m", "cifar_mlflow.train",

@@ -38,6 +38,7 @@ def runs(tmp_path) -> list:
     return client.search_runs([client.get_experiment_by_name("tuning").experiment_id])
 
 
+@pytest.mark.faults  # a real Ctrl-C mid-study (make test-faults)
 def test_ctrl_c_marks_the_trial_and_the_study_resumes(imagefolder, tmp_path) -> None:
     worker = start_worker(imagefolder, tmp_path, "--trials", "20", "--epochs", "200")
     wait_for_first_epoch(worker)
