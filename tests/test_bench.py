@@ -57,8 +57,6 @@ def test_json_has_a_row_per_arch_with_the_ratio_of_the_two_pipelines(bench_resul
     assert results["machine"]["cpu_cores"] >= 1 and results["date"] and "cifar_mlflow.bench" in results["command"]
 
 
-
-
 def test_markdown_tables_on_stdout(bench_result) -> None:
     proc, results, _ = bench_result
     out = proc.stdout
