@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifar_mlflow.local_server import ServerStartError, free_port, mlflow_server_command, mlflow_server_env
+from cifar_mlflow.local_server import ServerStartError, free_port, local_mlflow_server
 from cifar_mlflow.local_server import running_server as serve
 
 # Seconds each test file took (the sum of its tests, fixtures included), `make test` on a 2-core CPU.
@@ -117,11 +117,11 @@ def running_server(command: list[str], uri: str, log_path: Path, env: dict[str, 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` on a free loopback port (SQLite + proxied artifacts), stopped after."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    with running_server(mlflow_server_command(root, port), f"http://127.0.0.1:{port}", root / "server.log",
-                        env=mlflow_server_env()) as uri:
-        yield uri
+    try:
+        with local_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as uri:  # the benchmark's own
+            yield uri
+    except ServerStartError as exc:
+        pytest.fail(str(exc))
 
 
 def run_env(**extra: str) -> dict[str, str]:

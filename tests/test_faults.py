@@ -12,7 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cifar_mlflow.checkpoint import load_checkpoint
-from tests.conftest import free_port, mlflow_server_command, mlflow_server_env, run_env, running_server, small_disk
+from cifar_mlflow.local_server import free_port, mlflow_server_command, mlflow_server_env
+from tests.conftest import run_env, running_server, small_disk
 
 pytestmark = pytest.mark.faults
 
