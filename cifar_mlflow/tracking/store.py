@@ -6,6 +6,8 @@ import math
 import os
 import re
 import shlex
+import sys
+import threading
 import time
 from typing import Any
 
@@ -51,8 +53,13 @@ def _same_value(logged: str, ours: str) -> bool:
     return math.isclose(a, b, rel_tol=1e-9) or (math.isnan(a) and math.isnan(b))
 
 
-def check_tracking_server(uri: str, timeout: float = 10.0) -> None:
+def check_tracking_server(uri: str, connect_timeout: float = 10.0, answer_timeout: float = 120.0,
+                          notice_after: float = 10.0) -> None:
     """Ask an http(s) tracking server one cheap question, before any data is read.
+
+    A server that cannot be connected to fails in `connect_timeout` seconds. One that took the
+    connection is there, perhaps busy (a team's server with many runs starting at once): it gets
+    `answer_timeout` seconds, and the console says so after `notice_after`.
 
     Raises:
         ConfigError: the server cannot be reached, refuses the credentials, or answers with an error.
@@ -67,15 +74,28 @@ def check_tracking_server(uri: str, timeout: float = 10.0) -> None:
     verify = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or \
         os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() != "true"
     where = f"the MLflow tracking server at {uri}"
+    notice = threading.Timer(notice_after, lambda: print(
+        f"{where} has not answered for {notice_after:g} s (busy?); waiting up to {answer_timeout:g} s...",
+        file=sys.stderr, flush=True))
+    notice.daemon = True
+    notice.start()
     try:
         response = requests.get(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search",
-                                params={"max_results": 1}, auth=auth, headers=headers, timeout=timeout,
-                                verify=verify)
+                                params={"max_results": 1}, auth=auth, headers=headers,
+                                timeout=(connect_timeout, answer_timeout), verify=verify)
+    except requests.ConnectTimeout:
+        raise ConfigError(f"cannot reach {where} (no connection in {connect_timeout:g} s); start it, or point "
+                          "--tracking-uri / $MLFLOW_TRACKING_URI at a running one") from None
+    except requests.Timeout:
+        raise ConfigError(f"{where} took the connection but gave no answer in {answer_timeout:g} s: it is "
+                          "stopped or overloaded (see its log); restart it, or point --tracking-uri / "
+                          "$MLFLOW_TRACKING_URI at another") from None
     except requests.RequestException as exc:
-        reason = f"no answer in {timeout:g} s" if isinstance(exc, requests.Timeout) else \
-            failure_in_words(exc) or type(exc).__name__
+        reason = failure_in_words(exc) or type(exc).__name__
         raise ConfigError(f"cannot reach {where} ({reason}); start it, or point --tracking-uri / "
                           "$MLFLOW_TRACKING_URI at a running one") from None
+    finally:
+        notice.cancel()
     if response.status_code == 401:
         raise ConfigError(f"{where} refused the credentials (401): set MLFLOW_TRACKING_USERNAME and "
                           "MLFLOW_TRACKING_PASSWORD (docs/deployment.md)")
