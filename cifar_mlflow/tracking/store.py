@@ -83,15 +83,13 @@ def check_tracking_server(uri: str, connect_timeout: float = 10.0, answer_timeou
         response = requests.get(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search",
                                 params={"max_results": 1}, auth=auth, headers=headers,
                                 timeout=(connect_timeout, answer_timeout), verify=verify)
-    except requests.ConnectTimeout:
-        raise ConfigError(f"cannot reach {where} (no connection in {connect_timeout:g} s); start it, or point "
-                          "--tracking-uri / $MLFLOW_TRACKING_URI at a running one") from None
-    except requests.Timeout:
+    except requests.ReadTimeout:
         raise ConfigError(f"{where} took the connection but gave no answer in {answer_timeout:g} s: it is "
                           "stopped or overloaded (see its log); restart it, or point --tracking-uri / "
                           "$MLFLOW_TRACKING_URI at another") from None
     except requests.RequestException as exc:
-        reason = failure_in_words(exc) or type(exc).__name__
+        reason = f"no connection in {connect_timeout:g} s" if isinstance(exc, requests.ConnectTimeout) else \
+            failure_in_words(exc) or type(exc).__name__
         raise ConfigError(f"cannot reach {where} ({reason}); start it, or point --tracking-uri / "
                           "$MLFLOW_TRACKING_URI at a running one") from None
     finally:
