@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import re
 
 import numpy as np
@@ -129,3 +130,22 @@ def test_the_compared_curves_legend_sits_below_the_plots() -> None:
     fig.canvas.draw()
     box = legend.get_window_extent()
     assert all(box.y1 <= ax.get_window_extent().y0 for ax in fig.axes)
+
+
+def test_long_run_labels_leave_the_time_bars_their_room() -> None:
+    # Four runs labelled with three differing params each squeezed both bar charts to a sliver, the
+    # labels written twice; the bars must keep most of the figure and say their values.
+    from cifar_mlflow.compare.analysis import time_figure
+
+    runs = [record(c * 32, f"cnn_small-adamw-lr0.0142-e3-s{i}") for i, c in enumerate("abcd")]
+    for r in runs:
+        r.differs_by = "arch=cnn_small, optimizer=adamw, lr=0.0142"
+    fig = time_figure(runs)
+    fig.savefig(io.BytesIO(), format="png", dpi=110, bbox_inches="tight")  # as the report draws it
+    renderer = fig.canvas.get_renderer()
+    width = fig.get_window_extent(renderer).width
+    bars, epochs = fig.axes
+    assert bars.get_window_extent(renderer).width + epochs.get_window_extent(renderer).width > 0.45 * width
+    assert [t.get_text() for t in epochs.get_yticklabels() if t.get_visible() and t.get_text()] == []  # once
+    assert [t.get_text() for t in bars.texts] == ["1.5"] * 4  # 90 s each
+    assert [t.get_text() for t in epochs.texts] == ["2"] * 4

@@ -201,16 +201,20 @@ def pareto_figure(runs: list[RunRecord]) -> Figure:
 
 
 def time_figure(runs: list[RunRecord]) -> Figure:
-    """Wall time and epochs trained per run."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 0.5 * len(runs) + 2.5), constrained_layout=True)
-    labels = [r.label for r in runs]
+    """Wall time and epochs trained per run: the run labels once, on the left, wrapped so that long
+    ones leave the bars their room; each bar says its value."""
+    labels = [textwrap.fill(r.label, 48) for r in runs]
+    lines = sum(label.count("\n") + 1 for label in labels)
+    fig, axes = plt.subplots(1, 2, sharey=True, figsize=(12, 0.3 * lines + 0.25 * len(runs) + 1.8),
+                             constrained_layout=True)
     minutes = [r.wall_seconds / 60 if r.wall_seconds is not None else 0 for r in runs]
     epochs = [r.metrics.get("epochs_trained", len(r.history.get("val_acc", []))) for r in runs]
-    axes[0].barh(labels, minutes, color="tab:blue")
-    axes[0].set_xlabel("wall time (minutes)")
-    axes[1].barh(labels, epochs, color="tab:orange")
-    axes[1].set_xlabel("epochs trained")
-    for ax in axes:
-        ax.invert_yaxis()
+    for ax, values, color, name, fmt in ((axes[0], minutes, "tab:blue", "wall time (minutes)", "%.1f"),
+                                         (axes[1], epochs, "tab:orange", "epochs trained", "%g")):
+        ax.bar_label(ax.barh(range(len(runs)), values, color=color), fmt=fmt, padding=3, fontsize=8)
+        ax.set_xlabel(name)
+        ax.margins(x=0.12)
         ax.grid(alpha=0.3, axis="x")
+    axes[0].set_yticks(range(len(runs)), labels, fontsize=8)
+    axes[0].invert_yaxis()  # shared: the first run on top in both
     return fig
