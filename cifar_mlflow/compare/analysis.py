@@ -208,10 +208,12 @@ def time_figure(runs: list[RunRecord]) -> Figure:
     fig, axes = plt.subplots(1, 2, sharey=True, figsize=(12, 0.3 * lines + 0.25 * len(runs) + 1.8),
                              constrained_layout=True)
     minutes = [r.wall_seconds / 60 if r.wall_seconds is not None else 0 for r in runs]
+    said = [f"{m:.1f}" if r.wall_seconds is not None else "not recorded" for m, r in zip(minutes, runs)]
     epochs = [r.metrics.get("epochs_trained", len(r.history.get("val_acc", []))) for r in runs]
-    for ax, values, color, name, fmt in ((axes[0], minutes, "tab:blue", "wall time (minutes)", "%.1f"),
-                                         (axes[1], epochs, "tab:orange", "epochs trained", "%g")):
-        ax.bar_label(ax.barh(range(len(runs)), values, color=color), fmt=fmt, padding=3, fontsize=8)
+    counted = [f"{e:g}" for e in epochs]
+    for ax, values, color, name, texts in ((axes[0], minutes, "tab:blue", "wall time (minutes)", said),
+                                           (axes[1], epochs, "tab:orange", "epochs trained", counted)):
+        ax.bar_label(ax.barh(range(len(runs)), values, color=color), labels=texts, padding=3, fontsize=8)
         ax.set_xlabel(name)
         ax.margins(x=0.12)
         ax.grid(alpha=0.3, axis="x")
