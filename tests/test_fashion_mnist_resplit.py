@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torchvision
 
 from tests.conftest import ROOT
@@ -69,4 +70,21 @@ def test_a_wrong_folder_is_refused_in_one_line(tmp_path):
     done = run_tool(tmp_path / "clothes", tmp_path / "out")
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "lacks 0.json" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content", [
+    "<html>not found</html>",  # not JSON
+    json.dumps({"images": [[0] * 784]}),  # JSON without the "data" key
+    json.dumps({"data": [[0] * 784, [0] * 783]}),  # rows of mixed lengths
+    json.dumps({"data": [[0] * 783 + [256]]}),  # a pixel out of range
+    json.dumps([[0] * 784]),  # a bare list
+])
+def test_a_file_not_in_the_package_format_is_refused_in_one_line_naming_it(tmp_path, content):
+    write_package(tmp_path / "clothes", per_class=12)
+    (tmp_path / "clothes" / "7.json").write_text(content)
+    done = run_tool(tmp_path / "clothes", tmp_path / "out", "--test-per-class", 3)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0, done.stderr
+    assert "7.json: not the package's format" in done.stderr
     assert not (tmp_path / "out").exists()

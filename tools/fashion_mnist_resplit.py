@@ -27,11 +27,25 @@ CLASSES = 10
 
 
 def read_class(path: Path) -> np.ndarray:
-    """One class's images as (n, 28, 28) uint8; the package's empty entries are dropped."""
-    rows = [row for row in json.loads(path.read_text())["data"] if row]
-    images = np.asarray(rows, dtype=np.int64)
-    if images.ndim != 2 or images.shape[1] != SIDE * SIDE or images.min() < 0 or images.max() > 255:
-        raise ValueError(f"{path}: expected rows of {SIDE * SIDE} pixels in 0-255")
+    """One class's images as (n, 28, 28) uint8; the package's empty entries are dropped. A file not
+    in the package's format ({"data": [[784 pixels in 0-255], ...]}) raises one ValueError naming it."""
+    expected = f'{path}: not the package\'s format, expected {{"data": [rows of {SIDE * SIDE} pixels in 0-255]}}'
+    try:
+        content = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{expected} ({err})") from None
+    data = content.get("data") if isinstance(content, dict) else None
+    if not isinstance(data, list):
+        raise ValueError(expected)
+    rows = [row for row in data if row]
+    if not rows or not all(isinstance(row, list) and len(row) == SIDE * SIDE for row in rows):
+        raise ValueError(expected)
+    try:
+        images = np.asarray(rows, dtype=np.int64)
+    except (TypeError, ValueError):  # a pixel that is not a whole number
+        raise ValueError(expected) from None
+    if images.min() < 0 or images.max() > 255:
+        raise ValueError(expected)
     return images.astype(np.uint8).reshape(-1, SIDE, SIDE)
 
 
