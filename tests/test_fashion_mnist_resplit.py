@@ -78,6 +78,8 @@ def test_a_wrong_folder_is_refused_in_one_line(tmp_path):
     json.dumps({"images": [[0] * 784]}),  # JSON without the "data" key
     json.dumps({"data": [[0] * 784, [0] * 783]}),  # rows of mixed lengths
     json.dumps({"data": [[0] * 783 + [256]]}),  # a pixel out of range
+    json.dumps({"data": [[0] * 783 + [0.5]]}),  # a pixel that is not a whole number
+    json.dumps({"data": [[0] * 783 + [None]]}),  # a missing pixel
     json.dumps([[0] * 784]),  # a bare list
 ])
 def test_a_file_not_in_the_package_format_is_refused_in_one_line_naming_it(tmp_path, content):

@@ -40,11 +40,8 @@ def read_class(path: Path) -> np.ndarray:
     rows = [row for row in data if row]
     if not rows or not all(isinstance(row, list) and len(row) == SIDE * SIDE for row in rows):
         raise ValueError(expected)
-    try:
-        images = np.asarray(rows, dtype=np.int64)
-    except (TypeError, ValueError):  # a pixel that is not a whole number
-        raise ValueError(expected) from None
-    if images.min() < 0 or images.max() > 255:
+    images = np.asarray(rows)  # whole numbers give an integer array; floats, strings, nulls do not
+    if images.dtype.kind not in "iu" or images.min() < 0 or images.max() > 255:
         raise ValueError(expected)
     return images.astype(np.uint8).reshape(-1, SIDE, SIDE)
 
