@@ -80,6 +80,7 @@ def test_a_wrong_folder_is_refused_in_one_line(tmp_path):
     json.dumps({"data": [[0] * 783 + [256]]}),  # a pixel out of range
     json.dumps({"data": [[0] * 783 + [0.5]]}),  # a pixel that is not a whole number
     json.dumps({"data": [[0] * 783 + [None]]}),  # a missing pixel
+    json.dumps({"data": [[[0]] * 784]}),  # pixels nested in lists
     json.dumps([[0] * 784]),  # a bare list
 ])
 def test_a_file_not_in_the_package_format_is_refused_in_one_line_naming_it(tmp_path, content):

@@ -41,7 +41,7 @@ def read_class(path: Path) -> np.ndarray:
     if not rows or not all(isinstance(row, list) and len(row) == SIDE * SIDE for row in rows):
         raise ValueError(expected)
     images = np.asarray(rows)  # whole numbers give an integer array; floats, strings, nulls do not
-    if images.dtype.kind not in "iu" or images.min() < 0 or images.max() > 255:
+    if images.ndim != 2 or images.dtype.kind not in "iu" or images.min() < 0 or images.max() > 255:
         raise ValueError(expected)
     return images.astype(np.uint8).reshape(-1, SIDE, SIDE)
 
