@@ -3,6 +3,7 @@ to a heading or an explicit anchor in it (as GitHub renders them)."""
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -20,6 +21,7 @@ def github_slug(heading: str) -> str:
     return text.replace(" ", "-")
 
 
+@functools.cache
 def anchors(page: Path) -> set[str]:
     text = FENCE.sub("", page.read_text())
     found = set(re.findall(r'<a id="([^"]+)"', text))
