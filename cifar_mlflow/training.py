@@ -26,6 +26,7 @@ from cifar_mlflow import distributed, metrics, plots
 from cifar_mlflow.checkpoint import CheckpointWriter, TrainingState, checkpoint_path
 from cifar_mlflow.config import TrainConfig, config_to_dict, resolve_config
 from cifar_mlflow.data import BatchTransform, DataSplits, DeviceLoader, load_image_data, split_data
+from cifar_mlflow.data.splits import init_sample
 from cifar_mlflow.data.sources import SYNTHETIC_TEST, SYNTHETIC_TRAIN
 from cifar_mlflow.engine import Evaluation, evaluate, train_one_epoch
 from cifar_mlflow.errors import ConfigError
@@ -38,7 +39,7 @@ from cifar_mlflow.redaction import redact
 from cifar_mlflow.run_record import log_report, log_trained_model, run_datasets, run_params, run_tags
 
 EpochCallback = Callable[[int, dict[str, float]], None]
-# Training images a model's `init_from_data` sees.
+# Training images a model's `init_from_data` sees: a seeded, class-balanced sample (`init_sample`).
 _INIT_IMAGES = 5000
 
 
@@ -118,7 +119,8 @@ def prepare(config: TrainConfig, data: DataSplits | None = None) -> Prepared:
                           f"{config.dataset}; use --tta none")
     init_from_data = getattr(model, "init_from_data", None)
     if callable(init_from_data):  # data-dependent initialisation (airbench's patch whitening)
-        init_from_data(BatchTransform("none", data.mean, data.std)(data.train.images[:_INIT_IMAGES]))
+        sample = init_sample(data.train, _INIT_IMAGES, config.seed)
+        init_from_data(BatchTransform("none", data.mean, data.std)(sample))
     channels_last = use_channels_last(model, example)
     model.to(device)
     return Prepared(config, data, model, device, precision, channels_last)

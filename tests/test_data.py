@@ -9,7 +9,8 @@ import pytest
 import torch
 import torchvision
 
-from cifar_mlflow.data import load_image_data, split_data
+from cifar_mlflow.data import Split, load_image_data, split_data
+from cifar_mlflow.data.splits import init_sample
 from cifar_mlflow.errors import ConfigError
 from tests.conftest import CLASSES, write_cifar10, write_imagefolder, write_mnist
 
@@ -165,3 +166,13 @@ def test_a_capped_synthetic_run_builds_only_what_it_uses() -> None:
     data = load_splits(config)
     assert len(data.train) == 64 and len(data.test) == 32 and data.train.images.dtype == torch.uint8
     assert synthetic_size(resolve_config(TrainConfig(dataset="synthetic", arch="cnn_small"))) == (50_000, 10_000)
+
+
+def test_the_initialisation_sample_mixes_classes_read_in_order() -> None:
+    labels = torch.arange(10).repeat_interleave(600)  # class by class, as an image folder is read
+    index = torch.arange(len(labels)) % 256
+    images = torch.stack([labels, index], 1).view(-1, 2, 1, 1).to(torch.uint8)  # its label and where it was
+    sample = init_sample(Split(images, labels), 500, seed=3)
+    assert torch.bincount(sample[:, 0, 0, 0].long(), minlength=10).tolist() == [50] * 10
+    assert torch.equal(sample, init_sample(Split(images, labels), 500, seed=3))  # seeded
+    assert not torch.equal(sample, init_sample(Split(images, labels), 500, seed=4))

@@ -14,12 +14,12 @@ from mlflow.tracking import MlflowClient
 
 from cifar_mlflow import TrainConfig
 from cifar_mlflow.config import resolve_config
-from cifar_mlflow.data import load_image_data
+from cifar_mlflow.data import BatchTransform, ImageData, load_image_data, split_data
 from cifar_mlflow.models import get_model
 from cifar_mlflow.models.airbench import BIAS_LR_SCALE
 from cifar_mlflow.models.inference import TestTimeAugmented
 from cifar_mlflow.optim import LINEAR_END, LINEAR_START, Lookahead, build_optimizer, build_schedule
-from cifar_mlflow.training import train
+from cifar_mlflow.training import prepare, train
 from tests.conftest import run_env
 
 
@@ -36,6 +36,25 @@ def test_whitening_layer_decorrelates_the_training_patches() -> None:
     cov = torch.cov(flat)
     assert torch.allclose(cov, torch.eye(12), atol=0.05)
     assert not model.whiten.weight.requires_grad
+
+
+def test_whitening_is_fitted_on_every_class_when_the_files_come_class_by_class() -> None:
+    """An image folder is read class by class: the whitening must not see the first classes alone.
+    Here the first half of the classes are faint and the second half strong; fitted on the first 5,000
+    images (the faint classes) the layer would amplify the whole set about 18-fold."""
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(10).repeat_interleave(1000)  # sorted by class, as ImageFolder reads them
+    amplitude = torch.where(labels < 5, 8.0, 48.0).view(-1, 1, 1, 1)
+    images = (128 + amplitude * torch.randn(len(labels), 3, 16, 16, generator=gen)).clamp(0, 255).byte()
+    data = ImageData(images, labels, images[::100], labels[::100], [str(i) for i in range(10)], True, "ordered")
+    splits = split_data(data, val_fraction=0.0, seed=0)
+    prepared = prepare(TrainConfig(arch="airbench", dataset="synthetic", device="cpu", precision="fp32"),
+                       data=splits)
+    normalised = BatchTransform("none", splits.mean, splits.std)(images)
+    with torch.no_grad():
+        out = torch.nn.functional.conv2d(normalised, prepared.model.whiten.weight[:12].float())
+    variances = torch.linalg.eigvalsh(torch.cov(out.transpose(0, 1).flatten(1)))
+    assert 0.7 < variances.min() and variances.max() < 1.4  # the whole training set comes out white
 
 
 def test_batch_norm_biases_train_faster_and_scales_are_frozen() -> None:

@@ -69,6 +69,13 @@ def stratified_subset(split: Split, size: int, seed: int = 0) -> Split:
     return Split(split.images[keep], split.labels[keep])
 
 
+def init_sample(split: Split, size: int, seed: int = 0) -> torch.Tensor:
+    """The images a data-dependent initialisation (airbench's patch whitening) is fitted on: a seeded,
+    class-balanced sample of `size` images of `split`, whatever order its files were read in (an image
+    folder is read class by class: its first 5,000 CIFAR-10 images are all airplanes)."""
+    return stratified_subset(split, size, seed).images
+
+
 def content_digest(*tensors: torch.Tensor) -> str:
     """A short hash of the tensors' contents: the same data gives the same digest."""
     h = hashlib.sha256()
