@@ -9,6 +9,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,8 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 
 ROOT = Path(__file__).resolve().parent.parent
+# Decoded image folders are cached per test process, not in the user's ~/.cache (subprocesses inherit it).
+os.environ["CIFAR_MLFLOW_CACHE_DIR"] = tempfile.mkdtemp(prefix="cifar-mlflow-cache-")
 CLASSES = ["cat", "dog", "ship"]
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from PIL import Image
 
 from cifar_mlflow.data import Split, load_image_data, split_data
 from cifar_mlflow.data.splits import init_sample
@@ -176,3 +177,55 @@ def test_the_initialisation_sample_mixes_classes_read_in_order() -> None:
     assert torch.bincount(sample[:, 0, 0, 0].long(), minlength=10).tolist() == [50] * 10
     assert torch.equal(sample, init_sample(Split(images, labels), 500, seed=3))  # seeded
     assert not torch.equal(sample, init_sample(Split(images, labels), 500, seed=4))
+
+
+def test_a_second_run_on_the_same_folder_reads_the_decoded_copy(tmp_path, monkeypatch, capsys) -> None:
+    from cifar_mlflow.data import sources
+
+    monkeypatch.setenv("CIFAR_MLFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    root = write_imagefolder(tmp_path / "folder")
+    first = load_image_data("imagefolder", str(root))
+    assert len(list((tmp_path / "cache").glob("imagefolder-*.pt"))) == 1
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(sources, "_decode_files", no_decoding)
+    second = load_image_data("imagefolder", str(root))
+    assert torch.equal(first.train_images, second.train_images) and torch.equal(first.test_labels, second.test_labels)
+    assert second.classes == first.classes and second.source == first.source
+    monkeypatch.undo()
+
+    # An edited image is a different folder: decoded again, the edit seen.
+    monkeypatch.setenv("CIFAR_MLFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    edited = sorted((root / "train" / CLASSES[0]).iterdir())[0]
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(edited)
+    third = load_image_data("imagefolder", str(root))
+    assert int(third.train_images[0].sum()) == 0 and not torch.equal(third.train_images, first.train_images)
+    assert len(list((tmp_path / "cache").glob("imagefolder-*.pt"))) == 2
+    # Other resized copies are other entries.
+    assert load_image_data("imagefolder", str(root), image_size=16).train_images.shape[-1] == 16
+
+
+def test_the_folder_cache_off_damaged_or_unwritable(tmp_path, monkeypatch, capsys) -> None:
+    root = write_imagefolder(tmp_path / "folder")
+    monkeypatch.setenv("CIFAR_MLFLOW_CACHE_DIR", "off")
+    load_image_data("imagefolder", str(root))
+    assert not list(tmp_path.rglob("imagefolder-*.pt"))
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("CIFAR_MLFLOW_CACHE_DIR", str(blocker / "cache"))  # cannot be created
+    data = load_image_data("imagefolder", str(root))
+    assert len(data.train_labels) == 3 * 24
+    note = capsys.readouterr().err.strip().splitlines()
+    assert len(note) == 1 and "decodes them again" in note[0] and "CIFAR_MLFLOW_CACHE_DIR" in note[0]
+
+    monkeypatch.setenv("CIFAR_MLFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    good = load_image_data("imagefolder", str(root))
+    (entry,) = (tmp_path / "cache").glob("imagefolder-*.pt")
+    entry.write_bytes(b"half a file")
+    again = load_image_data("imagefolder", str(root))
+    assert torch.equal(again.train_images, good.train_images)
+    assert "cannot be read" in capsys.readouterr().err
+    assert torch.load(entry, weights_only=True)["classes"] == CLASSES  # replaced by a whole entry

@@ -20,10 +20,9 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from airbench_reference import EpochClock, Net, TrainLoader, autocast, main
+from airbench_reference import EpochClock, Net, TrainLoader, main, train_steps
 
 HYP = {"epochs": 9.9, "batch_size": 1024, "lr": 11.5, "momentum": 0.85, "weight_decay": 0.0153,
        "bias_scaler": 64.0, "label_smoothing": 0.2, "whiten_bias_epochs": 3, "scaling_factor": 1 / 9}
@@ -68,32 +67,23 @@ def train(loader: TrainLoader, epochs: float, device: torch.device, precision: s
     with clock:
         model.init_whiten(whiten_images)
     optimizer = optimizer_for(model, loader.batch_size)
+    lookahead = Lookahead(model)
     total = math.ceil(epochs * len(loader))
-    whiten_bias_steps = math.ceil(HYP["whiten_bias_epochs"] * len(loader))
     schedule = np.interp(np.arange(1 + total), [0, int(0.23 * total), total], [0.2, 1.0, 0.07])
     alpha = 0.95 ** 5 * (torch.arange(total + 1) / total) ** 3
-    lookahead = Lookahead(model)
-    step = 0
-    for _ in range(math.ceil(total / len(loader))):
-        model.train()
-        with clock:
-            for x, y in loader:
-                with autocast(device, precision):
-                    logits = model(x, whiten_bias_grad=step < whiten_bias_steps).float()
-                F.cross_entropy(logits, y, label_smoothing=HYP["label_smoothing"], reduction="sum").backward()
-                for group in optimizer.param_groups:
-                    group["lr"] = group["initial_lr"] * schedule[step]
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                if step % 5 == 0:
-                    lookahead.update(alpha[step].item())
-                if step >= total:
-                    lookahead.update(1.0)  # the averaged weights are the final ones
-                    break
-        print(f"epoch {loader.epoch}: {clock.seconds:.1f} s so far", flush=True)
-        if step >= total:
-            break
+
+    def update(step: int, total: int, whiten_bias_steps: int) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * schedule[step]
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if (step + 1) % 5 == 0:
+            lookahead.update(alpha[step + 1].item())
+        if step + 1 >= total:
+            lookahead.update(1.0)  # the averaged weights are the final ones
+
+    train_steps(model, loader, epochs, clock, device, precision, HYP["whiten_bias_epochs"], HYP["label_smoothing"],
+                update)
     return model, clock.seconds
 
 

@@ -19,13 +19,11 @@ Prints and writes the test accuracy (with and without TTA) and the training seco
 
 from __future__ import annotations
 
-import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from airbench_reference import EpochClock, Net, TrainLoader, autocast, main
+from airbench_reference import EpochClock, Net, TrainLoader, main, train_steps
 
 HYP = {"epochs": 8, "batch_size": 2000, "bias_lr": 0.053, "head_lr": 0.67, "muon_lr": 0.24, "muon_momentum": 0.6,
        "sgd_momentum": 0.85, "weight_decay_per_image": 2e-6, "label_smoothing": 0.2, "whiten_bias_epochs": 3}
@@ -88,28 +86,17 @@ def train(loader: TrainLoader, epochs: float, device: torch.device, precision: s
     with clock:
         model.init_whiten(whiten_images)
     sgd, muon = optimizers_for(model, loader.batch_size)
-    total = math.ceil(epochs * len(loader))
-    whiten_bias_steps = math.ceil(HYP["whiten_bias_epochs"] * len(loader))
-    step = 0
-    for _ in range(math.ceil(total / len(loader))):
-        model.train()
-        with clock:
-            for x, y in loader:
-                with autocast(device, precision):
-                    logits = model(x, whiten_bias_grad=step < whiten_bias_steps).float()
-                F.cross_entropy(logits, y, label_smoothing=HYP["label_smoothing"], reduction="sum").backward()
-                sgd.param_groups[0]["lr"] = sgd.param_groups[0]["initial_lr"] * (1 - step / whiten_bias_steps)
-                for group in sgd.param_groups[1:] + muon.param_groups:
-                    group["lr"] = group["initial_lr"] * (1 - step / total)
-                sgd.step()
-                muon.step()
-                model.zero_grad(set_to_none=True)
-                step += 1
-                if step >= total:
-                    break
-        print(f"epoch {loader.epoch}: {clock.seconds:.1f} s so far", flush=True)
-        if step >= total:
-            break
+
+    def update(step: int, total: int, whiten_bias_steps: int) -> None:
+        sgd.param_groups[0]["lr"] = sgd.param_groups[0]["initial_lr"] * (1 - step / whiten_bias_steps)
+        for group in sgd.param_groups[1:] + muon.param_groups:
+            group["lr"] = group["initial_lr"] * (1 - step / total)
+        sgd.step()
+        muon.step()
+        model.zero_grad(set_to_none=True)
+
+    train_steps(model, loader, epochs, clock, device, precision, HYP["whiten_bias_epochs"], HYP["label_smoothing"],
+                update)
     return model, clock.seconds
 
 

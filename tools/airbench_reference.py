@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -206,6 +207,34 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, tta: 
                 logits = 0.5 * mirror(x) + 0.25 * (translated[0] + translated[1])
         correct += int((logits.argmax(1) == y).sum())
     return correct / len(images)
+
+
+# ---------------------------------------------------------------- the loop
+
+def train_steps(model: nn.Module, loader: TrainLoader, epochs: float, clock: EpochClock, device: torch.device,
+                precision: str, whiten_bias_epochs: float, label_smoothing: float,
+                update: Callable[[int, int, int], None]) -> None:
+    """The published training loop, shared by both recipes: `epochs` of `loader` (the last one cut short),
+    the whitening bias learning for its first `whiten_bias_epochs`, a label-smoothed summed cross-entropy.
+    After each backward pass `update(step, total_steps, whiten_bias_steps)` sets the rates and steps the
+    optimizers."""
+    total = math.ceil(epochs * len(loader))
+    whiten_bias_steps = math.ceil(whiten_bias_epochs * len(loader))
+    step = 0
+    for _ in range(math.ceil(total / len(loader))):
+        model.train()
+        with clock:
+            for x, y in loader:
+                with autocast(device, precision):
+                    logits = model(x, whiten_bias_grad=step < whiten_bias_steps).float()
+                F.cross_entropy(logits, y, label_smoothing=label_smoothing, reduction="sum").backward()
+                update(step, total, whiten_bias_steps)
+                step += 1
+                if step >= total:
+                    break
+        print(f"epoch {loader.epoch}: {clock.seconds:.1f} s so far", flush=True)
+        if step >= total:
+            break
 
 
 # ---------------------------------------------------------------- the command

@@ -8,6 +8,7 @@ files to put where.
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
+from cifar_mlflow.data import folder_cache
 from cifar_mlflow.errors import ConfigError
 
 
@@ -91,15 +94,22 @@ def load_torchvision(name: str, data_dir: str) -> ImageData:
     return ImageData(xtr, ytr, xte, yte, classes, _TORCHVISION[name][2], str(Path(data_dir).resolve()))
 
 
-def _decode_folder(root: Path, image_size: int | None, class_to_idx: dict[str, int] | None):
+def _scan_folder(root: Path, class_to_idx: dict[str, int] | None):
+    """ImageFolder's file list of `root`: (path, label) pairs in its order, its classes and their indices."""
     import torchvision
-    from torchvision.io import ImageReadMode, decode_image
 
     folder = torchvision.datasets.ImageFolder(str(root))
     if class_to_idx is not None and folder.class_to_idx != class_to_idx:
         raise ConfigError(f"{root} has classes {folder.classes}, the train folder has {sorted(class_to_idx)}")
+    return folder.samples, folder.classes, folder.class_to_idx
+
+
+def _decode_files(root: Path, samples: list[tuple[str, int]], image_size: int | None, progress: tqdm):
+    import torchvision
+    from torchvision.io import ImageReadMode, decode_image
+
     images = []
-    for path, _ in folder.samples:
+    for path, _ in samples:
         try:
             image = decode_image(torchvision.io.read_file(path), mode=ImageReadMode.RGB)  # (3, H, W)
         except RuntimeError as exc:
@@ -108,26 +118,42 @@ def _decode_folder(root: Path, image_size: int | None, class_to_idx: dict[str, i
             image = F.interpolate(image[None].float(), size=(image_size, image_size), mode="bilinear",
                                   antialias=True, align_corners=False)[0].round().clamp(0, 255).byte()
         images.append(image)
+        progress.update()
     shapes = {tuple(i.shape) for i in images}
     if len(shapes) > 1:
         raise ConfigError(f"images in {root} have different sizes {sorted(shapes)[:3]}...; pass --image-size N "
                           "to resize them all to NxN")
-    labels = torch.tensor([label for _, label in folder.samples], dtype=torch.int64)
-    return torch.stack(images), labels, folder.classes, folder.class_to_idx
+    labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
+    return torch.stack(images), labels
 
 
 def load_imagefolder(data_dir: str, image_size: int | None) -> ImageData:
-    """A folder with `train/<class>/*` and `test/<class>/*` images of any format PIL/torchvision reads."""
+    """A folder with `train/<class>/*` and `test/<class>/*` images of any format PIL/torchvision reads.
+
+    Decoded once: later runs on the same folder content read the decoded copy (`folder_cache`)."""
     root = Path(data_dir)
     for split in ("train", "test"):
         if not (root / split).is_dir():
             raise ConfigError(f"imagefolder needs {root / split}/<class>/<image> folders; "
                               f"{root / split} does not exist (see docs/data.md)")
     try:
-        xtr, ytr, classes, class_to_idx = _decode_folder(root / "train", image_size, None)
-        xte, yte, _, _ = _decode_folder(root / "test", image_size, class_to_idx)
+        train_samples, classes, class_to_idx = _scan_folder(root / "train", None)
+        test_samples, _, _ = _scan_folder(root / "test", class_to_idx)
     except FileNotFoundError as exc:  # ImageFolder: a class folder without images
         raise ConfigError(f"imagefolder {root}: {exc}") from None
+    files = [(str(Path(path).relative_to(root)), Path(path)) for path, _ in train_samples + test_samples]
+    key = folder_cache.folder_key(files, image_size) if folder_cache.cache_dir() else ""
+    entry = folder_cache.read_entry(key) if key else None
+    if entry is not None and entry["classes"] == classes:
+        return ImageData(entry["train_images"], entry["train_labels"], entry["test_images"], entry["test_labels"],
+                         classes, True, str(root.resolve()))
+    with tqdm(total=len(files), desc=f"decoding {root}", unit="img", file=sys.stderr, mininterval=1.0,
+              disable=len(files) < 1000) as progress:
+        xtr, ytr = _decode_files(root / "train", train_samples, image_size, progress)
+        xte, yte = _decode_files(root / "test", test_samples, image_size, progress)
+    if key:
+        folder_cache.write_entry(key, {"train_images": xtr, "train_labels": ytr, "test_images": xte,
+                                       "test_labels": yte, "classes": classes})
     return ImageData(xtr, ytr, xte, yte, classes, True, str(root.resolve()))
 
 
