@@ -29,8 +29,8 @@ FILE_SECONDS = {
     "test_from_run.py": 140, "test_bench.py": 116, "test_mlflow_run.py": 116, "test_auth.py": 109,
     "test_tune.py": 108, "test_served_model.py": 74, "test_tracking_server.py": 59, "test_gpu_session.py": 51,
     "test_fast_recipe.py": 47, "test_distributed.py": 47, "test_startup.py": 43, "test_train_cli.py": 35,
-    "test_dashboard.py": 29, "test_local_server.py": 25, "test_browser.py": 19, "test_models.py": 16, "test_references.py": 15,
-    "test_training.py": 15, "test_data.py": 11, "test_hardware.py": 11, "test_compare.py": 10,
+    "test_dashboard.py": 29, "test_local_server.py": 25, "test_browser.py": 19, "test_models.py": 16,
+    "test_references.py": 15, "test_training.py": 15, "test_data.py": 11, "test_hardware.py": 11, "test_compare.py": 10,
 }
 
 

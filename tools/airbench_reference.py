@@ -245,8 +245,8 @@ TrainFn = Callable[..., tuple[nn.Module, float]]
 def main(description: str, train_fn: TrainFn, epochs: float, batch_size: int) -> None:
     """Parse the command line, read the folder, train with `train_fn`, evaluate, print and write JSON.
 
-    `train_fn(model, loader, epochs, device, precision, whiten_images)` trains `model` and returns it
-    with the training seconds."""
+    `train_fn(loader, epochs, device, precision, whiten_images)` builds and trains the recipe's net and
+    returns it with the training seconds."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data-dir", type=Path, required=True, help="ImageFolder root with train/ and test/")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

@@ -3,9 +3,9 @@ the same images: the per-image cost of each and the operators that take it (torc
 
     python tools/profile_fast_epoch.py --data-dir data/cifar10-jpg --steps 12
 
-Both train on the same class-balanced 1024 x `--steps` images of the folder, batch 1024, after 2
-untimed steps; the machine should be quiet. Prints images/s per recipe and each one's top operators by
-self CPU time, with the optimizer's step and the data path as their own rows.
+Both train on the same class-balanced 1024 x `--steps` images of the folder, batch 1024, each pass
+after an untimed one, the two taking turns twice; the machine should be quiet. Prints images/s per
+recipe and each one's top operators by self CPU time.
 """
 
 from __future__ import annotations

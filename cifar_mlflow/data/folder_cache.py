@@ -2,11 +2,11 @@
 worker on the machine) on the same folder reads one file instead of decoding tens of thousands of
 images again.
 
-The key is the folder's content: every image file's path (relative) and bytes, hashed, with the size
-the images are resized to and this file's format version. An edited, added or removed image gives another
-key, so a stale copy is never read. Entries are written whole (a temporary file renamed), so processes
-reading and writing at once see a complete entry or none. Where the cache cannot be written (a full or
-read-only disk) the run goes on, said in one line.
+The key is the folder's content: every image file's path (relative, so its class folder too) and
+bytes, hashed, with the size the images are resized to and this file's format version. An edited,
+added, removed or moved image gives another key, so a stale copy is never read. Entries are written
+whole (a temporary file renamed), so processes reading and writing at once see a complete entry or
+none. Where the cache cannot be written (a full or read-only disk) the run goes on, said in one line.
 
 Where: `$CIFAR_MLFLOW_CACHE_DIR`, else `$XDG_CACHE_HOME/cifar_mlflow`, else `~/.cache/cifar_mlflow`;
 `CIFAR_MLFLOW_CACHE_DIR=off` decodes every time. One entry per folder and size: 184 MB for CIFAR-10.

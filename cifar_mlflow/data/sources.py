@@ -144,17 +144,16 @@ def load_imagefolder(data_dir: str, image_size: int | None) -> ImageData:
     files = [(str(Path(path).relative_to(root)), Path(path)) for path, _ in train_samples + test_samples]
     key = folder_cache.folder_key(files, image_size) if folder_cache.cache_dir() else ""
     entry = folder_cache.read_entry(key) if key else None
-    if entry is not None and entry["classes"] == classes:
-        return ImageData(entry["train_images"], entry["train_labels"], entry["test_images"], entry["test_labels"],
-                         classes, True, str(root.resolve()))
-    with tqdm(total=len(files), desc=f"decoding {root}", unit="img", file=sys.stderr, mininterval=1.0,
-              disable=len(files) < 1000) as progress:
-        xtr, ytr = _decode_files(root / "train", train_samples, image_size, progress)
-        xte, yte = _decode_files(root / "test", test_samples, image_size, progress)
-    if key:
-        folder_cache.write_entry(key, {"train_images": xtr, "train_labels": ytr, "test_images": xte,
-                                       "test_labels": yte, "classes": classes})
-    return ImageData(xtr, ytr, xte, yte, classes, True, str(root.resolve()))
+    if entry is None:
+        with tqdm(total=len(files), desc=f"decoding {root}", unit="img", file=sys.stderr, mininterval=1.0,
+                  disable=len(files) < 1000) as progress:
+            xtr, ytr = _decode_files(root / "train", train_samples, image_size, progress)
+            xte, yte = _decode_files(root / "test", test_samples, image_size, progress)
+        entry = {"train_images": xtr, "train_labels": ytr, "test_images": xte, "test_labels": yte}
+        if key:
+            folder_cache.write_entry(key, entry)
+    return ImageData(entry["train_images"], entry["train_labels"], entry["test_images"], entry["test_labels"],
+                     classes, True, str(root.resolve()))
 
 
 SYNTHETIC_TRAIN, SYNTHETIC_TEST = 50_000, 10_000
