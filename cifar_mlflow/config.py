@@ -97,6 +97,14 @@ class TrainConfig:
     muon_lr: float | None = _field(None, "peak learning rate of the weights Muon trains (--optimizer muon); "
                                    "default: recommended for the arch, else 0.02")
     momentum: float | None = _field(None, "SGD (and Muon) momentum; default: recommended for the arch")
+    muon_momentum: float | None = _field(None, "momentum of the weights Muon trains (Nesterov); default: "
+                                         "recommended for the arch, else --momentum")
+    muon_ns_steps: int | None = _field(None, "Newton-Schulz iterations that orthogonalise each Muon update "
+                                       "(PyTorch's 5; airbench94_muon's 3); default: recommended for the arch")
+    muon_renorm: bool | None = _field(None, "before each Muon step, rescale every weight Muon trains to norm "
+                                      "sqrt(its output units), as airbench94_muon does (its size then stays "
+                                      "fixed and the learning rate sets the angle of each step); default: "
+                                      "recommended for the arch")
     nesterov: bool = _field(True, "use Nesterov momentum with SGD")
     weight_decay: float | None = _field(None, "weight decay (not applied to biases and norm "
                                         "layers); default: recommended for the arch")
@@ -155,8 +163,8 @@ GENERIC_RECOMMENDED: dict[str, Any] = dict(optimizer="sgd", lr=0.05, weight_deca
 
 
 # Settings every architecture gets when its own recommendations leave them out.
-COMMON_SETTINGS = dict(momentum=0.9, muon_lr=0.02, warmup_epochs=1.0, val_fraction=0.1, tta="none", lookahead=False,
-                       flip="random")
+COMMON_SETTINGS = dict(momentum=0.9, muon_lr=0.02, muon_ns_steps=5, muon_renorm=False, warmup_epochs=1.0,
+                       val_fraction=0.1, tta="none", lookahead=False, flip="random")
 
 def recommended_for(arch: str) -> dict[str, Any]:
     """The recommended settings for `arch`: its own (registered with the model), else the generic ones
@@ -217,6 +225,8 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     if config.epochs is not None:  # a budget the recommendations were not made for
         filled.update(scaled_to_budget(filled, config.epochs / recommended["epochs"]))
     resolved = dataclasses.replace(config, **filled)
+    if resolved.muon_momentum is None:
+        resolved = dataclasses.replace(resolved, muon_momentum=resolved.momentum)
     validate_config(resolved)
     return resolved
 
@@ -265,6 +275,7 @@ def validate_config(config: TrainConfig) -> None:
 
     positive("lr")
     positive("muon_lr")
+    positive("muon_ns_steps")
     positive("batch_size")
     positive("epochs")
     for name in ("image_size", "max_train_samples", "max_eval_samples", "lr_step_size",
@@ -276,8 +287,9 @@ def validate_config(config: TrainConfig) -> None:
         raise ConfigError(f"weight_decay must be >= 0, got {config.weight_decay!r}")
     if not 0.0 <= config.label_smoothing < 1.0:
         raise ConfigError(f"label_smoothing must be in [0, 1), got {config.label_smoothing!r}")
-    if not 0.0 <= config.momentum < 1.0:
-        raise ConfigError(f"momentum must be in [0, 1), got {config.momentum!r}")
+    for name in ("momentum", "muon_momentum"):
+        if not 0.0 <= getattr(config, name) < 1.0:
+            raise ConfigError(f"{name} must be in [0, 1), got {getattr(config, name)!r}")
     if config.warmup_epochs < 0:
         raise ConfigError(f"warmup_epochs must be >= 0, got {config.warmup_epochs!r}")
     if not isinstance(config.model_args, dict):

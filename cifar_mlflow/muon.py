@@ -52,12 +52,16 @@ def orthogonalise(update: torch.Tensor, coefficients: tuple[float, float, float]
 
 class FilterBankMuon(torch.optim.Muon):
     """`torch.optim.Muon` that also takes weights of more than two dimensions, each as `as_matrix` views it,
-    and orthogonalises in `newton_schulz_dtype` (PyTorch's: bf16; fp32 where bf16 is emulated)."""
+    and orthogonalises in `newton_schulz_dtype` (PyTorch's: bf16; fp32 where bf16 is emulated). With
+    `renorm`, each weight is rescaled to norm sqrt(its rows) before its step (airbench94_muon's weight
+    normalisation: the weight's size stays fixed, so the step's size relative to it does too)."""
 
-    def __init__(self, params: Any, newton_schulz_dtype: torch.dtype = torch.bfloat16, **options: Any) -> None:
+    def __init__(self, params: Any, newton_schulz_dtype: torch.dtype = torch.bfloat16, renorm: bool = False,
+                 **options: Any) -> None:
         probe = torch.optim.Muon([torch.zeros(1, 1, requires_grad=True)], **options)  # PyTorch's own checks
         torch.optim.Optimizer.__init__(self, params, probe.defaults)
         self.newton_schulz_dtype = newton_schulz_dtype
+        self.renorm = renorm
         for group in self.param_groups:
             for p in group["params"]:
                 if p.ndim < 2:
@@ -70,7 +74,16 @@ class FilterBankMuon(torch.optim.Muon):
         return has_complex
 
     @torch.no_grad()
+    def _renormalise(self) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.mul_(len(p) ** 0.5 / p.norm().clamp(min=group["eps"]))
+
+    @torch.no_grad()
     def step(self, closure=None):
+        if self.renorm:
+            self._renormalise()
         if self.newton_schulz_dtype == torch.bfloat16:
             return super().step(closure)
         loss = None
@@ -103,15 +116,18 @@ def hidden_weights(model: nn.Module) -> list[nn.Parameter]:
 class MuonWithSGD(torch.optim.Optimizer):
     """One optimizer for the schedulers, two inside: SGD (with Nesterov momentum) on `sgd_groups`, then
     `FilterBankMuon` on `muon_groups`. Its `param_groups` are theirs (the same dicts, SGD's first), so
-    a learning-rate schedule set here is the one they use."""
+    a learning-rate schedule set here is the one they use. Muon's momentum is `muon_momentum` (None:
+    `momentum`), its `ns_steps` Newton-Schulz iterations (PyTorch's 5), `renorm` as `FilterBankMuon`'s."""
 
     def __init__(self, sgd_groups: list[dict], muon_groups: list[dict], *, momentum: float, nesterov: bool,
+                 muon_momentum: float | None = None, ns_steps: int = 5, renorm: bool = False,
                  newton_schulz_dtype: torch.dtype = torch.bfloat16) -> None:
         self.sgd = torch.optim.SGD(sgd_groups, lr=sgd_groups[0]["lr"], momentum=momentum,
                                    nesterov=nesterov and momentum > 0)
-        self.muon = FilterBankMuon(muon_groups, lr=muon_groups[0]["lr"], momentum=momentum,
-                                   nesterov=nesterov, weight_decay=muon_groups[0]["weight_decay"],
-                                   newton_schulz_dtype=newton_schulz_dtype)
+        self.muon = FilterBankMuon(muon_groups, lr=muon_groups[0]["lr"],
+                                   momentum=momentum if muon_momentum is None else muon_momentum,
+                                   nesterov=nesterov, weight_decay=muon_groups[0]["weight_decay"], ns_steps=ns_steps,
+                                   newton_schulz_dtype=newton_schulz_dtype, renorm=renorm)
         super().__init__(self.sgd.param_groups + self.muon.param_groups, {"lr": sgd_groups[0]["lr"],
                                                                           "momentum": momentum})
 

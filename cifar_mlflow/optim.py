@@ -54,6 +54,7 @@ def _muon(config: TrainConfig, model: nn.Module, precision: str | None) -> torch
     if precision is None:
         precision = select_precision("auto", hidden[0].device)
     return MuonWithSGD(sgd_groups, muon_groups, momentum=config.momentum, nesterov=config.nesterov,
+                       muon_momentum=config.muon_momentum, ns_steps=config.muon_ns_steps, renorm=config.muon_renorm,
                        newton_schulz_dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
 
 

@@ -145,6 +145,30 @@ def test_airbench_trains_every_conv_with_muon_behind_its_frozen_whitening() -> N
     assert id(model.head.weight) not in in_muon and not model.whiten.weight.requires_grad
 
 
+def test_muon_takes_its_own_momentum_and_newton_schulz_steps() -> None:
+    optimizer = build_optimizer(muon_config(momentum=0.85, muon_momentum=0.6, muon_ns_steps=3), cnn_small())
+    assert {(g["momentum"], g["ns_steps"]) for g in optimizer.muon.param_groups} == {(0.6, 3)}
+    assert {g["momentum"] for g in optimizer.sgd.param_groups} == {0.85}
+    default = build_optimizer(muon_config(momentum=0.85), cnn_small())  # unset: --momentum, PyTorch's 5 steps
+    assert {(g["momentum"], g["ns_steps"]) for g in default.muon.param_groups} == {(0.85, 5)}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_renorm_holds_each_weight_at_norm_sqrt_rows_before_its_step(dtype) -> None:
+    torch.manual_seed(0)
+    weight = nn.Parameter(torch.randn(8, 4, 3, 3) * 7.0)  # far from norm sqrt(8)
+    weight.grad = torch.randn_like(weight)
+    before = weight.detach().clone()
+    FilterBankMuon([weight], lr=1e-6, momentum=0.6, newton_schulz_dtype=dtype, renorm=True).step()
+    assert weight.norm().item() == pytest.approx(8 ** 0.5, rel=1e-4)  # rescaled; the tiny step barely moves it
+    cosine = torch.nn.functional.cosine_similarity(weight.flatten(), before.flatten(), dim=0)
+    assert cosine.item() > 0.9999  # the same direction
+    plain = nn.Parameter(before.clone())
+    plain.grad = weight.grad.clone()
+    FilterBankMuon([plain], lr=1e-6, momentum=0.6, newton_schulz_dtype=dtype).step()
+    assert plain.norm().item() == pytest.approx(before.norm().item(), rel=1e-4)  # without renorm: left as it was
+
+
 def test_a_model_without_hidden_weights_is_refused() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
     with pytest.raises(ConfigError, match="no hidden weight"):

@@ -34,7 +34,7 @@ def test_every_option_reaches_the_command_under_mlflow_run() -> None:
     for f in dataclasses.fields(TrainConfig):
         if f.name in params or f.name in gen_mlproject.EXCLUDED:
             continue
-        value = "true" if f.name in ("lookahead",) else "1"
+        value = "true" if f.name in ("lookahead", "muon_renorm") else "1"
         args = parser.parse_args([f"--{f.name}", value])
         assert getattr(args, f.name) == value, f.name
 
