@@ -118,13 +118,21 @@ def running_server(command: list[str], uri: str, log_path: Path, env: dict[str, 
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` on a free loopback port (SQLite + proxied artifacts), stopped after."""
+def mlflow_server_and_root(tmp_path_factory):
+    """A real `mlflow server` on a free loopback port (SQLite `ROOT/mlflow.db` + proxied artifacts), stopped
+    after: (its URI, ROOT)."""
+    root = tmp_path_factory.mktemp("mlflow-server")
     try:
-        with local_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as uri:  # the benchmark's own
-            yield uri
+        with local_mlflow_server(root) as uri:  # the benchmark's own
+            yield uri, root
     except ServerStartError as exc:
         pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(mlflow_server_and_root):
+    """The URI of the suite's real `mlflow server` (SQLite + proxied artifacts)."""
+    return mlflow_server_and_root[0]
 
 
 def run_env(**extra: str) -> dict[str, str]:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 import subprocess
 import sys
+import threading
+import time
+import uuid
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -267,3 +272,86 @@ def test_the_confusion_matrix_of_every_epoch_is_an_image_with_its_step(server_ru
     assert steps == [1, 2]  # one per epoch: the UI's image slider
     first = client.download_artifacts(run.info.run_id, next(p for p in images if "+step+1+" in p), str(tmp_path))
     assert Image.open(first).size[1] == 3 * 22  # a row per class
+
+
+def losing_the_insert(db: Path, write, other_insert: str, values: tuple, monkeypatch, method: str) -> int:
+    """Run `write()` so that it loses an insert race in the server for certain: the database is locked, so
+    the server looks for the row (readers go on) and then waits to insert it (SQLite's 5 s busy timeout);
+    meanwhile "another client" inserts the same row (`other_insert` with `values`) and commits; the
+    server's insert then fails on the table's unique key, as when a study's workers start together.
+    Returns how many times `MlflowClient.<method>` was called."""
+    calls = []
+    real = getattr(MlflowClient, method)
+    monkeypatch.setattr(MlflowClient, method, lambda self, *a, **k: (calls.append(1), real(self, *a, **k))[1])
+    failures = []
+
+    def run() -> None:
+        try:
+            write()
+        except Exception as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(1.5)  # the server has looked for the row and now waits to insert it
+    other.execute(other_insert, values)
+    other.execute("COMMIT")
+    thread.join(60)
+    other.close()
+    monkeypatch.setattr(MlflowClient, method, real)
+    assert not failures, failures
+    return len(calls)
+
+
+def test_runs_logging_the_same_data_set_at_once_all_get_it(mlflow_server_and_root, monkeypatch) -> None:
+    """Without the retry: `RestException: BAD_REQUEST: (sqlite3.IntegrityError) UNIQUE constraint failed:
+    datasets.experiment_id, datasets.name, datasets.digest`, and the study's worker crashed."""
+    from cifar_mlflow.tracking.run_logger import log_datasets
+
+    uri, root = mlflow_server_and_root
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("dataset-race")
+    run_id = client.create_run(experiment_id).info.run_id
+    split = {"name": "train", "digest": "d1g35t", "source": "/data/cifar10-jpg/train", "image_shape": (3, 32, 32),
+             "profile": {"num_rows": 45000}, "context": "training"}
+    calls = losing_the_insert(root / "mlflow.db", lambda: log_datasets(client, run_id, [split]),
+                              "INSERT INTO datasets VALUES (?, ?, 'train', 'd1g35t', 'local', '{}', NULL, NULL)",
+                              (uuid.uuid4().hex, int(experiment_id)), monkeypatch, "log_inputs")
+    assert calls == 2  # lost the race once, then linked the other client's row
+    inputs = client.get_run(run_id).inputs.dataset_inputs
+    assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("train", "d1g35t")]
+    rows = sqlite3.connect(root / "mlflow.db").execute(
+        "SELECT count(*) FROM datasets WHERE experiment_id = ? AND name = 'train'", (int(experiment_id),)).fetchone()
+    assert rows == (1,)
+
+
+def test_two_workers_setting_the_champion_alias_at_once_both_succeed(mlflow_server_and_root, monkeypatch) -> None:
+    from cifar_mlflow.tracking import set_model_alias
+
+    uri, root = mlflow_server_and_root
+    client = MlflowClient(uri)
+    client.create_registered_model("raced-model")
+    run_id = client.create_run(client.create_experiment("alias-race")).info.run_id
+    for _ in range(2):
+        client.create_model_version("raced-model", f"runs:/{run_id}/model", run_id=run_id)
+    calls = losing_the_insert(root / "mlflow.db", lambda: set_model_alias(uri, "raced-model", 2, "champion"),
+                              "INSERT INTO registered_model_aliases VALUES ('champion', 1, 'raced-model', 'default')",
+                              (), monkeypatch, "set_registered_model_alias")
+    assert calls == 2
+    assert client.get_model_version_by_alias("raced-model", "champion").version == "2"  # ours, set after theirs
+
+
+def test_a_write_refused_for_another_reason_is_not_retried(mlflow_server) -> None:
+    from cifar_mlflow.tracking.store import tolerating_races
+
+    calls = []
+
+    def write() -> None:
+        calls.append(1)
+        MlflowClient(mlflow_server).get_run("0" * 32)  # no such run
+
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        tolerating_races(write)
+    assert len(calls) == 1

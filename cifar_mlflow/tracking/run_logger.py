@@ -27,7 +27,8 @@ from cifar_mlflow.interrupts import deferring
 from cifar_mlflow.redaction import redact
 from cifar_mlflow.tracking.faults import fail_fast_uploads, is_store_failure, reporting_stalls, short_reason
 from cifar_mlflow.tracking.heartbeat import Heartbeat, mark_stale_runs
-from cifar_mlflow.tracking.store import experiment_id_for, log_params_once, name_attached_run, set_tags
+from cifar_mlflow.tracking.store import (experiment_id_for, log_params_once, name_attached_run, set_tags,
+                                         tolerating_races)
 
 
 def download_checkpoint(uri: str, run_id: str, dest: Path) -> Path:
@@ -69,28 +70,15 @@ class _SplitDataset(MetaDataset):
 
 
 def log_datasets(client: MlflowClient, run_id: str, datasets: list[dict[str, Any]]) -> None:
-    """Split inputs on a run the fluent API does not hold (a study's parent run)."""
+    """The splits as the run's data set inputs. Runs that start together (a study's workers, parallel
+    trials) insert the same data set into the experiment at once, and all but one lose the race in the
+    store: those write again and link the row the winner made."""
     from mlflow.entities import DatasetInput, InputTag
 
     inputs = [DatasetInput(_SplitDataset(d)._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", d["context"])])
               for d in datasets]
     if inputs:
-        client.log_inputs(run_id, datasets=inputs)
-
-
-def _log_dataset(dataset: MetaDataset, context: str) -> None:
-    """`mlflow.log_input`, tried up to three times: runs starting together (parallel trials, workers) race
-    to create the same dataset row in the SQL store; a later attempt finds it and only links it."""
-    for attempt in range(3):
-        try:
-            mlflow.log_input(dataset, context=context)
-            return
-        except mlflow.exceptions.MlflowException as exc:
-            if attempt == 2:
-                warnings.warn(f"could not record dataset {dataset.name} as a run input: {str(exc)[:200]}",
-                              stacklevel=2)
-                return
-            time.sleep(0.2 * (attempt + 1))
+        tolerating_races(lambda: client.log_inputs(run_id, datasets=inputs))
 
 
 def _upload(upload: Callable[[], Any]) -> tuple[Any, str | None]:
@@ -200,8 +188,7 @@ class MlflowLogger:
         self._open()
         log_params_once(MlflowClient(), self.run_id, {**self.extra_params, **params})
         set_tags(MlflowClient(), self.run_id, {**tags, **self.extra_tags})
-        for d in datasets:
-            _log_dataset(_SplitDataset(d), d["context"])
+        log_datasets(MlflowClient(), self.run_id, datasets)
 
     @deferring
     @reporting_stalls("setting tags")
@@ -367,4 +354,5 @@ class MlflowLogger:
 
 def set_model_alias(uri: str, name: str, version: int, alias: str) -> None:
     """Point `alias` (e.g. champion) of registered model `name` at `version`."""
-    MlflowClient(uri).set_registered_model_alias(name, alias, str(version))
+    client = MlflowClient(uri)
+    tolerating_races(lambda: client.set_registered_model_alias(name, alias, str(version)))

@@ -9,6 +9,7 @@ import shlex
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import mlflow
@@ -102,6 +103,34 @@ def check_tracking_server(uri: str, connect_timeout: float = 10.0, answer_timeou
     if response.status_code >= 400:
         raise ConfigError(f"{where} answered HTTP {response.status_code} to a search; is it an MLflow server "
                           "(docs/tracking.md)?")
+
+
+# What a SQL store says when two clients insert the same row at once (the server's reply carries the
+# database's own words: SQLite's "UNIQUE constraint failed", PostgreSQL's "duplicate key value").
+_LOST_RACE = ("RESOURCE_ALREADY_EXISTS", "already exists", "UNIQUE constraint failed", "duplicate key value",
+              "IntegrityError")
+
+
+def lost_a_race(exc: BaseException) -> bool:
+    """Whether an MLflow write was refused because another client wrote the same row at the same moment."""
+    if not isinstance(exc, mlflow.exceptions.MlflowException):
+        return False
+    text = f"{exc.error_code} {exc}"
+    return any(words in text for words in _LOST_RACE)
+
+
+def tolerating_races(write: Callable[[], Any], attempts: int = 5) -> Any:
+    """`write()`, and again when it lost a race to another client (`lost_a_race`): the second time the
+    store finds the other client's row and writes only what is still missing (MLflow's writes of data set
+    inputs and aliases look before they insert). Any other error is raised at once."""
+    for attempt in range(attempts):
+        try:
+            return write()
+        except mlflow.exceptions.MlflowException as exc:
+            if attempt == attempts - 1 or not lost_a_race(exc):
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def experiment_id_for(client: MlflowClient, name: str) -> str:
