@@ -157,40 +157,64 @@ def _postgres_bin() -> Path | None:
     return found[-1].parent if found else None
 
 
+class PostgresServer:
+    """A real PostgreSQL server (Debian's package) on a free loopback port, run by its own user."""
+
+    def __init__(self, bindir: Path, root: Path, port: int, as_postgres: list[str]) -> None:
+        self.bindir, self.root, self.port, self.as_postgres = bindir, root, port, as_postgres
+        self.data = root / "data"
+
+    def pg(self, *cmd: str) -> None:
+        subprocess.run([*self.as_postgres, str(self.bindir / cmd[0]), *cmd[1:]], check=True, capture_output=True,
+                       timeout=120)
+
+    def url(self, database: str) -> str:
+        return f"postgresql://test@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        self.pg("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "test", name)
+        return self.url(name)
+
+    def start(self) -> None:
+        self.pg("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-w", "-t", "60", "-o",
+                f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=300", "start")
+
+    def stop(self) -> None:
+        self.pg("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+
 @pytest.fixture(scope="session")
-def postgres_url():
-    """A real PostgreSQL server (Debian's package) on a free loopback port with databases `optuna` and
-    `mlflow`; the URL of `optuna`, stopped after."""
+def postgres():
+    """A `PostgresServer` with databases `optuna` and `mlflow`, stopped after."""
     import shutil
+    import tempfile
 
     bindir = _postgres_bin()
     if bindir is None:
         pytest.skip("PostgreSQL server binaries not found (.ci/run installs Debian's postgresql package)")
-    import tempfile
-
     # Not under pytest's temporary folder: that is private to root, and the server runs as postgres.
     root = Path(tempfile.mkdtemp(prefix="cifar-mlflow-pg-"))
-    data = root / "data"
-    port = free_port()
     as_postgres: list[str] = []
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root
         shutil.chown(root, "postgres")
         as_postgres = ["runuser", "-u", "postgres", "--"]
-
-    def pg(*cmd: str) -> None:
-        subprocess.run([*as_postgres, *cmd], check=True, capture_output=True, timeout=120)
-
-    pg(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "test")
-    pg(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60", "-o",
-       f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start")
+    server = PostgresServer(bindir, root, free_port(), as_postgres)
+    server.pg("initdb", "-D", str(server.data), "-A", "trust", "-U", "test")
+    server.start()
     try:
         for database in ("optuna", "mlflow"):  # the two databases of docker/docker-compose.yml
-            pg(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "test", database)
-        yield f"postgresql://test@127.0.0.1:{port}/optuna"
+            server.create_database(database)
+        yield server
     finally:
-        subprocess.run([*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+        subprocess.run([*as_postgres, str(bindir / "pg_ctl"), "-D", str(server.data), "-m", "fast", "-w", "stop"],
                        capture_output=True, timeout=120)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres):
+    """The URL of the `optuna` database of the suite's PostgreSQL server."""
+    return postgres.url("optuna")
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import event
 
 from cifar_mlflow.interrupts import deferred
-from cifar_mlflow.tune.study import InterruptSafeStorage
+from cifar_mlflow.tune.storage import InterruptSafeStorage
 
 
 @pytest.fixture(autouse=True)

@@ -64,6 +64,7 @@ class Logger:
 @pytest.fixture(autouse=True)
 def quick_notice(monkeypatch, tmp_path):
     monkeypatch.setattr(faults, "STALL_NOTICE_SECONDS", 0.2)
+    monkeypatch.setattr(faults, "_outage_since", [])  # no outage left over from another test
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'default.db'}")  # MLflow's global, before the run opens
     yield
     mlflow.set_tracking_uri(None)
@@ -87,6 +88,19 @@ def test_a_server_that_never_answers_is_not_said_to_have_answered(server, capsys
     said = capsys.readouterr().err
     assert "the tracking server has not answered for 0 s (uploading artifacts)" in said
     assert "answered again" not in said
+
+
+def test_an_outage_is_said_once_and_its_end_once_when_a_later_request_is_answered(server, capsys) -> None:
+    """The tracking server killed mid-study: an upload waits and gives up, the next one too, then the
+    restarted server answers a later request."""
+    logger = Logger(server, server)
+    for _ in range(2):
+        with pytest.raises(requests.ConnectionError):
+            logger.log_model("/hangup")
+    assert logger.log_model("/fast") == 200
+    said = capsys.readouterr().err.splitlines()
+    assert said[0] == "the tracking server has not answered for 0 s (uploading artifacts); retrying until it does..."
+    assert len(said) == 2 and said[1].startswith("the tracking server answered again after ")
 
 
 def test_an_embedded_store_is_never_said_to_be_a_server_that_does_not_answer(server, capsys, tmp_path) -> None:

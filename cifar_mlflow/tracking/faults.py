@@ -74,6 +74,7 @@ _lock = threading.Lock()
 _tickets = itertools.count()
 _in_flight: dict[int, float] = {}  # HTTP requests under way: their start (monotonic) by ticket
 _said: set[int] = set()  # those said on the console to wait on the server
+_outage_since: list[float] = []  # when the console said the server stopped answering (until it answers again)
 _timed = False
 
 
@@ -107,10 +108,10 @@ def _time_requests() -> None:
             finally:
                 with _lock:
                     del _in_flight[ticket]
-                    said = ticket in _said
                     _said.discard(ticket)
-                if said and answered:
-                    print(f"the tracking server answered again after {time.monotonic() - started:.0f} s",
+                    since = _outage_since.pop() if answered and _outage_since else None
+                if since is not None:  # this request or a later one: the outage is over, said once
+                    print(f"the tracking server answered again after {time.monotonic() - since:.0f} s",
                           file=sys.stderr, flush=True)
 
         HTTPAdapter.send = timed_send
@@ -118,12 +119,16 @@ def _time_requests() -> None:
 
 
 def _first_stalled_request() -> int | None:
-    """A request under way for `STALL_NOTICE_SECONDS` or more, not yet said; marked as said."""
+    """A request under way for `STALL_NOTICE_SECONDS` or more, while no outage is being said; marked as
+    said, and the outage's start recorded (the next answer from the server ends it)."""
     now = time.monotonic()
     with _lock:
+        if _outage_since:
+            return None
         for ticket, started in _in_flight.items():
             if now - started >= STALL_NOTICE_SECONDS and ticket not in _said:
                 _said.add(ticket)
+                _outage_since.append(started)
                 return ticket
     return None
 

@@ -31,6 +31,9 @@ from cifar_mlflow.tracking.store import (experiment_id_for, log_params_once, nam
                                          tolerating_races)
 
 
+IMAGE_RETRY_SECONDS = 30.0  # after a failed per-epoch image upload, the next attempt waits this long
+
+
 def download_checkpoint(uri: str, run_id: str, dest: Path) -> Path:
     """Fetch `checkpoint/last.pt` of `run_id`; `ConfigError` when the run or the file is missing."""
     mlflow.set_tracking_uri(uri)
@@ -144,7 +147,9 @@ class MlflowLogger:
         self.extra_tags = dict(tags or {})
         self.extra_params = dict(params or {})
         self.system_metrics = system_metrics
-        self._epoch_images_off = False  # after a failed epoch image: none more
+        self._unsent_images: list[tuple[int, str, np.ndarray | Path]] = []  # per-epoch images not stored yet
+        self._images_retry_at = 0.0  # after a failed image upload: when to try again (monotonic seconds)
+        self._image_failure_said = False
         self._opened = False  # the run exists (opened on first use)
         self._recorded = False  # its params, tags and inputs are logged (`start`)
         self.registered_version: int | None = None  # set by log_model when it registers
@@ -228,17 +233,45 @@ class MlflowLogger:
 
     @reporting_stalls("uploading the epoch's image")
     def log_epoch_image(self, epoch: int, key: str, image: np.ndarray) -> None:
-        """Uploaded at once (a few kB), failing fast. A picture is not worth a run: when the store or the
-        server fails (a restart, a full disk), it is said once and the run goes on without them."""
-        if self._epoch_images_off or self.upload_error is not None:
-            return
+        """Uploaded at once (a few kB), failing fast. When the store or the server fails (a restart, a full
+        disk), it is said once and training goes on: the images wait as files under `kept_dir` and go
+        with a later epoch's upload once the server answers (tried again every `IMAGE_RETRY_SECONDS`),
+        or at the end of the run; those the store never takes stay there."""
         self._open()
-        _, failure = _upload(lambda: MlflowClient().log_image(self.run_id, image, key=key, step=epoch,
-                                                              synchronous=True))
-        if failure is not None:
-            self._epoch_images_off = True
-            print(f"warning: could not store epoch {epoch}'s {key} image ({failure}); this run goes on "
-                  "without per-epoch images", file=sys.stderr)
+        self._unsent_images.append((epoch, key, image))
+        if time.monotonic() >= self._images_retry_at:
+            self._send_images()
+        self._park_unsent_images()
+
+    def _send_images(self) -> None:
+        from PIL import Image
+
+        while self._unsent_images and self.upload_error is None:
+            epoch, key, image = self._unsent_images[0]
+            picture = Image.open(image) if isinstance(image, Path) else image
+            _, failure = _upload(lambda: MlflowClient().log_image(self.run_id, picture, key=key, step=epoch,
+                                                                  synchronous=True))
+            if failure is not None:
+                self._images_retry_at = time.monotonic() + IMAGE_RETRY_SECONDS
+                if not self._image_failure_said:
+                    self._image_failure_said = True
+                    print(f"warning: could not store epoch {epoch}'s {key} image ({failure}); training goes on, "
+                          f"the images wait in {self.kept_dir / 'images'} and are sent when the server takes them",
+                          file=sys.stderr)
+                return
+            self._unsent_images.pop(0)
+            if isinstance(image, Path):
+                image.unlink(missing_ok=True)
+
+    def _park_unsent_images(self) -> None:
+        """Unsent images as PNG files under `kept_dir/images` (not held in memory over a long outage)."""
+        from PIL import Image
+
+        for i, (epoch, key, image) in enumerate(self._unsent_images):
+            if not isinstance(image, Path):
+                path = _kept_path(self.kept_dir, f"images/{key}_step{epoch}.png")
+                Image.fromarray(np.asarray(image)).save(path)
+                self._unsent_images[i] = (epoch, key, path)
 
     @reporting_stalls("storing the epochs' metrics")
     def flush(self) -> None:
@@ -341,6 +374,12 @@ class MlflowLogger:
     def end(self, status: str) -> None:
         try:
             self.flush()
+            if self._unsent_images:  # the server answers again (the metrics went): the images go too
+                self._send_images()
+                if self._unsent_images:
+                    print(f"warning: {len(self._unsent_images)} per-epoch images were not stored; they are in "
+                          f"{self.kept_dir / 'images'} (mlflow artifacts log-artifacts --run-id {self.run_id} "
+                          f"--local-dir {self.kept_dir} uploads them, as plain files)", file=sys.stderr)
         finally:
             self._end(status)
 

@@ -87,7 +87,8 @@ def _prepare(argv: list[str] | None):
     # Imported once the options and the search space are checked: `--help` and bad input answer without
     # loading MLflow, Optuna and the data libraries.
     from cifar_mlflow.tracking import StudyTracker, check_tracking_server, tracking_uri
-    from cifar_mlflow.tune.study import StudyContext, build_pruner, build_sampler, build_storage
+    from cifar_mlflow.tune.storage import build_storage
+    from cifar_mlflow.tune.study import StudyContext, build_pruner, build_sampler
 
     sampler = build_sampler(tune, space, base.seed)
     pruner = build_pruner(tune, base.epochs)
@@ -96,7 +97,8 @@ def _prepare(argv: list[str] | None):
     if base.tracking_uri:
         base = dataclasses.replace(base, tracking_uri=uri)  # credentials of an http URI: in the environment
     check_tracking_server(uri)
-    storage = build_storage(tune, uri)  # both before the data is read
+    storage = build_storage(tune.storage, uri=uri, heartbeat_interval=tune.heartbeat_interval,
+                            retry_failed=tune.retry_failed)  # both before the data is read
     tracker = StudyTracker(uri, base.experiment_name or base.dataset, study_name)
     ctx = StudyContext(tune, base, space, uri, tracker)
     ctx.data_for(base)  # a missing data set fails here, before the study exists

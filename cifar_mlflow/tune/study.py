@@ -1,5 +1,5 @@
-"""Optuna at the edge: the only module that talks to Optuna (which is why it is longer than the
-others, about 460 lines: samplers, pruners, storage, the objective, the parent run's report).
+"""Optuna at the edge: with `storage.py` (the database the workers share), the only module that talks to
+Optuna (which is why it is longer than the others: samplers, pruners, the objective, the parent run's report).
 
 Every trial calls the same `prepare` and `run` as the training command, with a per-epoch callback
 that reports the validation metric and prunes. Each trial is an MLflow run nested under the
@@ -14,7 +14,6 @@ import sys
 import tempfile
 import threading
 import time
-import types
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,16 +29,14 @@ from optuna.trial import TrialState
 from cifar_mlflow.config import TrainConfig, config_to_dict, model_args_param
 from cifar_mlflow.data import DataSplits
 from cifar_mlflow.errors import ConfigError
-from cifar_mlflow.interrupts import deferring
 from cifar_mlflow.logger import ended_run
-from cifar_mlflow.redaction import redact
-from cifar_mlflow.tracking import MlflowLogger, StudyTracker, fail_stale_run, set_model_alias, set_tags
+from cifar_mlflow.tracking import MlflowLogger, StudyTracker, set_model_alias, set_tags
 from cifar_mlflow.training import load_splits, prepare, run
 from cifar_mlflow.tune.options import TuneConfig
 from cifar_mlflow.tune.search_space import DEFAULT_SPACE_NAME, ParamSpec, sample_config
+from cifar_mlflow.tune.storage import RUN_ATTR, is_database_outage
 
 PARENT_ATTR = "mlflow_parent_run_id"
-RUN_ATTR = "mlflow_run_id"
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
@@ -136,50 +133,6 @@ def build_pruner(tune: TuneConfig, epochs: int) -> optuna.pruners.BasePruner:
     return pruners[tune.pruner]()
 
 
-class InterruptSafeStorage(optuna.storages.RDBStorage):
-    """Optuna's database storage, every call of which finishes before a Ctrl-C is raised.
-
-    Optuna reads and writes the storage in the middle of a trial (`report`, `should_prune`) and
-    between trials; a Ctrl-C at that moment arrives when the call returns (see `interrupts`), so
-    the write that marks the trial failed finds the database unlocked.
-    """
-
-    def __getattribute__(self, name: str) -> Any:
-        attr = super().__getattribute__(name)
-        if name.startswith("__") or not isinstance(attr, types.MethodType):
-            return attr
-        return deferring(attr)  # Optuna's cache also calls private methods (`_get_trials`)
-
-
-def build_storage(tune: TuneConfig, uri: str) -> optuna.storages.RDBStorage:
-    """A database storage with heartbeats: a trial whose worker died is failed, its MLflow run too,
-    and it is retried when `--retry-failed` allows."""
-    retry = optuna.storages.RetryFailedTrialCallback(max_retry=tune.retry_failed) if tune.retry_failed else None
-
-    def on_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        run_id = trial.user_attrs.get(RUN_ATTR)
-        if run_id:
-            fail_stale_run(uri, run_id)
-        print(f"trial {trial.number} failed: its worker stopped sending heartbeats", file=sys.stderr)
-        if retry is not None:
-            retry(study, trial)
-
-    # Workers started together on an empty database race to create Optuna's tables (PostgreSQL then
-    # rejects the loser's CREATE TABLE): try again, and the tables are there.
-    for attempt in range(4):
-        try:
-            return InterruptSafeStorage(tune.storage, heartbeat_interval=tune.heartbeat_interval,
-                                        grace_period=3 * tune.heartbeat_interval,
-                                        heartbeat_stale_trial_callback=on_stale_trial)
-        except ImportError as exc:  # no driver for this URL: trying again will not help
-            raise ConfigError(redact(f"cannot open Optuna storage {tune.storage}: {exc}")) from None
-        except Exception as exc:  # noqa: BLE001 - bad URL, unreachable server, the table race
-            if attempt == 3:
-                raise ConfigError(redact(f"cannot open Optuna storage {tune.storage}: "
-                                         f"{str(exc).splitlines()[0][:200]}")) from None
-            time.sleep(0.5 + attempt)
-
-
 def suggest(trial: optuna.Trial, spec: ParamSpec) -> Any:
     if spec.kind == "categorical":
         return trial.suggest_categorical(spec.name, list(spec.choices))
@@ -202,6 +155,7 @@ class StudyContext:
     data_cache: dict[tuple, DataSplits] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     best_run_id: str | None = None
+    retry_after_outage: set[int] = field(default_factory=set)  # trials the database's absence failed
 
     def data_for(self, config: TrainConfig) -> DataSplits:
         """The split data set, read once per worker (trials differ in hyperparameters, not data)."""
@@ -260,6 +214,9 @@ def make_objective(ctx: StudyContext):
             raise
         except Exception as exc:
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            if is_database_outage(exc):  # outlasted the storage's own patience: run these settings again
+                reason = f"the Optuna storage was unreachable ({reason})"
+                ctx.retry_after_outage.add(trial.number)
             trial.set_user_attr("fail_reason", reason)
             logger.set_tags({"optuna.state": "FAIL", "optuna.fail_reason": reason})
             print(f"trial {trial.number} failed: {reason}", file=sys.stderr)
@@ -376,6 +333,10 @@ def optimize(ctx: StudyContext, study: optuna.Study) -> None:
     """Run `ctx.tune.trials` new trials (or until the timeout), publishing progress after each."""
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.number in ctx.retry_after_outage and trial.state == TrialState.FAIL:
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            print(f"trial {trial.number} failed while the Optuna storage was unreachable; its settings are "
+                  "queued to run again", file=sys.stderr)
         publish(ctx, study, with_artifacts=False)
         value = "" if trial.value is None else f" {ctx.tune.metric} {trial.value:.4f}"
         extra = f" at epoch {trial.user_attrs['pruned_at_epoch']}" if "pruned_at_epoch" in trial.user_attrs else ""
