@@ -174,3 +174,67 @@ def test_the_server_killed_and_restarted_mid_run_loses_nothing(tmp_path) -> None
     assert run.info.status == "FINISHED" and steps == [1, 2, 3, 4, 5]
     assert "test_acc" in run.data.metrics and {"plots", "reports", "config.yaml"} <= artifacts
     assert run.outputs.model_outputs  # the logged model, linked to the run
+
+
+LOAD_RUNS, LOAD_EPOCHS = 32, 8
+
+
+@pytest.mark.parametrize("backend,server_workers", [("sqlite", 1), ("postgresql", 2)])
+def test_thirty_two_runs_log_every_epoch_to_one_server(backend, server_workers, request, tmp_path) -> None:
+    """32 training processes at once, short epochs, each epoch's metrics and confusion matrix sent to one
+    server (its store on SQLite with 1 worker, or on PostgreSQL with 2, as docker-compose.yml runs it);
+    a probe times one small write every 0.25 s meanwhile. No run fails and no epoch's metric is lost;
+    the latencies are printed (docs/reliability.md), not asserted."""
+    import statistics
+    import threading
+
+    from mlflow.entities import Metric
+
+    if backend == "sqlite":
+        command = mlflow_server_command(tmp_path, free_port())
+    else:
+        command = _postgres_mlflow_server(request.getfixturevalue("postgres_url"), tmp_path)
+    command[command.index("--workers") + 1] = str(server_workers)
+    uri = f"http://127.0.0.1:{command[command.index('--port') + 1]}"
+    experiment = f"load-{backend}"
+    latencies: list[float] = []
+    done = threading.Event()
+    with running_server(command, uri, tmp_path / "server.log", env=mlflow_server_env()):
+        client = MlflowClient(uri)
+        probe = client.create_run(client.create_experiment(f"probe-{backend}")).info.run_id
+
+        def time_writes() -> None:
+            step = 0
+            while not done.wait(0.25):
+                start = time.perf_counter()
+                client.log_batch(probe, metrics=[Metric("probe", 1.0, int(time.time() * 1000), step)])
+                latencies.append(time.perf_counter() - start)
+                step += 1
+
+        prober = threading.Thread(target=time_writes, daemon=True)
+        started = time.perf_counter()
+        procs = [subprocess.Popen([sys.executable, "-m", "cifar_mlflow.train", "--dataset", "synthetic",
+                                   "--max-train-samples", "64", "--max-eval-samples", "32", "--arch", "cnn_small",
+                                   "--epochs", str(LOAD_EPOCHS), "--no-progress", "--log-model", "false",
+                                   "--seed", str(i), "--experiment-name", experiment, "--tracking-uri", uri],
+                                  cwd=tmp_path, env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True) for i in range(LOAD_RUNS)]
+        prober.start()
+        outputs = [p.communicate(timeout=1800)[1] for p in procs]
+        wall = time.perf_counter() - started
+        done.set()
+        prober.join(30)
+        found = client.get_experiment_by_name(experiment)
+        runs = client.search_runs([found.experiment_id], max_results=100)
+        histories = {r.info.run_id: {key: sorted(m.step for m in client.get_metric_history(r.info.run_id, key))
+                                     for key in ("train_loss", "val_acc", "epoch_seconds")} for r in runs}
+    for proc, err in zip(procs, outputs):
+        assert proc.returncode == 0, err[-3000:]
+    assert len(runs) == LOAD_RUNS and all(r.info.status == "FINISHED" for r in runs)
+    every_epoch = list(range(1, LOAD_EPOCHS + 1))
+    assert all(steps == every_epoch for history in histories.values() for steps in history.values()), histories
+    assert all("test_acc" in r.data.metrics for r in runs)
+    ms = sorted(1000 * s for s in latencies)
+    print(f"{backend} ({server_workers} server worker(s)): {LOAD_RUNS} runs x {LOAD_EPOCHS} epochs in {wall:.0f} s; "
+          f"probe writes: {len(ms)}, median {statistics.median(ms):.0f} ms, p95 {ms[int(0.95 * len(ms))]:.0f} ms, "
+          f"max {ms[-1]:.0f} ms")

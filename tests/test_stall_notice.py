@@ -20,8 +20,21 @@ from cifar_mlflow.tracking import check_tracking_server, faults
 DELAY = 0.8  # seconds the server takes on /slow and /hangup; the notice's delay is 0.2 s here
 
 
+BUSY = {"count": 0}  # requests to /busy so far: the first two are refused as a server out of connections
+
+
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        if self.path.startswith(("/busy", "/bad")):
+            BUSY["count"] += 1
+            if self.path.startswith("/bad") or BUSY["count"] <= 2:
+                words = b"QueuePool limit of size 5 overflow 10 reached" if self.path.startswith("/busy") else b"no"
+                body = b'{"error_code": "BAD_REQUEST", "message": "' + words + b'"}'
+                self.send_response(400)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
         if self.path.startswith(("/slow", "/hangup")):
             time.sleep(DELAY)
         if self.path.startswith("/hangup"):
@@ -65,6 +78,7 @@ class Logger:
 def quick_notice(monkeypatch, tmp_path):
     monkeypatch.setattr(faults, "STALL_NOTICE_SECONDS", 0.2)
     monkeypatch.setattr(faults, "_outage_since", [])  # no outage left over from another test
+    monkeypatch.setattr(faults, "_busy_said", [])
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'default.db'}")  # MLflow's global, before the run opens
     yield
     mlflow.set_tracking_uri(None)
@@ -101,6 +115,21 @@ def test_an_outage_is_said_once_and_its_end_once_when_a_later_request_is_answere
     said = capsys.readouterr().err.splitlines()
     assert said[0] == "the tracking server has not answered for 0 s (uploading artifacts); retrying until it does..."
     assert len(said) == 2 and said[1].startswith("the tracking server answered again after ")
+
+
+def test_a_request_a_server_out_of_database_connections_refused_is_sent_again(server, capsys, monkeypatch) -> None:
+    """32 runs at once on a 1-worker server: its SQLAlchemy pool timed out and it answered 400 (which
+    MLflow does not retry), and a run died at its first heartbeat."""
+    monkeypatch.setattr(faults, "STALL_NOTICE_SECONDS", 60)  # the busy notice alone
+    BUSY["count"] = 0
+    assert Logger(server, server).log_model("/busy") == 200
+    assert BUSY["count"] == 3
+    assert capsys.readouterr().err.splitlines() == [
+        "the tracking server is out of database connections (QueuePool limit); sending again until it takes the "
+        "request (a server for this many clients: docs/reliability.md)"]
+    BUSY["count"] = 0
+    assert Logger(server, server).log_model("/bad") == 400  # a bad request for another reason: answered as it is
+    assert BUSY["count"] == 1
 
 
 def test_an_embedded_store_is_never_said_to_be_a_server_that_does_not_answer(server, capsys, tmp_path) -> None:

@@ -88,7 +88,8 @@ def _time_requests() -> None:
     """Time this process's HTTP requests (requests' `HTTPAdapter.send`, which MLflow's REST calls and
     artifact uploads go through, its retries included), once: a stall notice then counts the time
     spent waiting on the server, never the process's own work in the same call (exporting the model,
-    say, which takes longer than the notice's delay on a small CPU)."""
+    say, which takes longer than the notice's delay on a small CPU). A request a busy server refused
+    for want of database connections is sent again (`_server_too_busy`)."""
     global _timed
     with _lock:
         if _timed:
@@ -103,6 +104,12 @@ def _time_requests() -> None:
             answered = False
             try:
                 response = send(adapter, request, *args, **kwargs)
+                deadline, pause = started + BUSY_SECONDS, 0.5
+                while _server_too_busy(response) and time.monotonic() + pause < deadline:
+                    _say_busy_once(response)
+                    time.sleep(pause)
+                    pause = min(2 * pause, 8.0)
+                    response = send(adapter, request, *args, **kwargs)
                 answered = True
                 return response
             finally:
@@ -116,6 +123,35 @@ def _time_requests() -> None:
 
         HTTPAdapter.send = timed_send
         _timed = True
+
+
+# A tracking server out of database connections answers 400 (MLflow reports its store's errors as bad
+# requests, which it never retries): SQLAlchemy's pool timing out, SQLite's lock, PostgreSQL out of
+# connections. None of these wrote anything, so the request is sent again, for up to `BUSY_SECONDS`.
+_BUSY_WORDS = (b"QueuePool limit", b"database is locked", b"too many clients already",
+               b"remaining connection slots are reserved")
+BUSY_SECONDS = 300.0
+_busy_said: list[bool] = []
+
+
+def _server_too_busy(response) -> bool:
+    return response.status_code == 400 and any(words in response.content for words in _BUSY_WORDS)
+
+
+def _say_busy_once(response) -> None:
+    with _lock:
+        first = not _busy_said
+        _busy_said.append(True)
+    if first:
+        words = next(w.decode() for w in _BUSY_WORDS if w in response.content)
+        print(f"the tracking server is out of database connections ({words}); sending again until it takes "
+              "the request (a server for this many clients: docs/reliability.md)", file=sys.stderr, flush=True)
+
+
+def install_request_hooks() -> None:
+    """Time this process's requests to the tracking server and send again those a busy server refused
+    (`_time_requests`); for clients no `reporting_stalls` call has watched yet."""
+    _time_requests()
 
 
 def _first_stalled_request() -> int | None:

@@ -25,7 +25,8 @@ from torch import nn
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.interrupts import deferring
 from cifar_mlflow.redaction import redact
-from cifar_mlflow.tracking.faults import fail_fast_uploads, is_store_failure, reporting_stalls, short_reason
+from cifar_mlflow.tracking.faults import (fail_fast_uploads, install_request_hooks, is_store_failure,
+                                          is_tracking_server, reporting_stalls, short_reason)
 from cifar_mlflow.tracking.heartbeat import Heartbeat, mark_stale_runs
 from cifar_mlflow.tracking.store import (experiment_id_for, log_params_once, name_attached_run, set_tags,
                                          tolerating_races)
@@ -135,6 +136,8 @@ class MlflowLogger:
                  params: dict[str, Any] | None = None, on_start: Callable[[str], None] | None = None,
                  keep_root: str | Path = "./checkpoints", system_metrics: bool = False) -> None:
         self.uri = uri
+        if is_tracking_server(uri):
+            install_request_hooks()
         self.on_start = on_start
         self._heartbeat: Heartbeat | None = None
         self.closed_stale: list[str] = []  # stale runs of the experiment this start closed

@@ -12,6 +12,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from cifar_mlflow.interrupts import deferring
+from cifar_mlflow.tracking.faults import install_request_hooks, is_tracking_server
 from cifar_mlflow.tracking.heartbeat import Heartbeat, mark_stale_runs
 from cifar_mlflow.tracking.run_logger import log_datasets
 from cifar_mlflow.tracking.store import experiment_id_for, log_params_once, name_attached_run, set_tags
@@ -35,6 +36,8 @@ class StudyTracker:
 
     def __init__(self, uri: str, experiment_name: str, study_name: str) -> None:
         self.uri = uri
+        if is_tracking_server(uri):
+            install_request_hooks()
         self.experiment_name = experiment_name
         self.study_name = study_name
         self.run_id: str | None = None

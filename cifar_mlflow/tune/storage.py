@@ -44,12 +44,19 @@ def is_database_outage(exc: BaseException) -> bool:
 
 
 def _root_cause(exc: BaseException) -> str:
-    """The first line of the error at the bottom of the chain (the driver's "connection refused", not
-    Optuna's generic "an exception is raised during the commit")."""
-    while exc.__cause__ is not None or exc.__context__ is not None:
+    """The database's own words for an outage (the driver's "connection refused" as SQLAlchemy reports
+    it), not Optuna's generic "an exception is raised during the commit"."""
+    import sqlalchemy.exc
+
+    chain, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        chain.append(exc)
         exc = exc.__cause__ or exc.__context__
-    text = str(exc).strip()
-    return redact(text.splitlines()[0][:160] if text else type(exc).__name__)
+    found = next((e for e in chain if isinstance(e, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError))),
+                 chain[-1])
+    text = str(found).strip()
+    return redact(text.splitlines()[0][:200] if text else type(found).__name__)
 
 
 _outer = threading.local()  # a storage call under way on this thread (Optuna's calls call each other)
@@ -77,7 +84,11 @@ def riding_out_outages(call: Callable[..., Any], what: str, seconds: float) -> C
                 try:
                     result = call(*args, **kwargs)
                 except Exception as exc:
-                    if not is_database_outage(exc) or time.monotonic() + pause > deadline:
+                    if not is_database_outage(exc):
+                        raise
+                    if time.monotonic() + pause > deadline:  # given up: a later outage is said anew
+                        with _said_lock:
+                            _said["outage"] = False
                         raise
                     with _said_lock:
                         first, _said["outage"] = not _said["outage"], True
