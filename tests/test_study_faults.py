@@ -77,6 +77,7 @@ def check_study(storage: str, uri: str, completed_at_least: int) -> tuple[list, 
     return trials, runs
 
 
+@pytest.mark.timeout(1500)  # 10 worker processes on 2 cores: 4-6 minutes here
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_eight_workers_outlive_a_killed_worker_and_a_database_restart(backend, postgres, imagefolder,
                                                                        tmp_path) -> None:
