@@ -110,18 +110,28 @@ def test_the_fast_recipe_alternates_flips_unless_told_otherwise() -> None:
     assert resolve_config(TrainConfig(arch="cnn")).flip == "random"
 
 
+def shifted(x: torch.Tensor, d: int) -> torch.Tensor:
+    """The view whose pixel (i, j) is pixel (i + d, j + d) of `x`, mirrored at the border (-1 -> 1, n -> n - 2)."""
+    n = x.shape[-1]
+    index = torch.tensor([-k if k < 0 else 2 * (n - 1) - k if k >= n else k for k in range(d, n + d)])
+    return x[..., index, :][..., index]
+
+
 def test_test_time_augmentation_averages_the_views() -> None:
+    """airbench's views and weights: the image and its mirror a quarter each, the 1-pixel shifts up-left
+    and down-right and their mirrors an eighth each. The model sees every pixel where it is (a linear
+    layer on the flattened image), so a missing view, a wrong shift or a wrong weight changes its answer."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(5)).eval()
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5)).eval()
     x = torch.rand(6, 3, 8, 8)
     with torch.no_grad():
-        model(x)
         flip = TestTimeAugmented(model, "flip")(x)
-        assert torch.allclose(flip, (model(x) + model(x.flip(-1))) / 2, atol=1e-6)
-        constant = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64, 5))
-        torch.nn.init.zeros_(constant[1].weight)
-        both = TestTimeAugmented(constant, "flip_translate")(x)
-        assert torch.allclose(both, constant(x), atol=1e-6)  # the view weights sum to 1
+        torch.testing.assert_close(flip, (model(x) + model(x.flip(-1))) / 2)
+        views = [x, x.flip(-1), shifted(x, -1), shifted(x, -1).flip(-1), shifted(x, 1), shifted(x, 1).flip(-1)]
+        weights = [1 / 4, 1 / 4, 1 / 8, 1 / 8, 1 / 8, 1 / 8]
+        expected = sum(w * model(v) for w, v in zip(weights, views))
+        torch.testing.assert_close(TestTimeAugmented(model, "flip_translate")(x), expected)
+        assert not torch.allclose(expected, flip, atol=1e-3)  # the shifts change the answer here
 
 
 def test_fast_recipe_trains_on_the_whole_training_set(imagefolder) -> None:

@@ -72,11 +72,13 @@ def test_orthogonalisation_follows_the_runs_precision(precision, dtype) -> None:
     assert optimizer.muon.newton_schulz_dtype == dtype
 
 
-def test_without_a_precision_it_is_the_one_auto_picks_for_the_device() -> None:
-    from cifar_mlflow.hardware import select_precision
+@pytest.mark.parametrize("flags, dtype", [({"avx512f", "avx512_bf16"}, torch.bfloat16), ({"avx2", "avx512f"}, torch.float32)])
+def test_without_a_precision_it_is_the_one_auto_picks_for_the_cpu(flags, dtype, monkeypatch) -> None:
+    """A CPU with native bf16 orthogonalises in bf16 (as PyTorch's Muon); one that emulates it, in fp32."""
+    from cifar_mlflow import hardware
 
-    expected = torch.bfloat16 if select_precision("auto", torch.device("cpu")) == "bf16" else torch.float32
-    assert build_optimizer(muon_config(), cnn_small()).muon.newton_schulz_dtype == expected
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+    assert build_optimizer(muon_config(), cnn_small()).muon.newton_schulz_dtype == dtype
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
