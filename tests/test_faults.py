@@ -96,28 +96,30 @@ def test_a_stalled_server_is_said_on_the_console_and_nothing_is_lost(imagefolder
     assert run.info.status == "FINISHED" and sorted(m.step for m in history) == [1, 2, 3]
 
 
-def _postgres_mlflow_server(postgres_url: str, root: Path) -> list[str]:
+def _server_for(backend: str, request, root: Path) -> tuple[list[str], str]:
+    """An `mlflow server` command with its store on SQLite under `root` or on the suite's PostgreSQL; its URI."""
     command = mlflow_server_command(root, free_port())
-    command[command.index("--backend-store-uri") + 1] = postgres_url.rsplit("/", 1)[0] + "/mlflow"
-    return command
+    if backend == "postgresql":
+        postgres_url = request.getfixturevalue("postgres_url")
+        command[command.index("--backend-store-uri") + 1] = postgres_url.rsplit("/", 1)[0] + "/mlflow"
+    return command, f"http://127.0.0.1:{command[command.index('--port') + 1]}"
+
+
+def _trainer(seed: int, epochs: int, max_eval: int, experiment: str, uri: str) -> list[str]:
+    """A short training run on 64 synthetic images, logging to `uri` without its model."""
+    return [sys.executable, "-m", "cifar_mlflow.train", "--dataset", "synthetic", "--max-train-samples", "64",
+            "--max-eval-samples", str(max_eval), "--arch", "cnn_small", "--epochs", str(epochs), "--no-progress",
+            "--log-model", "false", "--seed", str(seed), "--experiment-name", experiment, "--tracking-uri", uri]
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_sixteen_runs_started_together_all_land_in_their_new_experiment(backend, request, tmp_path) -> None:
     """16 training processes at once into one experiment that does not exist yet: none lost, none in Default,
     and none killed for memory (each process at its peak, as the kernel measured it)."""
-    if backend == "sqlite":
-        command = mlflow_server_command(tmp_path, free_port())
-    else:
-        command = _postgres_mlflow_server(request.getfixturevalue("postgres_url"), tmp_path)
-    uri = f"http://127.0.0.1:{command[command.index('--port') + 1]}"
+    command, uri = _server_for(backend, request, tmp_path)
     experiment = f"crowd-{backend}"
     with running_server(command, uri, tmp_path / "server.log", env=mlflow_server_env()):
-        procs = [subprocess.Popen(["/usr/bin/time", "-f", "peak_rss_kib %M", sys.executable, "-m",
-                                   "cifar_mlflow.train", "--dataset", "synthetic", "--max-train-samples", "64",
-                                   "--max-eval-samples", "64", "--arch", "cnn_small", "--epochs", "1",
-                                   "--no-progress", "--log-model", "false", "--seed", str(i),
-                                   "--experiment-name", experiment, "--tracking-uri", uri],
+        procs = [subprocess.Popen(["/usr/bin/time", "-f", "peak_rss_kib %M", *_trainer(i, 1, 64, experiment, uri)],
                                   cwd=tmp_path, env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                   text=True) for i in range(16)]
         outputs = [p.communicate(timeout=900)[1] for p in procs]
@@ -196,12 +198,8 @@ def test_thirty_two_runs_log_every_epoch_to_one_server(backend, server_workers, 
 
     from cifar_mlflow.tracking.faults import install_request_hooks
 
-    if backend == "sqlite":
-        command = mlflow_server_command(tmp_path, free_port())
-    else:
-        command = _postgres_mlflow_server(request.getfixturevalue("postgres_url"), tmp_path)
+    command, uri = _server_for(backend, request, tmp_path)
     command[command.index("--workers") + 1] = str(server_workers)
-    uri = f"http://127.0.0.1:{command[command.index('--port') + 1]}"
     experiment = f"load-{backend}"
     latencies: list[float] = []
     failures: list[Exception] = []
@@ -225,10 +223,7 @@ def test_thirty_two_runs_log_every_epoch_to_one_server(backend, server_workers, 
 
         prober = threading.Thread(target=time_writes, daemon=True)
         started = time.perf_counter()
-        procs = [subprocess.Popen([sys.executable, "-m", "cifar_mlflow.train", "--dataset", "synthetic",
-                                   "--max-train-samples", "64", "--max-eval-samples", "32", "--arch", "cnn_small",
-                                   "--epochs", str(LOAD_EPOCHS), "--no-progress", "--log-model", "false",
-                                   "--seed", str(i), "--experiment-name", experiment, "--tracking-uri", uri],
+        procs = [subprocess.Popen(_trainer(i, LOAD_EPOCHS, 32, experiment, uri),
                                   cwd=tmp_path, env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                   text=True) for i in range(LOAD_RUNS)]
         prober.start()

@@ -84,7 +84,7 @@ def is_tracking_server(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
-def _time_requests() -> None:
+def install_request_hooks() -> None:
     """Time this process's HTTP requests (requests' `HTTPAdapter.send`, which MLflow's REST calls and
     artifact uploads go through, its retries included), once: a stall notice then counts the time
     spent waiting on the server, never the process's own work in the same call (exporting the model,
@@ -141,17 +141,12 @@ def _server_too_busy(response) -> bool:
 def _say_busy_once(response) -> None:
     with _lock:
         first = not _busy_said
-        _busy_said.append(True)
+        if first:
+            _busy_said.append(True)
     if first:
         words = next(w.decode() for w in _BUSY_WORDS if w in response.content)
         print(f"the tracking server is out of database connections ({words}); sending again until it takes "
               "the request (a server for this many clients: docs/reliability.md)", file=sys.stderr, flush=True)
-
-
-def install_request_hooks() -> None:
-    """Time this process's requests to the tracking server and send again those a busy server refused
-    (`_time_requests`); for clients no `reporting_stalls` call has watched yet."""
-    _time_requests()
 
 
 def _first_stalled_request() -> int | None:
@@ -182,7 +177,7 @@ def reporting_stalls(what: str):
         def wrapper(self, *args, **kwargs):
             if getattr(_watching, "active", False) or not is_tracking_server(self.uri):  # watched already, or no server
                 return function(self, *args, **kwargs)
-            _time_requests()
+            install_request_hooks()
             done = threading.Event()
 
             def watch() -> None:

@@ -27,34 +27,33 @@ RUN_ATTR = "mlflow_run_id"  # the trial's user attribute naming its MLflow run
 OUTAGE_SECONDS = 120.0
 
 
+def _chain(exc: BaseException | None):
+    """`exc` and the errors it was raised from (or while handling), innermost last."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _lost_connection(exc: BaseException) -> bool:
+    import sqlalchemy.exc
+
+    return isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError))
+
+
 def is_database_outage(exc: BaseException) -> bool:
     """Whether an error (or one it was raised from) says the database connection was lost or refused,
     as against a bad query or a conflict: SQLAlchemy's OperationalError and InterfaceError, or a
     connection it invalidated."""
-    import sqlalchemy.exc
-
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) or \
-                getattr(exc, "connection_invalidated", False):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+    return any(_lost_connection(e) or getattr(e, "connection_invalidated", False) for e in _chain(exc))
 
 
 def _root_cause(exc: BaseException) -> str:
     """The database's own words for an outage (the driver's "connection refused" as SQLAlchemy reports
     it), not Optuna's generic "an exception is raised during the commit"."""
-    import sqlalchemy.exc
-
-    chain, seen = [], set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        chain.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    found = next((e for e in chain if isinstance(e, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError))),
-                 chain[-1])
+    chain = list(_chain(exc))
+    found = next((e for e in chain if _lost_connection(e)), chain[-1])
     text = str(found).strip()
     return redact(text.splitlines()[0][:200] if text else type(found).__name__)
 
