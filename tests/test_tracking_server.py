@@ -125,19 +125,97 @@ def test_queued_epoch_metrics_are_all_stored_when_the_run_ends(mlflow_server) ->
     assert {m.step: m.value for m in history}[8] == pytest.approx(1 / 8)
 
 
-def test_a_batch_the_background_logger_lost_is_sent_again(mlflow_server) -> None:
+def test_a_batch_the_background_logger_lost_is_sent_again_and_stored_once(mlflow_server) -> None:
+    """Epoch 3's batch never reached the server; epoch 4's was stored but its answer was lost (a broken
+    connection, a timeout): both are sent again at the end, and each epoch is in the run once."""
+    from mlflow.entities import Metric
+
     from cifar_mlflow.tracking import MlflowLogger
 
     class LostOperation:  # what MLflow's async queue returns when storing failed
         def wait(self) -> None:
-            raise mlflow.exceptions.MlflowException("server hiccup")
+            raise mlflow.exceptions.MlflowException("API request to ... failed: Connection broken: IncompleteRead")
 
     logger = MlflowLogger(mlflow_server, "async-test", "retry")
     logger.start(params={}, tags={}, datasets=[])
-    logger._pending.append(({"val_acc": 0.5}, 3, LostOperation()))
+    logger._pending.append(([Metric("val_acc", 0.5, int(time.time() * 1000) - 5000, 3)], LostOperation()))
+    logger.log_epoch(4, {"epoch": 4, "val_acc": 0.6})
+    logger._pending[-1][1].wait()  # stored by the server...
+    logger._pending[-1] = (logger._pending[-1][0], LostOperation())  # ...but the client never heard so
+    time.sleep(0.01)  # a resend built afresh would carry a later timestamp
     logger.end("FINISHED")
     history = MlflowClient(mlflow_server).get_metric_history(logger.run_id, "val_acc")
-    assert [(m.step, m.value) for m in history] == [(3, 0.5)]
+    assert sorted((m.step, m.value) for m in history) == [(3, 0.5), (4, 0.6)]
+
+
+class CuttingProxy:
+    """An HTTP proxy in front of the real server that carries out every request but cuts the answer to the
+    first `cuts[path]` requests to a path off after its headers and a byte, as a server under load did
+    ("Connection broken: IncompleteRead"). `seen` counts the requests to each of those paths."""
+
+    def __init__(self, upstream: str, cuts: dict[str, int]) -> None:
+        import http.client
+        import http.server
+        from urllib.parse import urlparse
+
+        target = urlparse(upstream)
+        proxy = self
+        self.seen = dict.fromkeys(cuts, 0)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                connection = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                connection.request(self.command, self.path, body=body, headers=headers)
+                answer = connection.getresponse()
+                content = answer.read()
+                path = next((p for p in cuts if self.path.endswith(p)), None)
+                cut = path is not None and proxy.seen[path] < cuts[path]
+                if path is not None:
+                    proxy.seen[path] += 1
+                self.send_response(answer.status)
+                for key, value in answer.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content[:1] if cut else content)
+                if cut:
+                    self.close_connection = True
+
+            do_GET = do_POST = forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.uri = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_an_answer_cut_off_is_sent_again_when_that_is_safe(mlflow_server) -> None:
+    """The server stored an epoch's metrics but its answer broke off: the client sends the same batch again
+    (stored once), where MLflow alone raised "Connection broken: IncompleteRead" and the run lost the epoch."""
+    from mlflow.entities import Metric
+
+    from cifar_mlflow.tracking.faults import install_request_hooks
+
+    install_request_hooks()
+    proxy = CuttingProxy(mlflow_server, cuts={"/runs/log-batch": 2, "/runs/create": 1})
+    client = MlflowClient(proxy.uri)
+    experiment_id = client.create_experiment(f"cut-off-{uuid.uuid4().hex[:8]}")
+    run_id = MlflowClient(mlflow_server).create_run(experiment_id).info.run_id
+    client.log_batch(run_id, metrics=[Metric("val_acc", 0.75, int(time.time() * 1000), 1)])
+    assert proxy.seen["/runs/log-batch"] == 3  # cut off twice, then answered
+    history = MlflowClient(mlflow_server).get_metric_history(run_id, "val_acc")
+    assert [(m.step, m.value) for m in history] == [(1, 0.75)]
+    with pytest.raises(mlflow.exceptions.MlflowException, match="IncompleteRead|Connection broken"):
+        client.create_run(experiment_id)  # twice would make two runs: not sent again
+    assert proxy.seen["/runs/create"] == 1
+    proxy.server.shutdown()
 
 
 def test_a_run_lands_in_its_experiment_when_another_process_wins_the_create(mlflow_server, monkeypatch) -> None:

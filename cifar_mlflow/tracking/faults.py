@@ -89,7 +89,8 @@ def install_request_hooks() -> None:
     artifact uploads go through, its retries included), once: a stall notice then counts the time
     spent waiting on the server, never the process's own work in the same call (exporting the model,
     say, which takes longer than the notice's delay on a small CPU). A request a busy server refused
-    for want of database connections is sent again (`_server_too_busy`)."""
+    for want of database connections is sent again (`_server_too_busy`), and so is one whose answer was cut
+    off where sending it twice changes nothing (`_safe_to_send_again`)."""
     global _timed
     with _lock:
         if _timed:
@@ -103,13 +104,21 @@ def install_request_hooks() -> None:
                 _in_flight[ticket] = started
             answered = False
             try:
-                response = send(adapter, request, *args, **kwargs)
                 deadline, pause = started + BUSY_SECONDS, 0.5
-                while _server_too_busy(response) and time.monotonic() + pause < deadline:
-                    _say_busy_once(response)
+                while True:
+                    try:
+                        response = send(adapter, request, *args, **kwargs)
+                        if not kwargs.get("stream", False):
+                            response.content  # read here, as requests would next, so that a cut-off body is seen
+                    except requests.exceptions.ChunkedEncodingError:
+                        if not _safe_to_send_again(request) or time.monotonic() + pause >= deadline:
+                            raise
+                    else:
+                        if not _server_too_busy(response) or time.monotonic() + pause >= deadline:
+                            break
+                        _say_busy_once(response)
                     time.sleep(pause)
                     pause = min(2 * pause, 8.0)
-                    response = send(adapter, request, *args, **kwargs)
                 answered = True
                 return response
             finally:
@@ -132,6 +141,21 @@ _BUSY_WORDS = (b"QueuePool limit", b"database is locked", b"too many clients alr
                b"remaining connection slots are reserved")
 BUSY_SECONDS = 300.0
 _busy_said: list[bool] = []
+
+
+# A server under load can cut an answer off after its headers ("Connection broken: IncompleteRead"): the
+# request was carried out, but the client cannot know how. Requests that give the same result when carried
+# out twice are sent again: reads, and writes of values the store keeps once (a metric with its timestamp,
+# a param, a tag, a run's status). Others (creating a run) are left to fail as before.
+_SAFE_TO_SEND_AGAIN = ("/runs/log-batch", "/runs/log-metric", "/runs/log-parameter", "/runs/set-tag",
+                       "/runs/delete-tag", "/runs/update", "/runs/search", "/experiments/search")
+
+
+def _safe_to_send_again(request) -> bool:
+    if request.method in ("GET", "HEAD"):
+        return True
+    return (request.method == "POST" and isinstance(request.body, (bytes, str))
+            and request.path_url.split("?")[0].endswith(_SAFE_TO_SEND_AGAIN))
 
 
 def _server_too_busy(response) -> bool:

@@ -157,7 +157,7 @@ class MlflowLogger:
         self._recorded = False  # its params, tags and inputs are logged (`start`)
         self.registered_version: int | None = None  # set by log_model when it registers
         # Per-epoch metrics are sent in the background; each entry is kept until `flush` sees it stored.
-        self._pending: list[tuple[dict[str, float], int, Any]] = []
+        self._pending: list[tuple[list[Metric], Any]] = []  # each epoch's batch and its queued send
         self._pending_lock = threading.Lock()
 
     def _open(self) -> None:
@@ -211,9 +211,10 @@ class MlflowLogger:
         values = _epoch_values(metrics)
         # The client's log_batch, not mlflow.log_metrics: that one first fetches the run, synchronously,
         # and a stalled server then stops training.
-        operation = MlflowClient().log_batch(self.run_id, metrics=_metric_batch(values, epoch), synchronous=False)
+        batch = _metric_batch(values, epoch)
+        operation = MlflowClient().log_batch(self.run_id, metrics=batch, synchronous=False)
         with self._pending_lock:  # called on the checkpoint writer's thread (after the epoch's file)
-            self._pending.append((values, epoch, operation))
+            self._pending.append((batch, operation))
 
     @deferring
     @reporting_stalls("logging the checkpoint's epochs")
@@ -279,14 +280,16 @@ class MlflowLogger:
     @reporting_stalls("storing the epochs' metrics")
     def flush(self) -> None:
         """Wait for the queued metrics; any batch the background logger failed to store is sent again
-        synchronously (with MLflow's own retries), so a server hiccup loses nothing."""
+        synchronously (with MLflow's own retries), so a server hiccup loses nothing. The very same metrics,
+        timestamps included: where the first send was stored after all (the answer lost, or too late), the
+        store sees the same rows and keeps one of each, not an epoch twice."""
         with self._pending_lock:
             pending, self._pending = self._pending, []
-        for values, step, operation in pending:
+        for batch, operation in pending:
             try:
                 operation.wait()
             except mlflow.exceptions.MlflowException:
-                MlflowClient().log_batch(self.run_id, metrics=_metric_batch(values, step))
+                MlflowClient().log_batch(self.run_id, metrics=batch)
 
     @deferring
     @reporting_stalls("logging the final metrics")
