@@ -171,7 +171,13 @@ def recommended_for(arch: str) -> dict[str, Any]:
     (tv: and user models), over the common ones."""
     from cifar_mlflow.models import recommended_settings  # the registry is filled when models import
 
-    return {**COMMON_SETTINGS, **(recommended_settings(arch) or GENERIC_RECOMMENDED)}
+    own = recommended_settings(arch)
+    unknown = sorted(set(own or {}) - set(TrainConfig.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"model {arch!r} was registered recommending {', '.join(unknown)}, which "
+                          f"{'is no training option' if len(unknown) == 1 else 'are no training options'}; "
+                          "fix its register_model(recommended=...)")
+    return {**COMMON_SETTINGS, **(own or GENERIC_RECOMMENDED)}
 
 
 def config_fields() -> list[dataclasses.Field]:
@@ -195,6 +201,19 @@ def model_args_param(value: dict[str, Any]) -> str:
     return json.dumps(value)
 
 
+def config_params(config: TrainConfig) -> dict[str, Any]:
+    """The config as MLflow params, as every run and a study's parent run log it: each option by its name,
+    `model_args` as one JSON param and each of its keys as `model_args.KEY` (so runs can be filtered by one)."""
+    params: dict[str, Any] = {}
+    for key, value in config_to_dict(config).items():
+        if key == "model_args":
+            params[key] = model_args_param(value)
+            params.update({f"model_args.{k}": v for k, v in value.items()})
+        else:
+            params[key] = value
+    return params
+
+
 def parse_model_args(text: str) -> dict[str, Any]:
     """`model_args` given as a JSON object string (empty means no arguments)."""
     if not text.strip():
@@ -211,7 +230,10 @@ def parse_model_args(text: str) -> dict[str, Any]:
 
 def resolve_config(config: TrainConfig) -> TrainConfig:
     """Fill what the user left unset from the recipe, then from the architecture's recommendations; validate
-    (the architecture's name too). Raises `ConfigError`."""
+    (the architecture's name too). Raises `ConfigError`. A config this returned comes back as it is: it is
+    resolved once, however many steps (the command's early check, `prepare`) ask for it."""
+    if getattr(config, "_resolved", False):
+        return config
     check_choices(config)  # before the recipe and the recommendations are looked up by name
     recipe = RECIPE_SETTINGS.get(config.recipe, {})
     config = dataclasses.replace(config, **{k: v for k, v in recipe.items() if getattr(config, k) is None})
@@ -228,7 +250,17 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     if resolved.muon_momentum is None:
         resolved = dataclasses.replace(resolved, muon_momentum=resolved.momentum)
     validate_config(resolved)
+    object.__setattr__(resolved, "_resolved", True)  # not a field: `dataclasses.replace` makes one to resolve again
     return resolved
+
+
+def with_tracking_uri(config: TrainConfig, uri: str | None) -> TrainConfig:
+    """`config` logging to `uri` (its credentials moved out): where a run is logged changes nothing that
+    resolution fills in, so a resolved config stays resolved."""
+    changed = dataclasses.replace(config, tracking_uri=uri)
+    if getattr(config, "_resolved", False):
+        object.__setattr__(changed, "_resolved", True)
+    return changed
 
 
 # Augmentation presets from none to the strongest: a short run steps down this ladder.

@@ -1,6 +1,7 @@
-"""A finished run as plain data: what tracking reads back and a comparison analyses.
+"""A finished run as plain data: what tracking reads back for a comparison (`RunRecord`) and for
+`train --from-run` (`SourceRun`).
 
-It sits below both, so that neither imports the other.
+It sits below all three, so that none imports another.
 """
 
 from __future__ import annotations
@@ -32,3 +33,14 @@ class RunRecord:
     def label(self) -> str:
         """Its name and what sets it apart (`cnn-sgd-lr0.0966-e30-s0 [lr=0.0966, seed=0]`), else its id."""
         return f"{self.name} [{self.differs_by}]" if self.differs_by else f"{self.name} ({self.run_id[:7]})"
+
+
+@dataclass
+class SourceRun:
+    """The recorded run: its id, name, experiment, params and tags, as MLflow holds them."""
+
+    run_id: str
+    name: str
+    experiment_name: str
+    params: dict[str, str]
+    tags: dict[str, str]

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifar_mlflow.local_server import ServerStartError, free_port, local_mlflow_server
-from cifar_mlflow.local_server import running_server as serve
+from cifar_mlflow.tracking.local_server import ServerStartError, free_port, local_mlflow_server
+from cifar_mlflow.tracking.local_server import running_server as serve
 
 # Seconds each test file took (the sum of its tests, fixtures included), `make test` on a 2-core CPU.
 # `make test` hands the files to its two processes heaviest first (`--dist loadfile
@@ -243,13 +243,16 @@ def two_runs(mlflow_server, imagefolder, tmp_path_factory) -> tuple[str, str]:
 
 @contextlib.contextmanager
 def small_disk(path: Path, size_bytes: int):
-    """A tmpfs of `size_bytes` mounted at `path` (a full disk on demand); skips where mounting is not allowed."""
+    """A tmpfs of `size_bytes` mounted at `path` (a full disk on demand). Where mounting is not allowed the
+    test fails and says so (a skipped full-disk test would read as a pass in CI's summary); run these as
+    root, or leave them out by name (`-k 'not full'`) and say so."""
     path.mkdir(parents=True, exist_ok=True)
     size_kib = max(4, -(-size_bytes // 4096) * 4)  # whole pages
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(path)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {proc.stderr.strip()[:200]}")
+        pytest.fail(f"cannot mount a small tmpfs for the full-disk test here (it needs root): "
+                    f"{proc.stderr.strip()[:200]}; run as root, or deselect it with -k 'not full'", pytrace=False)
     try:
         yield path
     finally:

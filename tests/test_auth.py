@@ -15,7 +15,7 @@ from mlflow.server import get_app_client
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT, free_port, mlflow_bin, run_env, running_server
-from tests.test_deployment import compose, interpolate, job_runner_setting
+from tests.test_deployment import compose, interpolate, server_settings
 
 ADMIN, ADMIN_PASSWORD = "ci-admin-7f3a", "Adm1n-Pw-91c2e"
 SECRETS = {"MLFLOW_FLASK_SERVER_SECRET_KEY": "csrf-key-for-tests"}
@@ -36,7 +36,7 @@ def auth_server_command(tmp: Path, port: int) -> tuple[list[str], dict[str, str]
     command = [replacements.get(arg, arg) for arg in command]
     command[0] = mlflow_bin()
     assert service["environment"]["MLFLOW_AUTH_CONFIG_PATH"]  # the compose service points at the ini
-    return command, run_env(MLFLOW_AUTH_CONFIG_PATH=str(tmp / "basic_auth.ini"), **job_runner_setting(service),
+    return command, run_env(MLFLOW_AUTH_CONFIG_PATH=str(tmp / "basic_auth.ini"), **server_settings(service),
                             **SECRETS)
 
 

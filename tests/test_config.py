@@ -10,7 +10,7 @@ from cifar_mlflow.arguments import collect_values
 from cifar_mlflow.config import GENERIC_RECOMMENDED, TrainConfig, build_config, resolve_config
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.models import list_models, recommended_settings
-from cifar_mlflow.train import build_parser
+from cifar_mlflow.train.cli import build_parser
 
 
 def parse(*argv: str) -> TrainConfig:

@@ -9,7 +9,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from cifar_mlflow.local_server import free_port
+from cifar_mlflow.tracking.local_server import free_port
 from cifar_mlflow.tune import main
 from tests.conftest import run_env
 

@@ -159,7 +159,7 @@ def test_a_class_missing_from_a_split_is_refused() -> None:
 
 def test_a_capped_synthetic_run_builds_only_what_it_uses() -> None:
     from cifar_mlflow.config import TrainConfig, resolve_config
-    from cifar_mlflow.training import load_splits, synthetic_size
+    from cifar_mlflow.core.prepare import load_splits, synthetic_size
 
     config = resolve_config(TrainConfig(dataset="synthetic", arch="cnn_small", max_train_samples=64,
                                         max_eval_samples=32))

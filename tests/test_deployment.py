@@ -12,6 +12,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from cifar_mlflow.tracking.local_server import CONNECTIONS_PER_WORKER
 from tests.conftest import ROOT, free_port, mlflow_bin, run_env, running_server
 
 COMPOSE = ROOT / "docker" / "docker-compose.yml"
@@ -53,14 +54,23 @@ def test_compose_services_and_settings() -> None:
         devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["capabilities"] == ["gpu"]
     assert services["minio"]["profiles"] == ["s3"]
-    for name in ("mlflow", "mlflow-auth"):  # no GenAI job runner unless docker/.env turns it on
-        assert job_runner_setting(services[name]) == {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    max_connections = int(services["postgres"]["command"][-1].split("=")[1])
+    for name in ("mlflow", "mlflow-auth"):
+        # No GenAI job runner unless docker/.env turns it on; the database pool of the product's own servers
+        # (more connections than a worker's 40 request threads), so many writers never stall the server.
+        settings = server_settings(services[name])
+        assert settings == {**CONNECTIONS_PER_WORKER, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        entrypoint = services[name]["entrypoint"]
+        workers = int(entrypoint[entrypoint.index("--workers") + 1])
+        per_worker = sum(int(v) for v in CONNECTIONS_PER_WORKER.values())
+        assert per_worker > 40 and workers * per_worker + 50 <= max_connections  # 50 left for Optuna's workers
 
 
-def job_runner_setting(service: dict) -> dict[str, str]:
-    """The server service's job-runner switch with its default, for running its command natively."""
-    key = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
-    return {key: interpolate(service["environment"][key], {})}
+def server_settings(service: dict) -> dict[str, str]:
+    """The server service's job-runner switch and database pool with their defaults, for running its
+    command natively."""
+    keys = ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION", *CONNECTIONS_PER_WORKER]
+    return {key: interpolate(service["environment"][key], {}) for key in keys}
 
 
 def _published(service: dict, env: dict[str, str]) -> list[str]:
@@ -141,7 +151,7 @@ def compose_server(postgres_url, tmp_path_factory):
     command = [replacements.get(arg, arg).replace("@postgres:5432", f"@{host_port}") for arg in command]
     command[0] = mlflow_bin()
     with running_server(command, f"http://127.0.0.1:{port}", artifacts.parent / "compose-server.log",
-                        env=run_env(**job_runner_setting(compose()["services"]["mlflow"]))) as uri:
+                        env=run_env(**server_settings(compose()["services"]["mlflow"]))) as uri:
         yield uri, artifacts
 
 

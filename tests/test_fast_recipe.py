@@ -14,12 +14,13 @@ from mlflow.tracking import MlflowClient
 
 from cifar_mlflow import TrainConfig
 from cifar_mlflow.config import resolve_config
+from cifar_mlflow.core.optimizers import LINEAR_END, LINEAR_START, Lookahead, build_optimizer, build_schedule
+from cifar_mlflow.core.prepare import prepare
 from cifar_mlflow.data import BatchTransform, ImageData, load_image_data, split_data
 from cifar_mlflow.models import get_model
 from cifar_mlflow.models.airbench import BIAS_LR_SCALE
 from cifar_mlflow.models.inference import TestTimeAugmented
-from cifar_mlflow.optim import LINEAR_END, LINEAR_START, Lookahead, build_optimizer, build_schedule
-from cifar_mlflow.training import prepare, train
+from cifar_mlflow.train.run import train
 from tests.conftest import run_env
 
 
@@ -141,7 +142,7 @@ def test_fast_recipe_trains_on_the_whole_training_set(imagefolder) -> None:
     assert len(result.history) == 4 and "val_acc" not in result.history[0]
     assert result.best_epoch == 4  # no validation split: the last epoch's weights
     assert result.history[0]["epoch_images"] == 64  # all 72 training images, in full batches of 16
-    assert result.test.acc > 0.5  # 3 classes told apart by colour
+    assert result.test.acc == 1.0, result.test.acc  # 3 classes of distinct colours: any learning tells them apart
 
 
 def test_logged_fast_model_includes_test_time_augmentation(mlflow_server, imagefolder, tmp_path) -> None:

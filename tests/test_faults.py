@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cifar_mlflow.checkpoint import load_checkpoint
-from cifar_mlflow.local_server import free_port, mlflow_server_command, mlflow_server_env
+from cifar_mlflow.core.checkpoint import load_checkpoint
+from cifar_mlflow.tracking.local_server import free_port, mlflow_server_command, mlflow_server_env
 from tests.conftest import run_env, running_server, small_disk
 
 pytestmark = pytest.mark.faults

@@ -12,7 +12,8 @@ from mlflow.tracking import MlflowClient
 
 from cifar_mlflow import train
 from cifar_mlflow.errors import ConfigError
-from cifar_mlflow.rerun import SourceRun, options_from_params, provenance_warnings
+from cifar_mlflow.records import SourceRun
+from cifar_mlflow.train.from_run import options_from_params, provenance_warnings
 from tests.conftest import ROOT, mlflow_bin, run_env, write_imagefolder
 
 EXPERIMENT = "from-run-test"

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from cifar_mlflow import TrainConfig, prepare
+from cifar_mlflow.core.fit import fit
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.hardware import cpu_flags, select_precision, use_channels_last
 from cifar_mlflow.models import get_model
-from cifar_mlflow.training import fit
 
 CPU = torch.device("cpu")
 
@@ -91,7 +91,7 @@ def test_a_user_model_that_reshapes_with_view_trains(imagefolder, tmp_path, monk
     prepared = prepare(TrainConfig(arch="notebook_models:Net", dataset="imagefolder", data_dir=str(imagefolder),
                                    epochs=2, batch_size=16, lr=0.05, progress=False, device="cpu"))
     assert not prepared.channels_last
-    assert fit(prepared).test.acc > 0.5
+    assert fit(prepared).test.acc == 1.0  # 3 classes of distinct colours: any learning tells them apart
 
 
 def test_bf16_training_on_the_cpu_learns_like_fp32(imagefolder) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psutil
 
-from cifar_mlflow.local_server import local_mlflow_server
+from cifar_mlflow.tracking.local_server import local_mlflow_server
 
 
 def test_serves_without_the_job_runner_and_leaves_no_process_behind(tmp_path) -> None:

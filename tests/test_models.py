@@ -57,6 +57,20 @@ def test_duplicate_registration_fails() -> None:
         register_model("cnn")(lambda **kw: torch.nn.Identity())
 
 
+def test_a_model_recommending_a_setting_that_is_no_option_is_refused_when_a_run_resolves() -> None:
+    """A typo in a registered model's recommendations (`learning_rate` for `lr`) would otherwise crash
+    inside `dataclasses.replace`; the run is refused with the model and the name, before anything starts."""
+    from cifar_mlflow import TrainConfig, resolve_config
+    from cifar_mlflow.models.registry import _RECOMMENDED, _REGISTRY
+
+    register_model("typo_net", recommended={"learning_rate": 0.1, "epochs": 3})(lambda **kw: torch.nn.Identity())
+    try:
+        with pytest.raises(ConfigError, match="'typo_net'.*learning_rate.*no training option"):
+            resolve_config(TrainConfig(arch="typo_net"))
+    finally:
+        _REGISTRY.pop("typo_net"), _RECOMMENDED.pop("typo_net", None)
+
+
 def test_torchvision_models_by_name() -> None:
     model = get_model("tv:resnet18", num_classes=5, in_channels=1)
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 5)

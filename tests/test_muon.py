@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from cifar_mlflow.config import TrainConfig, resolve_config
+from cifar_mlflow.core.muon import FilterBankMuon, MuonWithSGD, as_matrix, orthogonalise
+from cifar_mlflow.core.optimizers import build_optimizer, build_schedule
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.models import get_model
-from cifar_mlflow.muon import FilterBankMuon, MuonWithSGD, as_matrix, orthogonalise
-from cifar_mlflow.optim import build_optimizer, build_schedule
-from cifar_mlflow.training import train
+from cifar_mlflow.train.run import train
 from tests.test_training import quick
 
 

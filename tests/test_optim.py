@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from cifar_mlflow.config import TrainConfig
-from cifar_mlflow.optim import build_optimizer, build_schedule
+from cifar_mlflow.core.optimizers import build_optimizer, build_schedule
 
 
 def lrs(config: TrainConfig, steps_per_epoch: int = 10, val_losses: list[float] | None = None) -> list[float]:

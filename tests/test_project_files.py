@@ -25,7 +25,7 @@ def test_every_option_reaches_the_command_under_mlflow_run() -> None:
     import dataclasses
 
     from cifar_mlflow.config import TrainConfig
-    from cifar_mlflow.train import build_parser
+    from cifar_mlflow.train.cli import build_parser
 
     params = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]["main"]["parameters"]
     assert {"dataset", "data_dir", "seed", "model_args"} <= set(params)
@@ -56,7 +56,7 @@ def test_options_doc_is_generated_from_the_config() -> None:
 def test_the_options_documented_as_changeable_on_resume_are_the_ones_allowed() -> None:
     import re
 
-    from cifar_mlflow.train import RESUME_OVERRIDABLE
+    from cifar_mlflow.train.cli import RESUME_OVERRIDABLE
 
     text = (ROOT / "docs" / "tracking.md").read_text()
     sentence = text.split("uploaded one (only ")[1].split(" may change")[0]

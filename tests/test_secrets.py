@@ -13,8 +13,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from cifar_mlflow.config import TrainConfig
+from cifar_mlflow.core.fit import fit
+from cifar_mlflow.core.prepare import prepare
 from cifar_mlflow.redaction import redact, split_tracking_credentials
-from cifar_mlflow.training import fit, prepare
 from tests.conftest import run_env
 from tests.test_auth import ADMIN, ADMIN_PASSWORD, auth_server  # noqa: F401 - the fixture
 

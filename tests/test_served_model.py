@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from cifar_mlflow import train
-from cifar_mlflow.local_server import free_port
+from cifar_mlflow.tracking.local_server import free_port
 from tests.conftest import CLASSES, mlflow_bin, run_env, running_server, write_mnist
 
 EXPERIMENT = "served-model-test"

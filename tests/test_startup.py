@@ -64,4 +64,4 @@ def test_package_names_load_on_first_use():
         "from cifar_mlflow import TrainConfig, list_models, run\n"
         "print(before, 'cnn' in list_models(), TrainConfig.__name__, run.__module__)")],
         capture_output=True, text=True, env=run_env(), timeout=120)
-    assert proc.stdout.split() == ["False", "True", "TrainConfig", "cifar_mlflow.training"], proc.stderr[-2000:]
+    assert proc.stdout.split() == ["False", "True", "TrainConfig", "cifar_mlflow.train.run"], proc.stderr[-2000:]

@@ -15,7 +15,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cifar_mlflow.local_server import free_port, mlflow_server_command, mlflow_server_env
+from cifar_mlflow.tracking.local_server import free_port, mlflow_server_command, mlflow_server_env
 from tests.conftest import run_env, running_server
 
 pytestmark = pytest.mark.faults

@@ -280,8 +280,8 @@ def test_each_split_is_an_input_with_its_own_digest_profile_and_schema(server_ru
 
 def test_a_subset_of_the_data_has_another_digest(imagefolder) -> None:
     from cifar_mlflow.config import TrainConfig
-    from cifar_mlflow.run_record import run_datasets
-    from cifar_mlflow.training import prepare
+    from cifar_mlflow.core.prepare import prepare
+    from cifar_mlflow.train.run_contents import run_datasets
 
     base = TrainConfig(arch="lenet", dataset="imagefolder", data_dir=str(imagefolder), progress=False)
     full = {d["name"]: d["digest"] for d in run_datasets(prepare(base))}
@@ -311,33 +311,46 @@ def test_system_metrics_can_be_turned_off(mlflow_server, imagefolder, tmp_path) 
     assert not [k for k in run.data.metrics if k.startswith("system/")]
 
 
+@pytest.mark.parametrize("system_metrics", [True, False])
 def test_gpu_utilisation_and_memory_are_logged_where_nvml_answers(mlflow_server, imagefolder, tmp_path,
-                                                                  monkeypatch) -> None:
-    """The GPU is the one thing faked here (this machine has none): NVML answers as for one GPU, and the run
-    gets MLflow's GPU system metrics through the nvidia-ml-py the package installs."""
+                                                                  monkeypatch, system_metrics) -> None:
+    """The GPU is the one thing faked here (this machine has none): NVML answers as for one GPU whose load
+    changes. The product's part is seen: the run samples the GPU all through training (a history, not one
+    value), through the nvidia-ml-py the package installs, and `--no-system-metrics` turns it off although
+    NVML answers."""
+    import itertools
     from types import SimpleNamespace
 
     import pynvml
 
     from cifar_mlflow.train import main
 
+    load = itertools.cycle([20, 90])
     fake = {"nvmlInit": lambda: None, "nvmlDeviceGetCount": lambda: 1, "nvmlDeviceGetHandleByIndex": lambda i: i,
             "nvmlDeviceGetMemoryInfo": lambda h: SimpleNamespace(used=2e9, total=8e9),
-            "nvmlDeviceGetUtilizationRates": lambda h: SimpleNamespace(gpu=73),
+            "nvmlDeviceGetUtilizationRates": lambda h: SimpleNamespace(gpu=next(load)),
             "nvmlDeviceGetPowerUsage": lambda h: 150_000, "nvmlDeviceGetEnforcedPowerLimit": lambda h: 300_000}
     for name, function in fake.items():
         monkeypatch.setattr(pynvml, name, function)
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
+    experiment = f"gpu-system-metrics-{system_metrics}"
     code = main(["--dataset", "imagefolder", "--data-dir", str(imagefolder), "--arch", "lenet", "--epochs", "2",
-                 "--batch-size", "16", "--no-progress", "--experiment-name", "gpu-system-metrics",
-                 "--tracking-uri", mlflow_server, "--checkpoint-dir", str(tmp_path)])
+                 "--batch-size", "16", "--no-progress", "--experiment-name", experiment,
+                 "--tracking-uri", mlflow_server, "--checkpoint-dir", str(tmp_path),
+                 *([] if system_metrics else ["--no-system-metrics"])])
     assert code == 0
     client = MlflowClient(mlflow_server)
-    (run,) = client.search_runs([client.get_experiment_by_name("gpu-system-metrics").experiment_id])
-    assert run.data.metrics["system/gpu_0_utilization_percentage"] == 73
-    assert run.data.metrics["system/gpu_0_memory_usage_percentage"] == 25
-    assert run.data.metrics["system/gpu_0_power_usage_watts"] == 150
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    gpu = sorted(k for k in run.data.metrics if k.startswith("system/gpu_0_"))
+    if not system_metrics:
+        assert gpu == []
+        return
+    assert {"system/gpu_0_utilization_percentage", "system/gpu_0_memory_usage_percentage",
+            "system/gpu_0_power_usage_watts"} <= set(gpu)
+    history = [m.value for m in client.get_metric_history(run.info.run_id, "system/gpu_0_utilization_percentage")]
+    assert len(history) >= 2 and set(history) <= {20, 90, 55}  # sampled during training; 55: MLflow's mean of two
+    assert run.data.metrics["system/gpu_0_memory_usage_percentage"] == 25  # 2 GB of 8, as NVML said
 
 
 def test_the_confusion_matrix_of_every_epoch_is_an_image_with_its_step(server_run, tmp_path) -> None:
@@ -386,7 +399,7 @@ def losing_the_insert(db: Path, write, other_insert: str, values: tuple, monkeyp
 def test_runs_logging_the_same_data_set_at_once_all_get_it(mlflow_server_and_root, monkeypatch) -> None:
     """Without the retry: `RestException: BAD_REQUEST: (sqlite3.IntegrityError) UNIQUE constraint failed:
     datasets.experiment_id, datasets.name, datasets.digest`, and the study's worker crashed."""
-    from cifar_mlflow.tracking.run_logger import log_datasets
+    from cifar_mlflow.tracking.run_inputs import log_datasets
 
     uri, root = mlflow_server_and_root
     client = MlflowClient(uri)

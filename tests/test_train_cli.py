@@ -210,7 +210,23 @@ def test_sigkilled_run_is_marked_stale_and_resumed_from_the_printed_command(imag
 
 
 def test_the_closing_hint_is_a_command_that_works_for_the_store() -> None:
-    from cifar_mlflow.train import ui_command
+    from cifar_mlflow.train.cli import ui_command
 
     assert ui_command("sqlite:///mlflow.db") == "mlflow ui --backend-store-uri sqlite:///mlflow.db"
     assert ui_command("http://tracking:5000") == "open http://tracking:5000 in a browser"  # `mlflow ui` cannot open it
+
+
+def test_the_command_resolves_its_config_once(imagefolder, tmp_path, monkeypatch) -> None:
+    """The options are resolved once (recipe, then the architecture's recommendations), where the command
+    checks them before loading MLflow; `prepare` takes that config as it is, the tracking URI set in it."""
+    import cifar_mlflow.config as config_module
+    from cifar_mlflow.train.cli import _prepare, build_parser
+
+    resolutions = []
+    real = config_module.validate_config
+    monkeypatch.setattr(config_module, "validate_config", lambda c: (resolutions.append(c), real(c))[1])
+    args = build_parser().parse_args(quick_args(imagefolder, "--tracking-uri", f"sqlite:///{tmp_path}/m.db"))
+    prepared, uri, state = _prepare(args, tmp_path)
+    assert len(resolutions) == 1
+    assert prepared.config.tracking_uri == uri and prepared.config.batch_size == 16
+    assert prepared.config.lr == resolutions[0].lr  # the recommendations were filled in, that once

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from cifar_mlflow import NonFiniteLossError, TrainConfig, prepare
-from cifar_mlflow.checkpoint import load_checkpoint
-from cifar_mlflow.training import fit, train
+from cifar_mlflow.core.checkpoint import load_checkpoint
+from cifar_mlflow.core.fit import fit
+from cifar_mlflow.train.run import train
 
 
 class RecordingLogger:
@@ -160,7 +161,7 @@ def test_gradient_clipping_bounds_each_step(imagefolder) -> None:
 
 
 def test_checkpoint_writer_saves_the_state_as_it_was_submitted(tmp_path) -> None:
-    from cifar_mlflow.checkpoint import CheckpointWriter
+    from cifar_mlflow.core.checkpoint import CheckpointWriter
 
     weights = torch.zeros(1000)
     writer = CheckpointWriter(tmp_path / "run" / "last.pt")
@@ -192,7 +193,7 @@ def test_an_epochs_metrics_are_logged_once_its_checkpoint_is_on_disk(imagefolder
 
 
 def test_an_error_in_what_follows_a_checkpoint_reaches_the_training_thread(tmp_path) -> None:
-    from cifar_mlflow.checkpoint import CheckpointWriter
+    from cifar_mlflow.core.checkpoint import CheckpointWriter
 
     writer = CheckpointWriter(tmp_path / "last.pt")
 
@@ -226,7 +227,7 @@ def test_a_ctrl_c_is_not_replaced_by_an_error_from_the_last_epochs_metrics(image
 
 
 def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so_once(imagefolder, tmp_path, capsys) -> None:
-    from cifar_mlflow.checkpoint import load_checkpoint
+    from cifar_mlflow.core.checkpoint import load_checkpoint
     from tests.conftest import small_disk
 
     config = TrainConfig(arch="lenet", dataset="imagefolder", data_dir=str(imagefolder), epochs=1, batch_size=16,

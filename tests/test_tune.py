@@ -64,9 +64,9 @@ def test_shipped_default_space_is_valid() -> None:
 
 
 def test_default_space_tries_muon_with_its_own_learning_rate() -> None:
+    from cifar_mlflow.core.muon import MuonWithSGD
+    from cifar_mlflow.core.optimizers import build_optimizer
     from cifar_mlflow.models import get_model
-    from cifar_mlflow.muon import MuonWithSGD
-    from cifar_mlflow.optim import build_optimizer
 
     def suggest(spec):
         if spec.name == "optimizer":
@@ -234,7 +234,7 @@ def test_parallel_trials_in_threads_keep_their_own_runs(imagefolder, tmp_path) -
                                        ("grid", optuna.samplers.GridSampler)])
 def test_every_sampler_name_builds_its_sampler(name, cls) -> None:
     from cifar_mlflow.tune.options import TuneConfig
-    from cifar_mlflow.tune.study import build_sampler
+    from cifar_mlflow.tune.samplers import build_sampler
 
     space = parse_search_space({"batch_size": {"type": "categorical", "choices": [64, 128]},
                                 "epochs": {"type": "int", "low": 2, "high": 6, "step": 2}})
@@ -254,7 +254,7 @@ def _draws(study: optuna.Study, n: int) -> list[tuple[float, int]]:
 @pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes", "gp"])
 def test_workers_and_resumptions_with_one_seed_draw_new_points(sampler, tmp_path) -> None:
     from cifar_mlflow.tune.options import TuneConfig
-    from cifar_mlflow.tune.study import build_sampler
+    from cifar_mlflow.tune.samplers import build_sampler
 
     def worker(storage: str) -> optuna.Study:  # a process of its own: its own sampler, seeded alike
         return optuna.create_study(study_name="s", storage=storage, load_if_exists=True,
@@ -275,7 +275,7 @@ def test_workers_and_resumptions_with_one_seed_draw_new_points(sampler, tmp_path
 
 def test_grid_sampler_refuses_continuous_ranges() -> None:
     from cifar_mlflow.tune.options import TuneConfig
-    from cifar_mlflow.tune.study import build_sampler
+    from cifar_mlflow.tune.samplers import build_sampler
 
     space = parse_search_space({"lr": {"type": "float", "low": 0.01, "high": 0.1}})
     with pytest.raises(ConfigError, match="grid sampler .* 'lr' is a float range"):
@@ -289,7 +289,7 @@ def test_grid_sampler_refuses_continuous_ranges() -> None:
                                        ("none", optuna.pruners.NopPruner)])
 def test_every_pruner_name_builds_its_pruner(name, cls) -> None:
     from cifar_mlflow.tune.options import TuneConfig
-    from cifar_mlflow.tune.study import build_pruner
+    from cifar_mlflow.tune.samplers import build_pruner
 
     assert isinstance(build_pruner(TuneConfig(pruner=name), epochs=10), cls)
 

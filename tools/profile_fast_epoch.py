@@ -23,8 +23,9 @@ import airbench94  # noqa: E402
 from airbench_reference import EpochClock, Net, TrainLoader, mixed_sample, normalise, train_steps  # noqa: E402
 
 from cifar_mlflow import TrainConfig  # noqa: E402
-from cifar_mlflow.engine import train_one_epoch  # noqa: E402
-from cifar_mlflow.training import _build_loop, prepare  # noqa: E402
+from cifar_mlflow.core.passes import training_pass  # noqa: E402
+from cifar_mlflow.core.fit import _build_loop  # noqa: E402
+from cifar_mlflow.core.prepare import prepare  # noqa: E402
 
 
 def timed(fn, label: str, images: int, rows: int) -> None:
@@ -52,7 +53,7 @@ def main() -> None:
 
     def fast() -> None:
         with record_function("fast: one epoch"):
-            train_one_epoch(loop.train_model, loop.train_loader, loop.optimizer, loop.schedule, loop.loss_fn,
+            training_pass(loop.train_model, loop.train_loader, loop.optimizer, loop.schedule, loop.loss_fn,
                             epoch=next(epoch), epochs=2, progress=False, lookahead=loop.lookahead,
                             precision=prepared.precision)
 

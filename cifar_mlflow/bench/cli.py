@@ -71,7 +71,7 @@ def machine_description(device) -> dict[str, Any]:
 def _tracking_store(bench: BenchConfig, workdir: Path) -> Iterator[str]:
     """The URI the logged runs of the tracking and time_to_accuracy sections go to, while they run."""
     if bench.tracking_store == "server":
-        from cifar_mlflow.local_server import ServerStartError, local_mlflow_server
+        from cifar_mlflow.tracking.local_server import ServerStartError, local_mlflow_server
 
         try:
             with local_mlflow_server(workdir / "mlflow-server") as uri:
@@ -146,8 +146,8 @@ def _bench(args: argparse.Namespace, argv: list[str] | None, workdir: Path) -> i
         device = select_device(bench.device)
         bench = resolve_bench_config(bench, device.type == "cuda")
         # Imported once the options are checked: bad input answers without loading MLflow and the data libraries.
+        from cifar_mlflow.core.prepare import load_splits
         from cifar_mlflow.tracking import tracking_uri
-        from cifar_mlflow.training import load_splits
 
         # Resolved now: the sections' logged runs point MLflow (and $MLFLOW_TRACKING_URI) at their own
         # temporary store, which is gone by the time the benchmark run is logged.

@@ -54,7 +54,7 @@ def measure_training(bench: BenchConfig, data, device, progress) -> list[dict[st
     own arithmetic, the most any data path can reach)."""
 
     from cifar_mlflow.bench.throughput import training_images_per_second
-    from cifar_mlflow.training import prepare
+    from cifar_mlflow.core.prepare import prepare
 
     baseline, workers = _baseline_batches(bench, data, device)  # its workers serve every architecture
     rows = []
@@ -98,29 +98,22 @@ def measure_data_path(bench: BenchConfig, data, device, progress) -> dict[str, A
 
 
 def _logged_fit(prepared, uri: str, experiment: str, run_name: str, workdir: Path) -> dict[str, float]:
-    """One run with MLflow logging: fit timed on its own, then the one-off start and end-of-run logging."""
-    from cifar_mlflow.checkpoint import checkpoint_path
-    from cifar_mlflow.logger import ended_run
-    from cifar_mlflow.run_record import log_report, log_trained_model, run_datasets, run_params, run_tags
+    """One run as the training command runs it (`train.run.run`, MLflow logging on), timed by its phases:
+    fitting (the epochs, the final test, the queued metrics stored), and the one-off opening and closing."""
+    from cifar_mlflow.core.run_logger import ended_run
     from cifar_mlflow.tracking import MlflowLogger
-    from cifar_mlflow.training import fit
+    from cifar_mlflow.train.run import run
 
     logger = MlflowLogger(uri, experiment, run_name, tags={"cifar_mlflow.kind": "benchmark-run"})
-    started = time.perf_counter()
-    logger.start(params=run_params(prepared), tags=run_tags(prepared), datasets=run_datasets(prepared))
-    fit_start = time.perf_counter()
     with ended_run(logger):
-        result = fit(prepared, logger=logger, checkpoint_file=checkpoint_path(str(workdir), logger.run_id))
-        logger.flush()  # metrics still queued count towards the training's time
-        fit_end = time.perf_counter()
-        log_report(prepared, result, logger)
-        log_trained_model(prepared, result, logger)
-    return {"fit_s": fit_end - fit_start, "start_s": fit_start - started, "end_s": time.perf_counter() - fit_end,
+        result = run(prepared, logger=logger, checkpoint_dir=str(workdir))
+    phases = result.phase_seconds
+    return {"fit_s": phases["fit"], "start_s": phases["start"], "end_s": phases["end"],
             "test_acc": result.test.acc, "train_s": sum(row["epoch_seconds"] for row in result.history)}
 
 
 def _plain_fit(prepared, workdir: Path) -> float:
-    from cifar_mlflow.training import fit
+    from cifar_mlflow.core.fit import fit
 
     start = time.perf_counter()
     fit(prepared, checkpoint_file=workdir / "plain" / "last.pt")
@@ -129,8 +122,8 @@ def _plain_fit(prepared, workdir: Path) -> float:
 
 def measure_tracking(bench: BenchConfig, data, device, uri: str, workdir: Path, progress) -> dict[str, Any]:
     """Median wall time of `fit` with MLflow logging to a live server and without, alternating."""
+    from cifar_mlflow.core.prepare import prepare
     from cifar_mlflow.data.splits import stratified_subset
-    from cifar_mlflow.training import prepare
 
     config = train_config(bench, arch=bench.tracking_arch, epochs=bench.tracking_epochs)
     if bench.tracking_samples:
@@ -155,7 +148,8 @@ def measure_tracking(bench: BenchConfig, data, device, uri: str, workdir: Path, 
 def measure_time_to_accuracy(bench: BenchConfig, data, device, uri: str, workdir: Path, progress) -> dict[str, Any]:
     """The fast recipe over `seeds` seeds with MLflow logging on; compilation paid by an untimed first run."""
     from cifar_mlflow.config import resolve_config
-    from cifar_mlflow.training import fit, prepare
+    from cifar_mlflow.core.fit import fit
+    from cifar_mlflow.core.prepare import prepare
 
     def config(seed: int):
         return train_config(bench, recipe="fast", seed=seed, epochs=bench.fast_epochs, compile=bench.compile)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from cifar_mlflow.engine import autocast_for
+from cifar_mlflow.core.passes import autocast_for
 
 
 def forever(make_epoch) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

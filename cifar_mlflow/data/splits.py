@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 from dataclasses import dataclass
@@ -156,3 +157,11 @@ def check_classes(classes: list[str], splits: dict[str, Split]) -> None:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             raise ConfigError(f"class {shown} has no images in the {name} split ({len(split)} images); add "
                               f"images of every class, or raise --max-train-samples / --max-eval-samples")
+
+
+def merge_train_and_val(data: DataSplits) -> DataSplits:
+    """The training and validation splits merged into one training split; no validation split."""
+    images = torch.cat([data.train.images, data.val.images])
+    labels = torch.cat([data.train.labels, data.val.labels])
+    mean, std = channel_stats(images)
+    return dataclasses.replace(data, train=Split(images, labels), val=Split(images[:0], labels[:0]), mean=mean, std=std)

@@ -9,9 +9,9 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
+from cifar_mlflow.core.run_logger import run_status
 from cifar_mlflow.errors import ConfigError
-from cifar_mlflow.records import RunRecord
-from cifar_mlflow.rerun import SourceRun
+from cifar_mlflow.records import RunRecord, SourceRun
 from cifar_mlflow.tracking.store import name_attached_run, set_tags
 
 # Runs of these kinds are not training runs and are left out of comparisons found by search.
@@ -104,13 +104,14 @@ def log_comparison(uri: str, experiment_id: str, name: str, compared: list[str],
     run_id = attached or client.create_run(experiment_id, run_name=name).info.run_id
     if attached:
         name_attached_run(client, client.get_run(attached), name)
+    error: BaseException | None = None
     try:
         set_tags(client, run_id, tags)
         client.log_artifacts(run_id, str(out_dir), "comparison")
-        if not attached:
-            client.set_terminated(run_id, "FINISHED")
-    except BaseException:
-        if not attached:
-            client.set_terminated(run_id, "FAILED")
+    except BaseException as exc:
+        error = exc
         raise
+    finally:
+        if not attached:
+            client.set_terminated(run_id, run_status(error))
     return run_id

@@ -21,9 +21,11 @@ from typing import Any
 import mlflow.pytorch
 import numpy as np
 from mlflow.models import Model, ModelSignature
+from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema, TensorSpec
 
 from cifar_mlflow.tracking import cifar_mlflow_pyfunc
+from cifar_mlflow.tracking.store import tolerating_races
 
 LOADER = Path(cifar_mlflow_pyfunc.__file__)
 
@@ -46,3 +48,9 @@ def save_model(path: str, mlflow_model: Model | None = None, *, network: Any, in
                               code_paths=[str(LOADER)], **extra)
     mlflow_model.flavors["python_function"]["loader_module"] = LOADER.stem
     mlflow_model.save(os.path.join(path, "MLmodel"))
+
+
+def set_model_alias(uri: str, name: str, version: int, alias: str) -> None:
+    """Point `alias` (e.g. champion) of registered model `name` at `version`."""
+    client = MlflowClient(uri)
+    tolerating_races(lambda: client.set_registered_model_alias(name, alias, str(version)))

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from cifar_mlflow.interrupts import deferring
 from cifar_mlflow.tracking.faults import install_request_hooks, is_tracking_server
 from cifar_mlflow.tracking.heartbeat import Heartbeat, mark_stale_runs
-from cifar_mlflow.tracking.run_logger import log_datasets
+from cifar_mlflow.tracking.run_inputs import log_datasets
 from cifar_mlflow.tracking.store import experiment_id_for, log_params_once, name_attached_run, set_tags
 
 

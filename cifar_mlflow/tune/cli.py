@@ -87,8 +87,9 @@ def _prepare(argv: list[str] | None):
     # Imported once the options and the search space are checked: `--help` and bad input answer without
     # loading MLflow, Optuna and the data libraries.
     from cifar_mlflow.tracking import StudyTracker, check_tracking_server, tracking_uri
+    from cifar_mlflow.tune.samplers import build_pruner, build_sampler
     from cifar_mlflow.tune.storage import build_storage
-    from cifar_mlflow.tune.study import StudyContext, build_pruner, build_sampler
+    from cifar_mlflow.tune.study import StudyContext
 
     sampler = build_sampler(tune, space, base.seed)
     pruner = build_pruner(tune, base.epochs)
@@ -108,7 +109,8 @@ def _prepare(argv: list[str] | None):
 def _run(ctx, study) -> int:
     """Run the trials (and the retraining), keep the parent run's report current, close it with the
     status seen; returns the exit status."""
-    from cifar_mlflow.run_record import git_commit, split_inputs
+    from cifar_mlflow.core.run_logger import EXIT_STATUS, run_status
+    from cifar_mlflow.train.run_contents import git_commit, split_inputs
     from cifar_mlflow.tune.search_space import search_space_text
     from cifar_mlflow.tune.study import base_params, open_parent, optimize, publish, retrain_best, top_trials_text
 
@@ -122,24 +124,27 @@ def _run(ctx, study) -> int:
                      search_space_yaml=search_space_text(tune.search_space))
     print(f"study {tracker.study_name!r}: {before} earlier trials; running {tune.trials} more "
           f"(MLflow parent run {tracker.run_id} at {ctx.uri})", file=sys.stderr)
-    status, code = "FAILED", 1
+    error: BaseException | None = None
     try:
         optimize(ctx, study)
         if tune.retrain_best:
             retrain_best(ctx, study)
-        status, code = "FINISHED", 0
-    except ConfigError as exc:  # retraining the best trial could not rebuild its configuration
-        status, code = "FINISHED", 1
+    except ConfigError as exc:  # retraining the best trial could not rebuild its configuration: the study is whole
+        error = exc
         print(f"error: {redact(str(exc))}", file=sys.stderr)
-    except KeyboardInterrupt:
-        status, code = "KILLED", 130
+    except KeyboardInterrupt as exc:
+        error = exc
         print("\ninterrupted: the current trial is marked failed; run the same command to resume the study",
               file=sys.stderr)
+    except BaseException as exc:
+        error = exc
+        raise
     finally:
+        status = run_status(error, finished_on=(ConfigError,))
         try:
             publish(ctx, study, with_artifacts=True)
         except Exception as exc:  # noqa: BLE001 - the study itself is safe in its storage
             print(f"warning: could not update the parent run's report: {redact(str(exc))}", file=sys.stderr)
         tracker.close(status)
     print(top_trials_text(study))
-    return code
+    return 1 if isinstance(error, ConfigError) else EXIT_STATUS[status]

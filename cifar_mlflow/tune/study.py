@@ -15,7 +15,6 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,111 +25,19 @@ import optuna
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable in practice
 from optuna.trial import TrialState
 
-from cifar_mlflow.config import TrainConfig, config_to_dict, model_args_param
+from cifar_mlflow.config import TrainConfig, config_params
+from cifar_mlflow.core.prepare import load_splits, prepare
+from cifar_mlflow.core.run_logger import ended_run, run_status
 from cifar_mlflow.data import DataSplits
+from cifar_mlflow.data.splits import merge_train_and_val
 from cifar_mlflow.errors import ConfigError
-from cifar_mlflow.logger import ended_run
 from cifar_mlflow.tracking import MlflowLogger, StudyTracker, set_model_alias, set_tags
-from cifar_mlflow.training import load_splits, prepare, run
+from cifar_mlflow.train.run import run
 from cifar_mlflow.tune.options import TuneConfig
 from cifar_mlflow.tune.search_space import DEFAULT_SPACE_NAME, ParamSpec, sample_config
 from cifar_mlflow.tune.storage import RUN_ATTR, is_database_outage
 
 PARENT_ATTR = "mlflow_parent_run_id"
-
-
-def trial_seed(study_seed: int, trial_number: int) -> int:
-    """The seed of one trial's draws: the same for the same study seed and trial number, anywhere."""
-    return int(np.random.SeedSequence([study_seed, trial_number]).generate_state(1)[0])
-
-
-class PerTrialSeedSampler(optuna.samplers.BaseSampler):
-    """A sampler whose draws for each trial are seeded by (study seed, trial number).
-
-    Optuna's samplers are seeded once per process, so two workers with the same `--seed`, or a study
-    resumed with it, draw the same configurations. Trial numbers are unique in a study's storage,
-    so seeding per trial makes every worker and every resumption explore new points, while a
-    single-worker study stays reproducible. Each trial gets its own instance of the chosen sampler
-    (they keep their state in the study's storage), created at `before_trial` and dropped after it.
-    """
-
-    def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed: int) -> None:
-        self._make = make
-        self._seed = seed
-        self._by_trial: dict[int, optuna.samplers.BaseSampler] = {}
-        self._lock = threading.Lock()  # trials in parallel threads (--n-jobs)
-
-    def _for(self, trial: optuna.trial.FrozenTrial) -> optuna.samplers.BaseSampler:
-        with self._lock:
-            if trial.number not in self._by_trial:
-                self._by_trial[trial.number] = self._make(trial_seed(self._seed, trial.number))
-            return self._by_trial[trial.number]
-
-    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        self._for(trial).before_trial(study, trial)
-
-    def infer_relative_search_space(self, study, trial):
-        return self._for(trial).infer_relative_search_space(study, trial)
-
-    def sample_relative(self, study, trial, search_space):
-        return self._for(trial).sample_relative(study, trial, search_space)
-
-    def sample_independent(self, study, trial, param_name, param_distribution):
-        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
-
-    def after_trial(self, study, trial, state, values) -> None:
-        try:
-            self._for(trial).after_trial(study, trial, state, values)
-        finally:
-            with self._lock:
-                self._by_trial.pop(trial.number, None)
-
-    def reseed_rng(self) -> None:
-        """Nothing to do: no two trials share a seed (Optuna calls this for --n-jobs > 1)."""
-
-
-def build_sampler(tune: TuneConfig, space: list[ParamSpec], seed: int) -> optuna.samplers.BaseSampler:
-    """The `--sampler` choice, seeded per trial (`PerTrialSeedSampler`)."""
-    make = _sampler_factory(tune, space)
-    make(seed)  # a bad grid fails here, before the study exists
-    return PerTrialSeedSampler(make, seed)
-
-
-def _sampler_factory(tune: TuneConfig, space: list[ParamSpec]) -> Callable[[int], optuna.samplers.BaseSampler]:
-    if tune.sampler == "grid":
-        grid = {}
-        for spec in space:
-            if spec.kind == "categorical":
-                grid[spec.name] = list(spec.choices)
-            elif spec.kind == "int" and spec.step:
-                grid[spec.name] = list(range(spec.low, spec.high + 1, spec.step))
-            else:
-                raise ConfigError(f"grid sampler needs categorical or stepped int parameters; "
-                                  f"{spec.name!r} is a {spec.kind} range")
-            if spec.when:
-                raise ConfigError(f"grid sampler cannot search conditional parameters ({spec.name!r} has when:)")
-        return lambda seed: optuna.samplers.GridSampler(grid, seed=seed)
-    samplers = {
-        "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed),
-        "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
-        "cmaes": lambda seed: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
-        "gp": lambda seed: optuna.samplers.GPSampler(seed=seed),
-    }
-    return samplers[tune.sampler]
-
-
-def build_pruner(tune: TuneConfig, epochs: int) -> optuna.pruners.BasePruner:
-    pruners = {
-        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=tune.pruner_startup_trials,
-                                                      n_warmup_steps=tune.pruner_warmup_epochs),
-        "percentile": lambda: optuna.pruners.PercentilePruner(tune.pruner_percentile,
-                                                              n_startup_trials=tune.pruner_startup_trials,
-                                                              n_warmup_steps=tune.pruner_warmup_epochs),
-        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs),
-        "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1),
-        "none": lambda: optuna.pruners.NopPruner(),
-    }
-    return pruners[tune.pruner]()
 
 
 def suggest(trial: optuna.Trial, spec: ParamSpec) -> Any:
@@ -194,25 +101,25 @@ def make_objective(ctx: StudyContext):
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} ({ctx.tune.metric} {value:.4f})")
 
-        status = "FAILED"
+        error: BaseException | None = None
         try:
             prepared = prepare(config, data=ctx.data_for(config))
             result = run(prepared, logger=logger, callbacks=[report])
             value = best_value(result.history, ctx.tune.metric)
             logger.set_tags({"optuna.state": "COMPLETE", "objective": f"{value:.6g}"})
-            status = "FINISHED"
             return value
-        except optuna.TrialPruned:
+        except optuna.TrialPruned as exc:
+            error = exc
             epoch = reported[-1] if reported else 0
             trial.set_user_attr("pruned_at_epoch", epoch)
             logger.set_tags({"optuna.state": "PRUNED", "pruned_at_epoch": str(epoch)})
-            status = "FINISHED"
             raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            error = exc
             logger.set_tags({"optuna.state": "FAIL", "optuna.fail_reason": "interrupted (Ctrl-C)"})
-            status = "KILLED"
             raise
         except Exception as exc:
+            error = exc
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
             if is_database_outage(exc):  # outlasted the storage's own patience: run these settings again
                 reason = f"the Optuna storage was unreachable ({reason})"
@@ -221,8 +128,8 @@ def make_objective(ctx: StudyContext):
             logger.set_tags({"optuna.state": "FAIL", "optuna.fail_reason": reason})
             print(f"trial {trial.number} failed: {reason}", file=sys.stderr)
             raise
-        finally:
-            logger.end(status)
+        finally:  # a pruned trial's run ended as planned: FINISHED, its state in the tags
+            logger.end(run_status(error, finished_on=(optuna.TrialPruned,)))
 
     return objective
 
@@ -366,23 +273,10 @@ def top_trials_text(study: optuna.Study, k: int = 10) -> str:
 
 def base_params(base: TrainConfig, tune: TuneConfig) -> dict[str, Any]:
     """The parent run's params: the fixed training options and the study's options."""
-    params = {k: v for k, v in config_to_dict(base).items() if k != "model_args"}
-    params["model_args"] = model_args_param(base.model_args)
+    params = config_params(base)
     params.update({f"tune.{k}": v for k, v in dataclasses.asdict(tune).items()})
     params["tune.search_space"] = tune.search_space or DEFAULT_SPACE_NAME
     return params
-
-
-def train_plus_validation(data: DataSplits) -> DataSplits:
-    """The training and validation splits merged into one training split; no validation split."""
-    import torch
-
-    from cifar_mlflow.data.splits import Split, channel_stats
-
-    images = torch.cat([data.train.images, data.val.images])
-    labels = torch.cat([data.train.labels, data.val.labels])
-    mean, std = channel_stats(images)
-    return dataclasses.replace(data, train=Split(images, labels), val=Split(images[:0], labels[:0]), mean=mean, std=std)
 
 
 def retrain_best(ctx: StudyContext, study: optuna.Study) -> str | None:
@@ -402,7 +296,7 @@ def retrain_best(ctx: StudyContext, study: optuna.Study) -> str | None:
         raise ConfigError(f"cannot rebuild trial {best.number}'s configuration from this search space: {exc}") from None
     name = f"{ctx.tracker.study_name}-best"
     config = dataclasses.replace(config, run_name=name, log_model=True, register_model=ctx.base.register_model)
-    prepared = prepare(config, data=train_plus_validation(ctx.data_for(config)))
+    prepared = prepare(config, data=merge_train_and_val(ctx.data_for(config)))
     logger = MlflowLogger(ctx.uri, ctx.tracker.experiment_name, name,
                           tags={"optuna.study_name": ctx.tracker.study_name, "cifar_mlflow.kind": "retrained_best",
                                 "cifar_mlflow.study_run_id": ctx.tracker.run_id,

@@ -1,7 +1,8 @@
-"""The boundary between training and experiment tracking.
+"""The boundary between training and experiment tracking, and how a run ends.
 
-Training talks to a `RunLogger`; `NullLogger` makes the engine usable as a library and in tests,
-`cifar_mlflow.tracking.MlflowLogger` is the only code that talks to MLflow.
+Training talks to a `RunLogger`; `NullLogger` makes the core usable as a library and in tests,
+`cifar_mlflow.tracking.MlflowLogger` is the only code that talks to MLflow. `run_status` is the one
+place that decides a run's final status from what ended it.
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
-from matplotlib.figure import Figure
-from torch import nn
+if TYPE_CHECKING:  # the types only: deciding a run's status needs none of these loaded
+    import numpy as np
+    from matplotlib.figure import Figure
+    from torch import nn
 
 
 class RunLogger(Protocol):
@@ -56,7 +58,7 @@ class RunLogger(Protocol):
         (`classes` among it)."""
 
     def end(self, status: str) -> None:
-        """Close the run as FINISHED, FAILED or KILLED."""
+        """Close the run with its status (`run_status`): FINISHED, FAILED or KILLED."""
 
 
 class NullLogger:
@@ -97,15 +99,32 @@ class NullLogger:
         pass
 
 
+FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
+EXIT_STATUS = {FINISHED: 0, FAILED: 1, KILLED: 130}  # a command's exit status for the run it ended
+
+
+def run_status(error: BaseException | None, *, finished_on: tuple[type[BaseException], ...] = (),
+               stored_everything: bool = True) -> str:
+    """The one rule for how a run ends, used by every command: FINISHED when nothing was raised, or what
+    was raised is an expected end (`finished_on`: a pruned trial); KILLED when it was stopped (Ctrl-C, and
+    SIGTERM, which the commands raise as KeyboardInterrupt); FAILED for any other error (a non-finite
+    loss, a crash) and for a run that raised nothing but could not store all it made (artifacts the store
+    refused, kept on disk)."""
+    if isinstance(error, KeyboardInterrupt):
+        return KILLED
+    if error is not None and not isinstance(error, finished_on):
+        return FAILED
+    return FINISHED if stored_everything else FAILED
+
+
 @contextlib.contextmanager
-def ended_run(logger: RunLogger) -> Iterator[RunLogger]:
-    """Ends the run when the block does: FINISHED, KILLED on Ctrl-C, FAILED on any other error."""
-    status = "FAILED"
+def ended_run(logger: RunLogger, *, finished_on: tuple[type[BaseException], ...] = ()) -> Iterator[RunLogger]:
+    """Ends the run when the block does, with the status `run_status` gives for what ended it."""
+    error = None
     try:
         yield logger
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
+    except BaseException as exc:
+        error = exc
         raise
     finally:
-        logger.end(status)
+        logger.end(run_status(error, finished_on=finished_on))

@@ -43,7 +43,7 @@ def _muon(config: TrainConfig, model: nn.Module, precision: str | None) -> torch
     for the model's device."""
     if not hasattr(torch.optim, "Muon"):
         raise ConfigError(f"--optimizer muon needs PyTorch 2.9 or later (torch.optim.Muon); this is {torch.__version__}")
-    from cifar_mlflow.muon import MuonWithSGD, hidden_weights
+    from cifar_mlflow.core.muon import MuonWithSGD, hidden_weights
 
     hidden = hidden_weights(model)
     if not hidden:

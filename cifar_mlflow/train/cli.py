@@ -17,7 +17,6 @@ from typing import Any
 
 from cifar_mlflow import distributed
 from cifar_mlflow.arguments import add_config_arguments, collect_values
-from cifar_mlflow.checkpoint import checkpoint_path, load_checkpoint
 from cifar_mlflow.config import (
     COMMON_SETTINGS,
     GENERIC_RECOMMENDED,
@@ -26,11 +25,14 @@ from cifar_mlflow.config import (
     build_config,
     default_run_name,
     resolve_config,
+    with_tracking_uri,
 )
+from cifar_mlflow.core.checkpoint import checkpoint_path, load_checkpoint
 from cifar_mlflow.errors import ConfigError, NonFiniteLossError
 from cifar_mlflow.models import list_models, model_description, recommended_settings
+from cifar_mlflow.records import SourceRun
 from cifar_mlflow.redaction import protect_console, redact
-from cifar_mlflow.rerun import SourceRun, options_from_params, provenance_warnings
+from cifar_mlflow.train.from_run import options_from_params, provenance_warnings
 
 # Options that may differ from the interrupted run's own config when resuming it.
 RESUME_OVERRIDABLE = {"epochs", "patience", "device", "progress", "tracking_uri", "resume", "checkpoint_dir",
@@ -132,7 +134,7 @@ def _announce(logger, uri: str) -> None:
 
 def _follow(prepared) -> int:
     """A torchrun rank other than 0: train its shard; rank 0 logs and checkpoints for everyone."""
-    from cifar_mlflow.training import fit
+    from cifar_mlflow.core.fit import fit
 
     try:
         fit(prepared)
@@ -174,16 +176,18 @@ def _prepare(args: argparse.Namespace, workdir: Path):
     """The options, the tracking server, torchrun, the resume state, the data and the model: all checked
     before anything is created. Raises `ConfigError`."""
     values, given = collect_values(args, TrainConfig, extra=("list_models",))
-    if not values.get("resume") and not values.get("from_run"):  # (those take their options from a run)
-        resolve_config(build_config(values))
+    config = None  # resolved here where the options are all given; from the run's record after --resume/--from-run
+    if not values.get("resume") and not values.get("from_run"):
+        config = resolve_config(build_config(values))
     # Imported once the options are checked: `--help` and bad input answer without loading MLflow,
     # scikit-learn and matplotlib (seconds each).
+    from cifar_mlflow.core.prepare import prepare
     from cifar_mlflow.tracking import check_tracking_server, refuse_live_run, tracking_uri
-    from cifar_mlflow.training import prepare
 
     uri = tracking_uri(values.get("tracking_uri"))
     if values.get("tracking_uri"):
         values["tracking_uri"] = uri  # credentials of an http URI are in the environment now
+        config = config and with_tracking_uri(config, uri)
     check_tracking_server(uri)  # before the data is read: an unreachable server fails in seconds
     state = source = None
     if values.get("from_run"):
@@ -198,12 +202,12 @@ def _prepare(args: argparse.Namespace, workdir: Path):
         run_id = values["resume"]
         values, state = _resume_values(values, given, uri, workdir)
         refuse_live_run(uri, run_id)
-    prepared = prepare(build_config(values))
+    prepared = prepare(config or resolve_config(build_config(values)))
     if state is not None and state.get("data_digest") != prepared.data.digest:
         raise ConfigError(f"the data differs from the data run {values['resume']} was trained on "
                           f"(digest {prepared.data.digest} vs {state.get('data_digest')})")
     if source is not None and distributed.is_main():
-        from cifar_mlflow.run_record import git_commit
+        from cifar_mlflow.train.run_contents import git_commit
 
         for warning in provenance_warnings(source, git_commit(), prepared.data.digest):
             print(f"warning: {warning}", file=sys.stderr)
@@ -230,8 +234,9 @@ def _from_run_values(values: dict[str, Any], uri: str) -> tuple[dict[str, Any], 
 
 def _train(prepared, uri: str, state: dict[str, Any] | None) -> int:
     """Rank 0 (or the only process): open the run, train, close it with the status seen; the exit status."""
+    from cifar_mlflow.core.run_logger import EXIT_STATUS, FINISHED, run_status
     from cifar_mlflow.tracking import MlflowLogger
-    from cifar_mlflow.training import run
+    from cifar_mlflow.train.run import run
 
     config = prepared.config
     if os.environ.get("MLFLOW_RUN_ID") and config.experiment_name:
@@ -243,29 +248,33 @@ def _train(prepared, uri: str, state: dict[str, Any] | None) -> int:
                           on_start=lambda run_id: _announce(logger, uri), keep_root=config.checkpoint_dir,
                           system_metrics=config.system_metrics)
     previous_term = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    status, code = "FAILED", 1
+    error: BaseException | None = None
     try:
         run(prepared, logger=logger, checkpoint_dir=config.checkpoint_dir, resume_state=state)
-        status, code = "FINISHED", 0
         if logger.upload_error is not None:
-            status, code = "FAILED", 1
             logger.set_tags({"cifar_mlflow.not_uploaded": f"artifacts kept at {logger.kept_dir.resolve()}"})
-    except KeyboardInterrupt:
-        status, code = "KILLED", 130
+    except KeyboardInterrupt as exc:
+        error = exc
         print(f"\ninterrupted: run {logger.run_id} marked KILLED; continue it with "
               f"python -m cifar_mlflow.train --resume {logger.run_id}", file=sys.stderr)
     except NonFiniteLossError as exc:
+        error = exc
         print(f"error: {exc}; run {logger.run_id} marked FAILED", file=sys.stderr)
+    except BaseException as exc:  # a crash: the run is closed FAILED, then the traceback goes on
+        error = exc
+        raise
     finally:
+        status = run_status(error, stored_everything=logger.upload_error is None)
         ckpt = checkpoint_path(config.checkpoint_dir, logger.run_id) if logger.run_id else None
         _close_run(logger, status, ckpt)
         signal.signal(signal.SIGTERM, previous_term)
+    code = EXIT_STATUS[status]
     if logger.upload_error is not None:
         print(f"error: the artifact store failed ({logger.upload_error}); run {logger.run_id} is marked FAILED and "
               f"its model, reports and checkpoint are kept in {logger.kept_dir}; once the store works, upload them "
               f"with: mlflow artifacts log-artifacts --run-id {logger.run_id} --local-dir {logger.kept_dir}",
               file=sys.stderr)
-    if status == "FINISHED":
+    if status == FINISHED:
         print(f"run {logger.run_id} FINISHED at {uri}; look at it with: {ui_command(uri)}", file=sys.stderr)
     return code
 
@@ -277,7 +286,3 @@ def ui_command(uri: str) -> str:
     if is_tracking_server(uri):
         return f"open {uri} in a browser"
     return f"mlflow ui --backend-store-uri {uri}"
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,7 +7,6 @@ Pure of MLflow: `tracking.run_queries.fetch_source_run` reads the run into a `So
 from __future__ import annotations
 
 import typing
-from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -15,22 +14,11 @@ import yaml
 from cifar_mlflow.arguments import parse_value
 from cifar_mlflow.config import TrainConfig, config_fields
 from cifar_mlflow.errors import ConfigError
-from cifar_mlflow.records import RESOLVED_PREFIX
+from cifar_mlflow.records import RESOLVED_PREFIX, SourceRun
 
 # Options that say where and how this process runs, not what the run is: today's values, not the record's.
 NOT_COPIED = {"tracking_uri", "resume", "from_run", "run_name", "experiment_name", "checkpoint_dir", "progress",
               "register_model"}
-
-
-@dataclass
-class SourceRun:
-    """The recorded run: its id, name, experiment, params and tags, as MLflow holds them."""
-
-    run_id: str
-    name: str
-    experiment_name: str
-    params: dict[str, str]
-    tags: dict[str, str]
 
 
 def options_from_params(source: SourceRun) -> dict[str, Any]:

@@ -67,10 +67,18 @@ def running_server(command: list[str], uri: str, log_path: Path, env: dict[str, 
 # that tracks training runs never uses it.
 WITHOUT_JOB_RUNNER = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
+# MLflow's `log_batch` holds one database connection while it asks its pool for a second (the metrics are
+# written in a session of their own). Each server worker runs up to 40 requests at once (anyio's thread
+# limit); with SQLAlchemy's default pool of 15, 15 concurrent batches each hold one and all wait for
+# another: the server stalls, every request failing after the pool's 30 s timeout (seen with 32 training
+# processes on one server). A pool of more than 40 per worker always has a connection for a second session.
+CONNECTIONS_PER_WORKER = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "5", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "36"}
+
 
 def mlflow_server_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """`env` (by default this process's environment) for an `mlflow server` without the job runner."""
-    return {**(os.environ if env is None else env), **WITHOUT_JOB_RUNNER}
+    """`env` (by default this process's environment) for an `mlflow server` without the job runner and with
+    a database pool larger than its request threads (`CONNECTIONS_PER_WORKER`; a pool set in `env` wins)."""
+    return {**CONNECTIONS_PER_WORKER, **(os.environ if env is None else env), **WITHOUT_JOB_RUNNER}
 
 
 def mlflow_server_command(root: Path, port: int) -> list[str]:

@@ -18,14 +18,15 @@ import torchvision
 import yaml
 
 from cifar_mlflow import distributed, metrics, plots
-from cifar_mlflow.config import config_to_dict, model_args_param
+from cifar_mlflow.config import config_params, config_to_dict
+from cifar_mlflow.core.run_logger import RunLogger
 from cifar_mlflow.data.splits import DataSplits, split_profile
-from cifar_mlflow.logger import RunLogger
 from cifar_mlflow.models.inference import ImageClassifier, with_tta
 from cifar_mlflow.redaction import redact
 
-if TYPE_CHECKING:  # the types only: training imports this module
-    from cifar_mlflow.training import Prepared, TrainResult
+if TYPE_CHECKING:
+    from cifar_mlflow.core.fit import TrainResult
+    from cifar_mlflow.core.prepare import Prepared
 
 
 def git_commit() -> str | None:
@@ -40,13 +41,7 @@ def git_commit() -> str | None:
 
 def run_params(prepared: Prepared) -> dict[str, Any]:
     """The flattened config plus what the data and model turned out to be."""
-    params: dict[str, Any] = {}
-    for key, value in config_to_dict(prepared.config).items():
-        if key == "model_args":
-            params[key] = model_args_param(value)
-            params.update({f"model_args.{k}": v for k, v in value.items()})
-        else:
-            params[key] = value
+    params = config_params(prepared.config)
     # What `auto` resolved to on this machine (the request stays in the config and the checkpoint).
     params.update(device=str(prepared.device), precision=prepared.precision)
     data = prepared.data
@@ -107,7 +102,7 @@ def log_report(prepared: Prepared, result: TrainResult, logger: RunLogger) -> No
     logger.log_text(yaml.safe_dump(redact(config_to_dict(prepared.config)), sort_keys=False), "config.yaml")
 
 
-def model_description(prepared: Prepared) -> dict[str, Any]:
+def model_metadata(prepared: Prepared) -> dict[str, Any]:
     """What the logged model says about itself (its metadata): classes, input and preprocessing."""
     data, config = prepared.data, prepared.config
     channels, height, width = data.image_shape
@@ -125,4 +120,4 @@ def log_trained_model(prepared: Prepared, result: TrainResult, logger: RunLogger
     exported = ImageClassifier(with_tta(model, prepared.config.tta), data.mean, data.std).eval()
     example = data.test.images[:4].permute(0, 2, 3, 1)  # (4, H, W, C) uint8: a batch > 1 keeps N dynamic
     example = (example[..., 0] if example.shape[-1] == 1 else example).contiguous().numpy()
-    logger.log_model(exported, example, prepared.config.register_model, model_description(prepared))
+    logger.log_model(exported, example, prepared.config.register_model, model_metadata(prepared))

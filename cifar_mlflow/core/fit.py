@@ -1,7 +1,6 @@
-"""A whole training run: `prepare` (all validation, nothing created), then `run` (open the run, `fit`,
-evaluate, report). The training command and every tuning trial call `prepare` and `run` (the command
-checks the tracking server and the resume state between the two; the tuner shares one data set
-among its trials); `train` is both in one call, for library use.
+"""The training loop: epochs of training and validation, checkpoints, early stopping, then the kept
+weights on the test set. One epoch reads top to bottom here (`_run_epoch`); the passes over the data
+themselves are in `passes.py`.
 
 Nothing here knows MLflow: everything goes through the `RunLogger` it is given.
 """
@@ -9,121 +8,29 @@ Nothing here knows MLflow: everything goes through the `RunLogger` it is given.
 from __future__ import annotations
 
 import functools
-import math
-import random
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from cifar_mlflow import distributed, metrics, plots
-from cifar_mlflow.checkpoint import CheckpointWriter, TrainingState, checkpoint_path
-from cifar_mlflow.config import TrainConfig, config_to_dict, resolve_config
-from cifar_mlflow.data import BatchTransform, DataSplits, DeviceLoader, load_image_data, split_data
-from cifar_mlflow.data.splits import init_sample
-from cifar_mlflow.data.sources import SYNTHETIC_TEST, SYNTHETIC_TRAIN
-from cifar_mlflow.engine import Evaluation, evaluate, train_one_epoch
-from cifar_mlflow.errors import ConfigError
-from cifar_mlflow.hardware import select_device, select_precision, use_channels_last
-from cifar_mlflow.logger import NullLogger, RunLogger
-from cifar_mlflow.models import get_model
+from cifar_mlflow.config import config_to_dict
+from cifar_mlflow.core.checkpoint import CheckpointWriter, TrainingState
+from cifar_mlflow.core.passes import Evaluation, evaluate, training_pass
+from cifar_mlflow.core.optimizers import Lookahead, build_optimizer, build_schedule
+from cifar_mlflow.core.prepare import Prepared
+from cifar_mlflow.core.run_logger import NullLogger, RunLogger
+from cifar_mlflow.data.augment import BatchTransform
+from cifar_mlflow.data.loader import DeviceLoader
 from cifar_mlflow.models.inference import with_tta
-from cifar_mlflow.optim import Lookahead, build_optimizer, build_schedule
 from cifar_mlflow.redaction import redact
-from cifar_mlflow.run_record import log_report, log_trained_model, run_datasets, run_params, run_tags
 
 EpochCallback = Callable[[int, dict[str, float]], None]
-# Training images a model's `init_from_data` sees: a seeded, class-balanced sample (`init_sample`).
-_INIT_IMAGES = 5000
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
-    torch.backends.cudnn.benchmark = not deterministic
-
-
-@dataclass
-class Prepared:
-    """Everything checked and built before a run is opened anywhere."""
-
-    config: TrainConfig  # resolved: recommendations filled in
-    data: DataSplits
-    model: nn.Module  # on `device`, lazy layers materialised, channels-last if it takes such batches
-    device: torch.device
-    precision: str  # what `--precision` resolved to here: bf16 (autocast) or fp32
-    channels_last: bool  # batches are channels-last (the model accepts them)
-
-    @property
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
-
-
-def synthetic_size(config: TrainConfig) -> tuple[int, int]:
-    """The synthetic set's (train, test) sizes: the full 50,000 / 10,000, or just enough for the caps."""
-    num_train, num_test = SYNTHETIC_TRAIN, SYNTHETIC_TEST
-    val_fraction = config.val_fraction or 0.0
-    if config.max_train_samples and val_fraction < 1:
-        num_train = min(num_train, math.ceil(config.max_train_samples / (1 - val_fraction)) + 1)
-    if config.max_eval_samples:
-        num_test = min(num_test, config.max_eval_samples)
-    return num_train, num_test
-
-
-def load_splits(config: TrainConfig) -> DataSplits:
-    """The data set `config` names, read and split into train, validation and test."""
-    images = load_image_data(config.dataset, config.data_dir, config.image_size, config.seed,
-                             synthetic_size=synthetic_size(config))
-    return split_data(images, val_fraction=config.val_fraction, seed=config.seed,
-                      max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples)
-
-
-def prepare(config: TrainConfig, data: DataSplits | None = None) -> Prepared:
-    """Resolve and validate the config, load and split the data, build the model.
-
-    Raises:
-        ConfigError: for any bad input, before anything is created.
-    """
-    config = resolve_config(config)  # the architecture's name too, before the data set is read
-    device = select_device(config.device)
-    if device.type == "cuda" and distributed.world_size() > 1 and device.index is None:
-        device = torch.device("cuda", distributed.local_rank())  # one GPU per torchrun process
-    precision = select_precision(config.precision, device)  # before the data set is read, as the device
-    seed_everything(config.seed, config.deterministic)
-    if data is None:
-        data = load_splits(config)
-    model = get_model(config.arch, num_classes=data.num_classes, in_channels=data.image_shape[0],
-                      **config.model_args)
-    c, h, w = data.image_shape
-    example = torch.zeros(2, c, h, w)
-    model.eval()
-    try:
-        with torch.no_grad():  # materialises lazy layers; proves the model takes these images
-            out = model(example)
-    except Exception as exc:  # noqa: BLE001 - any failure here means the arch does not fit the data
-        raise ConfigError(f"{config.arch} cannot take {c}x{h}x{w} images ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0][:160]}); try --image-size or another arch") from None
-    if tuple(out.shape) != (2, data.num_classes):
-        raise ConfigError(f"{config.arch} returns shape {tuple(out.shape)[1:]} per image, expected "
-                          f"({data.num_classes},) for {data.num_classes} classes")
-    if config.tta != "none" and not data.hflip_ok:
-        raise ConfigError(f"--tta {config.tta} averages over mirror images, which change the label in "
-                          f"{config.dataset}; use --tta none")
-    init_from_data = getattr(model, "init_from_data", None)
-    if callable(init_from_data):  # data-dependent initialisation (airbench's patch whitening)
-        sample = init_sample(data.train, _INIT_IMAGES, config.seed)
-        init_from_data(BatchTransform("none", data.mean, data.std)(sample))
-    channels_last = use_channels_last(model, example)
-    model.to(device)
-    return Prepared(config, data, model, device, precision, channels_last)
 
 
 @dataclass
@@ -137,6 +44,9 @@ class TrainResult:
     metrics: dict[str, float]  # the final metrics as logged
     stopped_early: bool = False
     model: nn.Module | None = field(default=None, repr=False)
+    # Wall seconds of the run's phases, where `train.run` ran it: opening (params, tags, inputs), fitting
+    # (epochs, the final test, the queued metrics stored) and the report and model after it.
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def _epoch_line(row: dict[str, float], epochs: int) -> str:
@@ -188,11 +98,11 @@ def _build_loop(prepared: Prepared) -> _Loop:
                  nn.CrossEntropyLoss(label_smoothing=config.label_smoothing), train_model)
 
 
-def _train_epoch(prepared: Prepared, loop: _Loop, epoch: int) -> tuple[dict[str, float], Evaluation | None]:
+def _run_epoch(prepared: Prepared, loop: _Loop, epoch: int) -> tuple[dict[str, float], Evaluation | None]:
     """One epoch of training, then validation; the schedule stepped. Returns the epoch's row."""
     config = prepared.config
     lr = loop.optimizer.param_groups[0]["lr"]
-    stats = train_one_epoch(loop.train_model, loop.train_loader, loop.optimizer, loop.schedule, loop.loss_fn,
+    stats = training_pass(loop.train_model, loop.train_loader, loop.optimizer, loop.schedule, loop.loss_fn,
                             epoch=epoch, epochs=config.epochs, grad_clip=config.grad_clip,
                             progress=config.progress and distributed.is_main(), lookahead=loop.lookahead,
                             precision=prepared.precision)
@@ -214,7 +124,8 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
 
     Args:
         prepared: from `prepare`.
-        logger: where params, metrics and artifacts go (`start` must have been called).
+        logger: where the epochs' metrics and images and the final metrics go (the run opens on its
+            first use, if `start` has not opened it).
         callbacks: called as `callback(epoch, metrics)` after every epoch; may raise to stop
             (the tuner's pruning).
         checkpoint_file: where the resumable checkpoint is written after every epoch.
@@ -234,7 +145,7 @@ def fit(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Seque
     stopped_early = False
     try:
         for epoch in range(state.epoch + 1, config.epochs + 1):
-            row, val = _train_epoch(prepared, loop, epoch)
+            row, val = _run_epoch(prepared, loop, epoch)
             state.end_epoch(row, *((val.acc, val.loss) if val is not None else ()))
             # The epoch's metrics go once its checkpoint is on disk: a process killed in between leaves an
             # epoch the checkpoint has and the store lacks (`log_past_epochs` sends it on resume), never
@@ -296,30 +207,3 @@ def _final_test(prepared: Prepared, loop: _Loop, state: TrainingState, logger: R
     if distributed.is_main():
         tqdm.write(f"test_acc {test.acc:.4f}  test_loss {test.loss:.4f}  ({chosen})", file=sys.stderr)
     return TrainResult(state.history, best.epoch, best.val_acc, test, final, stopped_early, model)
-
-
-def run(prepared: Prepared, *, logger: RunLogger | None = None, callbacks: Sequence[EpochCallback] = (),
-        checkpoint_dir: str | None = None, resume_state: dict[str, Any] | None = None) -> TrainResult:
-    """Open the run, fit, evaluate and log the report and the model.
-
-    The caller closes the run (`logger.end`) with the status it saw: FINISHED, FAILED or KILLED.
-    """
-    logger = logger or NullLogger()
-    logger.start(params=run_params(prepared), tags=run_tags(prepared), datasets=run_datasets(prepared))
-    ckpt = checkpoint_path(checkpoint_dir, logger.run_id) if checkpoint_dir and logger.run_id else None
-    result = fit(prepared, logger=logger, callbacks=callbacks, checkpoint_file=ckpt, resume_state=resume_state)
-    log_report(prepared, result, logger)
-    if prepared.config.log_model:
-        log_trained_model(prepared, result, logger)
-    return result
-
-
-def train(config: TrainConfig, *, logger: RunLogger | None = None, callbacks: Sequence[EpochCallback] = (),
-          checkpoint_dir: str | None = None) -> TrainResult:
-    """`prepare` then `run`, in one call: the library entry point.
-
-    Raises:
-        ConfigError: bad input, raised before `logger.start` (nothing is created).
-        NonFiniteLossError: the loss became NaN/inf (the caller marks the run FAILED).
-    """
-    return run(prepare(config), logger=logger, callbacks=callbacks, checkpoint_dir=checkpoint_dir)

@@ -1,4 +1,4 @@
-"""The inner loops: one training epoch and one evaluation pass. Tensors in, numbers out."""
+"""The passes over the data: one training pass (an epoch's steps) and one evaluation pass. Tensors in, numbers out."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cifar_mlflow import distributed
+from cifar_mlflow.core.optimizers import Lookahead, Schedule
 from cifar_mlflow.data.loader import DeviceLoader
 from cifar_mlflow.errors import NonFiniteLossError
-from cifar_mlflow.optim import Lookahead, Schedule
 
 # How often (in steps) the loss is read back from the device for the progress bar and the
 # non-finite check; reading it every step would make every step wait for the device.
@@ -43,7 +43,7 @@ def _check_finite(loss_value: float, epoch: int, step: int, lr: float) -> None:
                                  f"(lr {lr:.3g}); lower --lr or set --grad-clip")
 
 
-def train_one_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.Optimizer,
+def training_pass(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.Optimizer,
                     schedule: Schedule, loss_fn: nn.Module, *, epoch: int, epochs: int,
                     grad_clip: float | None = None, progress: bool = True,
                     lookahead: Lookahead | None = None, precision: str = "fp32") -> EpochStats:

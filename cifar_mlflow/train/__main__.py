@@ -1,0 +1,7 @@
+"""`python -m cifar_mlflow.train`."""
+
+import sys
+
+from cifar_mlflow.train.cli import main
+
+sys.exit(main())
