@@ -25,7 +25,7 @@ TEST_WORKERS ?= 2
 test: install
 	$(PY) -m pytest -q -m "not faults" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
-# Fault and concurrency tests: many real processes, full disks, stalled servers (about 20 minutes on 2 cores).
+# Fault and concurrency tests: many real processes, full disks, stalled servers (about 40 minutes on 2 cores).
 test-faults: install
 	$(PY) -m pytest -q -m faults $(PYTEST_ARGS)
 
