@@ -16,6 +16,7 @@ HEAVY = ("mlflow", "optuna", "sklearn", "matplotlib", "pandas", "torchvision")
 # What each command may load first: the model registry needs PyTorch to list the architectures.
 CASES = [
     ("cifar_mlflow.train", ["--help"], 0, {"torch"}),
+    ("cifar_mlflow.train", ["--recipe", "fast", "--print-config"], 0, {"torch"}),
     ("cifar_mlflow.train", ["--lr", "-1"], 2, {"torch"}),
     ("cifar_mlflow.train", ["--arch", "alexnet9000"], 2, {"torch"}),
     ("cifar_mlflow.tune", ["--help"], 0, {"torch"}),
@@ -50,6 +51,8 @@ def test_answers_before_heavy_imports(module, argv, code, allowed, tmp_path):
     if code == 2:  # one clear line, nothing created where the command ran
         assert result["stderr"].startswith("error: ") and result["stderr"].count("\n") == 1, result["stderr"]
         assert list(tmp_path.iterdir()) == []
+    elif "--print-config" in argv:
+        assert result["stdout"].startswith("recipe: ")
     else:
         assert "usage:" in result["stdout"]
     loaded = set(result["loaded"])

@@ -230,3 +230,22 @@ def test_the_command_resolves_its_config_once(imagefolder, tmp_path, monkeypatch
     assert len(resolutions) == 1
     assert prepared.config.tracking_uri == uri and prepared.config.batch_size == 16
     assert prepared.config.lr == resolutions[0].lr  # the recommendations were filled in, that once
+
+
+def test_print_config_shows_the_resolved_options_and_creates_nothing(tmp_path) -> None:
+    """What a run would train with: the recipe's and the architecture's settings filled in, the options given
+    winning, a password in the tracking URI masked; no data read, no store or run created."""
+    import yaml
+
+    proc = subprocess.run([sys.executable, "-m", "cifar_mlflow.train", "--recipe", "fast", "--lr", "0.5",
+                           "--tracking-uri", "http://alice:s3cret@127.0.0.1:9/", "--print-config"],
+                          capture_output=True, text=True, cwd=tmp_path, env=run_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    shown = yaml.safe_load(proc.stdout)
+    assert (shown["arch"], shown["optimizer"], shown["epochs"], shown["batch_size"]) == ("airbench", "muon", 7, 1024)
+    assert shown["lr"] == 0.5 and shown["muon_lr"] == 0.1 and shown["tta"] == "flip_translate"
+    assert "s3cret" not in proc.stdout + proc.stderr
+    assert list(tmp_path.iterdir()) == []
+    bad = subprocess.run([sys.executable, "-m", "cifar_mlflow.train", "--lr", "-1", "--print-config"],
+                         capture_output=True, text=True, cwd=tmp_path, env=run_env(), timeout=120)
+    assert bad.returncode == 2 and bad.stdout == "" and bad.stderr.strip() == "error: lr must be a positive number, got -1.0"

@@ -32,8 +32,9 @@ def render() -> str:
         "",
     ]
     lines += option_table(TrainConfig)
-    lines += ["", "Also: `--config FILE.yaml` (read options from YAML) and `--list-models` (print the built-in",
-              "architectures). Exit status: 0 finished, 1 the run failed (marked FAILED), 2 bad input (nothing",
+    lines += ["", "Also: `--config FILE.yaml` (read options from YAML), `--list-models` (print the built-in",
+              "architectures) and `--print-config` (print the options a run would train with, recommended",
+              "settings filled in, and exit). Exit status: 0 finished, 1 the run failed (marked FAILED), 2 bad input (nothing",
               "created), 130 interrupted (marked KILLED; continue with `--resume RUN_ID`)."]
     lines += ["", "## Options of the tuning command", "",
               "`python -m cifar_mlflow.tune` (MLproject entry point `tune`) takes these, and every training",

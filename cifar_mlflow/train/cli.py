@@ -34,6 +34,8 @@ from cifar_mlflow.records import SourceRun
 from cifar_mlflow.redaction import protect_console, redact
 from cifar_mlflow.train.from_run import options_from_params, provenance_warnings
 
+# The command's own flags, not options of the run.
+COMMAND_ONLY = ("list_models", "print_config")
 # Options that may differ from the interrupted run's own config when resuming it.
 RESUME_OVERRIDABLE = {"epochs", "patience", "device", "progress", "tracking_uri", "resume", "checkpoint_dir",
                       "log_model", "register_model", "compile", "precision"}
@@ -73,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="read options from a YAML mapping (same names, snake_case); flags given here win")
     parser.add_argument("--list-models", action="store_true", default=argparse.SUPPRESS,
                         help="print the built-in architectures and exit")
+    parser.add_argument("--print-config", action="store_true", default=argparse.SUPPRESS,
+                        help="print the options this run would train with (the recipe's and the architecture's "
+                             "recommended settings filled in, as its config.yaml artifact records them) and exit")
     add_config_arguments(parser, TrainConfig)
     return parser
 
@@ -154,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'tv:NAME':20s} any torchvision classifier, e.g. tv:resnet50, tv:efficientnet_b0")
         print(f"{'pkg.module:fn':20s} your own builder fn(num_classes=, in_channels=, **model_args)")
         return 0
+    if getattr(args, "print_config", False):
+        return _print_config(args)
     workdir = Path(tempfile.mkdtemp(prefix="cifar_mlflow-"))
     try:
         try:
@@ -172,10 +179,29 @@ def main(argv: list[str] | None = None) -> int:
         distributed.shutdown()
 
 
+def _print_config(args: argparse.Namespace) -> int:
+    """The resolved options as YAML on stdout; nothing read, nothing created. 2 on bad input."""
+    import yaml
+
+    from cifar_mlflow.config import config_to_dict
+
+    try:
+        values, _ = collect_values(args, TrainConfig, extra=COMMAND_ONLY)
+        if values.get("resume") or values.get("from_run"):
+            raise ConfigError("--print-config shows the options of a new run; --resume and --from-run take "
+                              "theirs from the run's record (its params, or its config.yaml artifact)")
+        config = resolve_config(build_config(values))
+    except ConfigError as exc:
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
+        return 2
+    print(yaml.safe_dump(redact(config_to_dict(config)), sort_keys=False), end="")
+    return 0
+
+
 def _prepare(args: argparse.Namespace, workdir: Path):
     """The options, the tracking server, torchrun, the resume state, the data and the model: all checked
     before anything is created. Raises `ConfigError`."""
-    values, given = collect_values(args, TrainConfig, extra=("list_models",))
+    values, given = collect_values(args, TrainConfig, extra=COMMAND_ONLY)
     config = None  # resolved here where the options are all given; from the run's record after --resume/--from-run
     if not values.get("resume") and not values.get("from_run"):
         config = resolve_config(build_config(values))
