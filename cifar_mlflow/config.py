@@ -201,6 +201,16 @@ def model_args_param(value: dict[str, Any]) -> str:
     return json.dumps(value)
 
 
+def config_yaml(config: TrainConfig) -> str:
+    """The config as the run's `config.yaml` artifact records it (and `--print-config` shows it): every
+    option in declaration order, passwords masked."""
+    import yaml
+
+    from cifar_mlflow.redaction import redact
+
+    return yaml.safe_dump(redact(config_to_dict(config)), sort_keys=False)
+
+
 def config_params(config: TrainConfig) -> dict[str, Any]:
     """The config as MLflow params, as every run and a study's parent run log it: each option by its name,
     `model_args` as one JSON param and each of its keys as `model_args.KEY` (so runs can be filtered by one)."""

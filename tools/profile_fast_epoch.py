@@ -23,8 +23,8 @@ import airbench94  # noqa: E402
 from airbench_reference import EpochClock, Net, TrainLoader, mixed_sample, normalise, train_steps  # noqa: E402
 
 from cifar_mlflow import TrainConfig  # noqa: E402
-from cifar_mlflow.core.passes import training_pass  # noqa: E402
 from cifar_mlflow.core.fit import _build_loop  # noqa: E402
+from cifar_mlflow.core.passes import training_pass  # noqa: E402
 from cifar_mlflow.core.prepare import prepare  # noqa: E402
 
 
@@ -54,8 +54,8 @@ def main() -> None:
     def fast() -> None:
         with record_function("fast: one epoch"):
             training_pass(loop.train_model, loop.train_loader, loop.optimizer, loop.schedule, loop.loss_fn,
-                            epoch=next(epoch), epochs=2, progress=False, lookahead=loop.lookahead,
-                            precision=prepared.precision)
+                          epoch=next(epoch), epochs=2, progress=False, lookahead=loop.lookahead,
+                          precision=prepared.precision)
 
     train = prepared.data.train
     dtype = torch.bfloat16 if prepared.precision == "bf16" else torch.float32

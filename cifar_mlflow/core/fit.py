@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 from cifar_mlflow import distributed, metrics, plots
 from cifar_mlflow.config import config_to_dict
 from cifar_mlflow.core.checkpoint import CheckpointWriter, TrainingState
-from cifar_mlflow.core.passes import Evaluation, evaluate, training_pass
 from cifar_mlflow.core.optimizers import Lookahead, build_optimizer, build_schedule
+from cifar_mlflow.core.passes import Evaluation, evaluate, training_pass
 from cifar_mlflow.core.prepare import Prepared
 from cifar_mlflow.core.run_logger import NullLogger, RunLogger
 from cifar_mlflow.data.augment import BatchTransform
@@ -103,9 +103,9 @@ def _run_epoch(prepared: Prepared, loop: _Loop, epoch: int) -> tuple[dict[str, f
     config = prepared.config
     lr = loop.optimizer.param_groups[0]["lr"]
     stats = training_pass(loop.train_model, loop.train_loader, loop.optimizer, loop.schedule, loop.loss_fn,
-                            epoch=epoch, epochs=config.epochs, grad_clip=config.grad_clip,
-                            progress=config.progress and distributed.is_main(), lookahead=loop.lookahead,
-                            precision=prepared.precision)
+                          epoch=epoch, epochs=config.epochs, grad_clip=config.grad_clip,
+                          progress=config.progress and distributed.is_main(), lookahead=loop.lookahead,
+                          precision=prepared.precision)
     row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc, "lr": lr,
            "epoch_seconds": stats.seconds, "epoch_images": stats.images,
            "train_images_per_second": stats.images / max(stats.seconds, 1e-9)}

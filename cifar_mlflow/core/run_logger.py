@@ -8,7 +8,7 @@ place that decides a run's final status from what ended it.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -118,13 +118,22 @@ def run_status(error: BaseException | None, *, finished_on: tuple[type[BaseExcep
 
 
 @contextlib.contextmanager
-def ended_run(logger: RunLogger, *, finished_on: tuple[type[BaseException], ...] = ()) -> Iterator[RunLogger]:
-    """Ends the run when the block does, with the status `run_status` gives for what ended it."""
+def ending_with_status(end: Callable[[str], None], *,
+                       finished_on: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """Calls `end(status)` when the block ends, with the status `run_status` gives for what ended it (the
+    exception, if any, goes on)."""
     error = None
     try:
-        yield logger
+        yield
     except BaseException as exc:
         error = exc
         raise
     finally:
-        logger.end(run_status(error, finished_on=finished_on))
+        end(run_status(error, finished_on=finished_on))
+
+
+@contextlib.contextmanager
+def ended_run(logger: RunLogger, *, finished_on: tuple[type[BaseException], ...] = ()) -> Iterator[RunLogger]:
+    """Ends the run when the block does, with the status `run_status` gives for what ended it."""
+    with ending_with_status(logger.end, finished_on=finished_on):
+        yield logger

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from typing import Any
@@ -10,7 +11,7 @@ import mlflow
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from cifar_mlflow.core.run_logger import run_status
+from cifar_mlflow.core.run_logger import ending_with_status
 from cifar_mlflow.redaction import redact
 from cifar_mlflow.tracking.store import experiment_id_for, log_params_once
 
@@ -40,8 +41,7 @@ def log_benchmark(uri: str, experiment_name: str, settings: dict[str, Any], resu
             "gpu_name": results["machine"].get("gpu", "none")}
     run_id = client.create_run(experiment_id, run_name=f"bench-{results['machine']['device']}",
                                tags=tags).info.run_id
-    error: BaseException | None = None
-    try:
+    with ending_with_status(functools.partial(client.set_terminated, run_id)):
         log_params_once(client, run_id, {k: v for k, v in settings.items() if v is not None})
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, 0) for k, v in _flat_metrics(results).items()]
@@ -49,9 +49,4 @@ def log_benchmark(uri: str, experiment_name: str, settings: dict[str, Any], resu
             client.log_batch(run_id, metrics=metrics[start:start + 500])
         client.log_text(run_id, redact(table), "benchmark.md")
         client.log_text(run_id, redact(json.dumps(results, indent=2)), "benchmark.json")
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        client.set_terminated(run_id, run_status(error))
     return run_id

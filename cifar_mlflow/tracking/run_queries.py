@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from cifar_mlflow.core.run_logger import run_status
+from cifar_mlflow.core.run_logger import ending_with_status
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.records import RunRecord, SourceRun
 from cifar_mlflow.tracking.store import name_attached_run, set_tags
@@ -104,14 +105,9 @@ def log_comparison(uri: str, experiment_id: str, name: str, compared: list[str],
     run_id = attached or client.create_run(experiment_id, run_name=name).info.run_id
     if attached:
         name_attached_run(client, client.get_run(attached), name)
-    error: BaseException | None = None
-    try:
+    # The run `mlflow run` created is closed by `mlflow run`.
+    end = (lambda status: None) if attached else functools.partial(client.set_terminated, run_id)
+    with ending_with_status(end):
         set_tags(client, run_id, tags)
         client.log_artifacts(run_id, str(out_dir), "comparison")
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        if not attached:
-            client.set_terminated(run_id, run_status(error))
     return run_id

@@ -23,6 +23,7 @@ from cifar_mlflow.config import (
     RECIPE_SETTINGS,
     TrainConfig,
     build_config,
+    config_yaml,
     default_run_name,
     resolve_config,
     with_tracking_uri,
@@ -160,14 +161,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'pkg.module:fn':20s} your own builder fn(num_classes=, in_channels=, **model_args)")
         return 0
     if getattr(args, "print_config", False):
-        return _print_config(args)
+        try:
+            print(_resolved_config_text(args), end="")
+        except ConfigError as exc:
+            return _refuse(exc)
+        return 0
     workdir = Path(tempfile.mkdtemp(prefix="cifar_mlflow-"))
     try:
         try:
             prepared, uri, state = _prepare(args, workdir)
         except ConfigError as exc:
-            print(f"error: {redact(str(exc))}", file=sys.stderr)
-            return 2
+            return _refuse(exc)
         except KeyboardInterrupt:  # while reading data: nothing was created yet
             print("\ninterrupted before the run started; nothing was logged", file=sys.stderr)
             return 130
@@ -179,23 +183,20 @@ def main(argv: list[str] | None = None) -> int:
         distributed.shutdown()
 
 
-def _print_config(args: argparse.Namespace) -> int:
-    """The resolved options as YAML on stdout; nothing read, nothing created. 2 on bad input."""
-    import yaml
+def _refuse(exc: ConfigError) -> int:
+    """Bad input: one line on stderr, exit status 2, nothing created."""
+    print(f"error: {redact(str(exc))}", file=sys.stderr)
+    return 2
 
-    from cifar_mlflow.config import config_to_dict
 
-    try:
-        values, _ = collect_values(args, TrainConfig, extra=COMMAND_ONLY)
-        if values.get("resume") or values.get("from_run"):
-            raise ConfigError("--print-config shows the options of a new run; --resume and --from-run take "
-                              "theirs from the run's record (its params, or its config.yaml artifact)")
-        config = resolve_config(build_config(values))
-    except ConfigError as exc:
-        print(f"error: {redact(str(exc))}", file=sys.stderr)
-        return 2
-    print(yaml.safe_dump(redact(config_to_dict(config)), sort_keys=False), end="")
-    return 0
+def _resolved_config_text(args: argparse.Namespace) -> str:
+    """`--print-config`: the options a new run would train with, as its config.yaml records them; nothing
+    read, nothing created. Raises `ConfigError`."""
+    values, _ = collect_values(args, TrainConfig, extra=COMMAND_ONLY)
+    if values.get("resume") or values.get("from_run"):
+        raise ConfigError("--print-config shows the options of a new run; --resume and --from-run take "
+                          "theirs from the run's record (its params, or its config.yaml artifact)")
+    return config_yaml(resolve_config(build_config(values)))
 
 
 def _prepare(args: argparse.Namespace, workdir: Path):

@@ -15,14 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torchvision
-import yaml
 
 from cifar_mlflow import distributed, metrics, plots
-from cifar_mlflow.config import config_params, config_to_dict
+from cifar_mlflow.config import config_params, config_yaml
 from cifar_mlflow.core.run_logger import RunLogger
 from cifar_mlflow.data.splits import DataSplits, split_profile
 from cifar_mlflow.models.inference import ImageClassifier, with_tta
-from cifar_mlflow.redaction import redact
 
 if TYPE_CHECKING:
     from cifar_mlflow.core.fit import TrainResult
@@ -99,7 +97,7 @@ def log_report(prepared: Prepared, result: TrainResult, logger: RunLogger) -> No
     report_dict, report_text = metrics.report(result.test.labels, result.test.predictions, data.classes)
     logger.log_text(json.dumps(report_dict, indent=2), "reports/classification_report.json")
     logger.log_text(report_text, "reports/classification_report.txt")
-    logger.log_text(yaml.safe_dump(redact(config_to_dict(prepared.config)), sort_keys=False), "config.yaml")
+    logger.log_text(config_yaml(prepared.config), "config.yaml")
 
 
 def model_metadata(prepared: Prepared) -> dict[str, Any]:
