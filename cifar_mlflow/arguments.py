@@ -116,8 +116,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> N
             continue
         metavar = "{" + ",".join(choices) + "}" if choices else f.name.upper()
         many = {"nargs": "+", "action": _JoinValues} if f.metadata.get("nargs") == "+" else {}
-        parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar=metavar,
-                            help=help_text, **many)
+        action = parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar=metavar,
+                                     help=help_text, **many)
+        action.completion_choices = choices  # for shell completion only: the words are checked by parse_value
         if "_" in f.name:  # `mlflow run -P max_train_samples=64` hands it on as --max_train_samples 64
             parser.add_argument("--" + f.name, dest=f.name, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
                                 **many)
@@ -157,3 +158,16 @@ def collect_values(args: argparse.Namespace, config_cls: type,
         values.update({k: parse_value(k, v, hints[k], choices[k]) for k, v in from_file.items()})
     values.update({k: parse_value(k, v, hints[k], choices[k]) for k, v in given.items()})
     return values, set(values)
+
+
+def program_name(command: str) -> str:
+    """How the user called `command`, for its usage line: `cifar-mlflow train` through the console script,
+    `python -m cifar_mlflow train` through the package, else `python -m cifar_mlflow.train`."""
+    import sys
+
+    called = Path(sys.argv[0] if sys.argv else "")
+    if called.name == "cifar-mlflow":
+        return f"cifar-mlflow {command}"
+    if called.name == "__main__.py" and called.parent.name == "cifar_mlflow":
+        return f"python -m cifar_mlflow {command}"
+    return f"python -m cifar_mlflow.{command}"

@@ -18,8 +18,9 @@ FLOORS = [
     {"tracking"},  # the MLflow edge
     {"train"},  # the training command
     {"tune", "bench", "compare"},  # the commands built on it
+    {"cli", "__main__"},  # `cifar-mlflow COMMAND`: loads the commands by name
 ]
-SHARED_ROOT_MODULES = FLOORS[0] | FLOORS[2]
+SHARED_ROOT_MODULES = FLOORS[0] | FLOORS[2] | FLOORS[-1]
 
 
 def modules() -> dict[str, Path]:

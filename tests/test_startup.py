@@ -24,6 +24,8 @@ CASES = [
     ("cifar_mlflow.bench", ["--sections", "nope"], 2, {"torch"}),
     ("cifar_mlflow.compare", ["--help"], 0, set()),
     ("cifar_mlflow.compare", ["--top", "0"], 2, set()),
+    ("cifar_mlflow.cli", ["--help"], 0, set()),
+    ("cifar_mlflow.cli", ["train", "--lr", "-1"], 2, {"torch"}),
 ]
 
 PROBE = """

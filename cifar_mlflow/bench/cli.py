@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cifar_mlflow.arguments import add_config_arguments, collect_values
+from cifar_mlflow.arguments import add_config_arguments, collect_values, program_name
 from cifar_mlflow.bench.options import BenchConfig, arch_list, resolve_bench_config, section_list, train_config
 from cifar_mlflow.bench.sections import (
     BENCH_EXPERIMENTS,
@@ -45,7 +45,7 @@ from cifar_mlflow.redaction import protect_console, redact
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m cifar_mlflow.bench",
+        prog=program_name("bench"),
         description="Benchmark the training pipeline: images/s against a conventional DataLoader + PIL pipeline, "
                     "the data path alone, MLflow tracking overhead and the fast recipe's time to 94%% accuracy.",
         epilog="examples:\n  python -m cifar_mlflow.bench --device cpu --archs mlp lenet cnn_small\n"

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from cifar_mlflow.arguments import add_config_arguments, collect_values
+from cifar_mlflow.arguments import add_config_arguments, collect_values, program_name
 from cifar_mlflow.config import _field
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.redaction import protect_console, redact
@@ -42,7 +42,7 @@ class CompareConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m cifar_mlflow.compare",
+        prog=program_name("compare"),
         description="Compare runs: overlaid learning curves, a table of differing params and final metrics, "
                     "per-class accuracy, confusion-matrix differences, accuracy against size and speed. "
                     "Writes one self-contained HTML report and logs it to MLflow.",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cifar_mlflow import distributed
-from cifar_mlflow.arguments import add_config_arguments, collect_values
+from cifar_mlflow.arguments import add_config_arguments, collect_values, program_name
 from cifar_mlflow.config import (
     COMMON_SETTINGS,
     GENERIC_RECOMMENDED,
@@ -63,7 +63,7 @@ def _recommended_table() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m cifar_mlflow.train",
+        prog=program_name("train"),
         description="Train an image classifier and log params, per-epoch metrics, plots and the model to MLflow.",
         epilog=_recommended_table() + "\n\nexamples:\n  python -m cifar_mlflow.train --arch cnn\n"
                "  python -m cifar_mlflow.train --recipe fast\n"

@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 import sys
 
-from cifar_mlflow.arguments import add_config_arguments, collect_values
+from cifar_mlflow.arguments import add_config_arguments, collect_values, program_name
 from cifar_mlflow.config import TrainConfig, build_config, resolve_config
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.redaction import protect_console, redact
@@ -24,7 +24,7 @@ TUNE_VAL_FRACTION = 0.1
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m cifar_mlflow.tune",
+        prog=program_name("tune"),
         description="Search hyperparameters with Optuna: bad trials are pruned early, every trial is an MLflow "
                     "run nested under the study's parent run. Running the same command again resumes the study.",
         epilog="examples:\n  python -m cifar_mlflow.tune --trials 50\n"
