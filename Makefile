@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: install run test test-faults cifar10-jpg mnist fashion-mnist-resplit clean
+.PHONY: install run lint test test-lowest test-faults cifar10-jpg mnist fashion-mnist-resplit clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,22 @@ run: install
 TEST_WORKERS ?= 2
 test: install
 	$(PY) -m pytest -q -m "not faults" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+
+# The suite on the lowest version of every dependency that pyproject.toml allows (tools/lowest_constraints.py),
+# in a virtual environment of its own: the lower bounds are versions the code has been seen to work with.
+LOWEST_VENV ?= .venv-lowest
+$(LOWEST_VENV)/.installed: pyproject.toml tools/lowest_constraints.py
+	$(PYTHON) -m venv $(LOWEST_VENV)
+	$(PYTHON) tools/lowest_constraints.py > $(LOWEST_VENV)/lowest.txt
+	$(LOWEST_VENV)/bin/python -m pip install -e ".[dev]" -c $(LOWEST_VENV)/lowest.txt
+	touch $@
+
+test-lowest: $(LOWEST_VENV)/.installed
+	$(LOWEST_VENV)/bin/python -m pytest -q -m "not faults" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+
+# The lint CI runs: ruff with the rules in pyproject.toml.
+lint: install
+	$(PY) -m ruff check .
 
 # Fault and concurrency tests: many real processes, full disks, stalled servers (about 40 minutes on 2 cores).
 test-faults: install
@@ -65,4 +81,4 @@ fashion-mnist-resplit: install
 	rm -rf $(FMNIST_DIR) && mv $(FMNIST_DIR).new $(FMNIST_DIR) && rm -rf $(FMNIST_DIR).part
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(LOWEST_VENV) *.egg-info .pytest_cache

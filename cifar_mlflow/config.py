@@ -74,8 +74,8 @@ class TrainConfig:
     max_train_samples: int | None = _field(None, "cap the training split (quick runs)")
     max_eval_samples: int | None = _field(None, "cap the validation and test splits (quick runs)")
     augment: str | None = _field(None, "augmentation preset: none, flip (horizontal flips only), "
-                                 "light (2-pixel translate + flip), standard (4-pixel crop + flip) or strong (adds colour "
-                                 "jitter, rotation, erasing); default: recommended for the arch",
+                                 "light (2-pixel translate + flip), standard (4-pixel crop + flip) or strong "
+                                 "(adds colour jitter, rotation, erasing); default: recommended for the arch",
                                  choices=AUGMENTS)
     flip: str | None = _field(None, "horizontal flips of the augmentation presets: random (each "
                               "image with probability 1/2 every epoch) or alternating (airbench's: "

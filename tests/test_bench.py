@@ -13,7 +13,8 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT, run_env
 
-TINY = ["--device", "cpu", "--dataset", "synthetic", "--max-train-samples", "600", "--max-eval-samples", "100", "--batch-size", "32", "--steps", "3",
+TINY = ["--device", "cpu", "--dataset", "synthetic", "--max-train-samples", "600", "--max-eval-samples", "100",
+        "--batch-size", "32", "--steps", "3",
         "--warmup-steps", "1", "--num-workers", "1", "--tracking-samples", "128", "--tracking-epochs", "1",
         "--tracking-repeats", "1", "--no-progress"]
 

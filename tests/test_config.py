@@ -36,7 +36,8 @@ def test_fast_recipe_fills_everything_left_unset() -> None:
         "airbench", 1024, 7, "linear", "light")
     assert (config.optimizer, config.muon_lr, config.lr) == ("muon", 0.1, 1.5)
     assert config.warmup_epochs == 1.61  # airbench's 2.3 of 10 epochs, the same share of 7
-    assert (config.val_fraction, config.tta, config.momentum, config.label_smoothing) == (0.0, "flip_translate", 0.85, 0.2)
+    settings = (config.val_fraction, config.tta, config.momentum, config.label_smoothing)
+    assert settings == (0.0, "flip_translate", 0.85, 0.2)
 
 
 def test_options_given_with_a_recipe_win() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tomllib
 
 import mlflow
 import optuna
@@ -51,8 +52,7 @@ def test_compose_services_and_settings() -> None:
         env = services[name]["environment"]
         assert interpolate(env["MLFLOW_TRACKING_URI"], {}) == "http://mlflow:5000"
         assert env["OPTUNA_STORAGE"].startswith("postgresql://") and env["OPTUNA_STORAGE"].endswith("/${OPTUNA_DB}")
-        devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
-        assert devices[0]["capabilities"] == ["gpu"]
+        assert "deploy" not in services[name]  # no GPU asked for: the stack starts on a CPU-only host
     assert services["minio"]["profiles"] == ["s3"]
     max_connections = int(services["postgres"]["command"][-1].split("=")[1])
     for name in ("mlflow", "mlflow-auth"):
@@ -64,6 +64,36 @@ def test_compose_services_and_settings() -> None:
         workers = int(entrypoint[entrypoint.index("--workers") + 1])
         per_worker = sum(int(v) for v in CONNECTIONS_PER_WORKER.values())
         assert per_worker > 40 and workers * per_worker + 50 <= max_connections  # 50 left for Optuna's workers
+
+
+def test_the_gpu_override_gives_the_trainer_and_tuner_every_gpu_and_nothing_else() -> None:
+    override = yaml.safe_load((ROOT / "docker" / "docker-compose.gpu.yml").read_text())["services"]
+    assert set(override) == {"trainer", "tuner"}
+    for name in ("trainer", "tuner"):
+        assert set(override[name]) == {"deploy"}
+        (device,) = override[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert device == {"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}
+
+
+def test_every_image_is_pinned_and_the_base_image_torch_is_one_the_package_allows() -> None:
+    from packaging.requirements import Requirement
+
+    for name, service in compose()["services"].items():
+        image = service["image"]
+        if image == "cifar-mlflow:latest":  # built here from docker/Dockerfile
+            assert name in ("mlflow", "mlflow-auth", "trainer", "tuner", "optuna-dashboard"), name
+            continue
+        repository, _, tag = image.rpartition(":")
+        assert repository and tag not in ("", "latest") and re.search(r"\d", tag), f"{name}: {image} is not pinned"
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    base = re.search(r"^FROM pytorch/pytorch:(\d+\.\d+\.\d+)-cuda", dockerfile, flags=re.M)
+    assert base, "the trainer image starts from an official pytorch/pytorch image with its version in the tag"
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    torch = next(Requirement(d) for d in pyproject["dependencies"] if Requirement(d).name == "torch")
+    assert torch.specifier.contains(base.group(1)), f"base image torch {base.group(1)} is outside {torch.specifier}"
+    extras = {e for e in pyproject["optional-dependencies"] if e != "dev"}
+    installed = re.search(r'pip install "\.\[([a-z,]+)\]"', dockerfile)
+    assert installed and set(installed.group(1).split(",")) == extras  # every runtime extra: every option works
 
 
 def server_settings(service: dict) -> dict[str, str]:

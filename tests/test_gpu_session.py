@@ -47,9 +47,11 @@ def test_the_check_section_trains_logs_and_brings_back_the_store(tmp_path) -> No
 def test_a_run_over_its_limit_ends_killed_and_the_script_goes_on(tmp_path) -> None:
     write_imagefolder(tmp_path / "data", n_train=40, n_test=10)
     proc = session("reference", tmp_path=tmp_path, DATA_DIR=str(tmp_path / "data"),
-                   REFERENCE_ARCHS="mobilenetv3_small mlp", REFERENCE_S="20", EXTRA_ARGS="--epochs 1000 --batch-size 16")
+                   REFERENCE_ARCHS="mobilenetv3_small mlp", REFERENCE_S="20",
+                   EXTRA_ARGS="--epochs 1000 --batch-size 16")
     assert proc.returncode == 2, proc.stdout[-4000:]  # both stopped at their limit, the second after the first
     assert proc.stdout.count("stopped after 20s") == 2
     with sqlite3.connect(tmp_path / "store" / "mlflow.db") as db:
         runs = sorted(db.execute("select name, status from runs"))
-    assert [(name.split("-")[0], status) for name, status in runs] == [("mlp", "KILLED"), ("mobilenetv3_small", "KILLED")]
+    ended = [(name.split("-")[0], status) for name, status in runs]
+    assert ended == [("mlp", "KILLED"), ("mobilenetv3_small", "KILLED")]

@@ -118,7 +118,8 @@ def test_the_checker_sees_an_upward_arrow_and_a_circle(tmp_path, monkeypatch) ->
     shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
     (copy / "core" / "muon.py").write_text((copy / "core" / "muon.py").read_text()
                                            + "\nfrom cifar_mlflow.tracking import store  # planted\n")
-    (copy / "metrics.py").write_text((copy / "metrics.py").read_text() + "\nfrom cifar_mlflow import plots  # planted\n")
+    planted = (copy / "metrics.py").read_text() + "\nfrom cifar_mlflow import plots  # planted\n"
+    (copy / "metrics.py").write_text(planted)
     monkeypatch.setitem(globals(), "PACKAGE", copy)
     edges = graph()
     assert "cifar_mlflow.tracking.store" in edges["cifar_mlflow.core.muon"]

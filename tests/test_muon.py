@@ -72,7 +72,8 @@ def test_orthogonalisation_follows_the_runs_precision(precision, dtype) -> None:
     assert optimizer.muon.newton_schulz_dtype == dtype
 
 
-@pytest.mark.parametrize("flags, dtype", [({"avx512f", "avx512_bf16"}, torch.bfloat16), ({"avx2", "avx512f"}, torch.float32)])
+@pytest.mark.parametrize("flags, dtype", [({"avx512f", "avx512_bf16"}, torch.bfloat16),
+                                          ({"avx2", "avx512f"}, torch.float32)])
 def test_without_a_precision_it_is_the_one_auto_picks_for_the_cpu(flags, dtype, monkeypatch) -> None:
     """A CPU with native bf16 orthogonalises in bf16 (as PyTorch's Muon); one that emulates it, in fp32."""
     from cifar_mlflow import hardware
@@ -86,7 +87,8 @@ def test_a_filter_bank_is_updated_as_the_matrix_it_is_viewed_as(channels_last) -
     torch.manual_seed(0)
     start = torch.randn(8, 4, 3, 3)
     grads = [torch.randn(8, 4, 3, 3) for _ in range(3)]
-    bank = nn.Parameter(start.clone().to(memory_format=torch.channels_last if channels_last else torch.contiguous_format))
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    bank = nn.Parameter(start.clone().to(memory_format=layout))
     matrix = nn.Parameter(start.reshape(8, -1).clone())
     steps(FilterBankMuon([bank], lr=0.02, momentum=0.9), [bank],
           [[g.to(memory_format=bank.data.is_contiguous() and torch.contiguous_format or torch.channels_last)]
@@ -124,7 +126,8 @@ def test_muon_trains_the_hidden_weights_and_sgd_the_rest() -> None:
     in_muon = [p for g in optimizer.muon.param_groups for p in g["params"]]
     in_sgd = [p for g in optimizer.sgd.param_groups for p in g["params"]]
     weights = [p for p in model.parameters() if p.ndim >= 2]
-    assert len(weights) == 4 and {id(p) for p in in_muon} == {id(p) for p in weights[1:3]}  # not the first conv, not the head
+    # not the first conv, not the head
+    assert len(weights) == 4 and {id(p) for p in in_muon} == {id(p) for p in weights[1:3]}
     assert {id(p) for p in in_muon} | {id(p) for p in in_sgd} == {id(p) for p in model.parameters()}
     assert not {id(p) for p in in_muon} & {id(p) for p in in_sgd}
     assert optimizer.param_groups[0]["lr"] == config.lr and optimizer.muon.param_groups[0]["lr"] == 0.03

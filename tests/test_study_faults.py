@@ -147,8 +147,9 @@ def test_the_tracking_server_killed_mid_study_loses_nothing(postgres, imagefolde
                 continue
             steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc"))
             assert steps == list(range(1, EPOCHS + 1)), (run.info.run_name, steps)
-            images = {int(a.path.split("+step+")[1].split("+")[0]) for a in client.list_artifacts(run.info.run_id, "images")
-                      if a.path.endswith(".png")}  # every epoch's confusion matrix, those of the outage sent late
+            # every epoch's confusion matrix, those of the outage sent late
+            images = {int(a.path.split("+step+")[1].split("+")[0])
+                      for a in client.list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")}
             assert images == set(range(1, EPOCHS + 1)), (run.info.run_name, sorted(images))
             assert run.info.status == "FINISHED"
     finally:

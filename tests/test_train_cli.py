@@ -248,4 +248,5 @@ def test_print_config_shows_the_resolved_options_and_creates_nothing(tmp_path) -
     assert list(tmp_path.iterdir()) == []
     bad = subprocess.run([sys.executable, "-m", "cifar_mlflow.train", "--lr", "-1", "--print-config"],
                          capture_output=True, text=True, cwd=tmp_path, env=run_env(), timeout=120)
-    assert bad.returncode == 2 and bad.stdout == "" and bad.stderr.strip() == "error: lr must be a positive number, got -1.0"
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.strip() == "error: lr must be a positive number, got -1.0"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -14,6 +16,7 @@ from cifar_mlflow.config import TrainConfig, resolve_config
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.tune import main
 from cifar_mlflow.tune.search_space import default_search_space, parse_search_space, sample_config
+from tests.conftest import run_env
 
 BAD_SPACES = [
     ({"lr": {"type": "floaty", "low": 0.1, "high": 1}}, "lr.type"),
@@ -115,7 +118,8 @@ def test_pruned_study_nested_runs_and_resume(imagefolder, tmp_path) -> None:
     # the median pruner stops the hopeless ones after their first epoch.
     space.write_text("lr: {type: categorical, choices: [0.05, 1.0e-9]}\n"
                      "label_smoothing: {type: float, low: 0.0, high: 0.1}\n")
-    args = tune_args(imagefolder, tmp_path, "--trials", "6", "--sampler", "random", "--seed", "2",  # lr order: good, good, then 4 hopeless
+    # lr order: good, good, then 4 hopeless
+    args = tune_args(imagefolder, tmp_path, "--trials", "6", "--sampler", "random", "--seed", "2",
                      "--pruner", "median", "--pruner-startup-trials", "1", "--pruner-warmup-epochs", "0",
                      "--search-space", str(space), "--augment", "standard")  # fixed: the draws above rely on it
     assert main(args) == 0
@@ -316,3 +320,19 @@ def test_the_fast_recipe_is_tuned_with_a_validation_split() -> None:
     assert (base.arch, base.val_fraction, base.batch_size) == ("airbench", 0.1, 1024)
     _, base = parse_configs(["--recipe", "fast", "--val-fraction", "0.2"])
     assert base.val_fraction == 0.2
+
+
+@pytest.mark.parametrize("argv, module, extra, needed_by", [
+    (["--sampler", "cmaes"], "cmaes", "cmaes", "--sampler cmaes"),
+    (["--storage", "postgresql://u:secret@127.0.0.1:1/optuna"], "psycopg", "postgres", "a PostgreSQL storage")])
+def test_an_option_whose_extra_is_not_installed_says_how_to_install_it(argv, module, extra, needed_by,
+                                                                         tmp_path) -> None:
+    """A laptop install without the extra: one line naming the extra, exit 2, nothing created."""
+    probe = ("import sys; sys.modules[sys.argv[1]] = None\n"  # as if the package were not installed
+             "from cifar_mlflow.tune.cli import main\nsys.exit(main(sys.argv[2:]))")
+    proc = subprocess.run([sys.executable, "-c", probe, module, "--trials", "1", *argv], capture_output=True,
+                          text=True, cwd=tmp_path, env=run_env(), timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == (f"error: {needed_by} needs the {module} package, an optional extra: "
+                           f"pip install 'cifar_mlflow[{extra}]'\n")
+    assert list(tmp_path.iterdir()) == []

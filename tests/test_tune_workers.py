@@ -23,7 +23,7 @@ def test_two_workers_share_one_study(postgres_url, mlflow_server, imagefolder, t
     workers = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for _ in range(2)]
     outputs = [w.communicate(timeout=600) for w in workers]
-    for worker, (out, err) in zip(workers, outputs):
+    for worker, (_, err) in zip(workers, outputs):
         assert worker.returncode == 0, err[-3000:]
     # The same command again resumes the study with the same --seed (0, the default).
     resume = subprocess.run([*args[:4], "2", *args[5:]], cwd=tmp_path, env=env, capture_output=True, text=True,

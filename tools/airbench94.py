@@ -20,9 +20,8 @@ import math
 
 import numpy as np
 import torch
-from torch import nn
-
 from airbench_reference import EpochClock, Net, TrainLoader, main, train_steps
+from torch import nn
 
 HYP = {"epochs": 9.9, "batch_size": 1024, "lr": 11.5, "momentum": 0.85, "weight_decay": 0.0153,
        "bias_scaler": 64.0, "label_smoothing": 0.2, "whiten_bias_epochs": 3, "scaling_factor": 1 / 9}

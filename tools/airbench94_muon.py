@@ -19,11 +19,9 @@ Prints and writes the test accuracy (with and without TTA) and the training seco
 
 from __future__ import annotations
 
-
 import torch
-from torch import nn
-
 from airbench_reference import EpochClock, Net, TrainLoader, main, train_steps
+from torch import nn
 
 HYP = {"epochs": 8, "batch_size": 2000, "bias_lr": 0.053, "head_lr": 0.67, "muon_lr": 0.24, "muon_momentum": 0.6,
        "sgd_momentum": 0.85, "weight_decay_per_image": 2e-6, "label_smoothing": 0.2, "whiten_bias_epochs": 3}

@@ -1,9 +1,12 @@
-"""Write MLproject's entry points from `TrainConfig` and `TuneConfig` (run after changing them)."""
+"""Write MLproject's entry points from `TrainConfig`, `TuneConfig` and `CompareConfig`, and the project's two
+environments (python_env.yaml, conda.yaml) from pyproject.toml's dependencies (run after changing either)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import sys
+import tomllib
 import typing
 from pathlib import Path
 
@@ -60,18 +63,53 @@ FROM_RUN = ["  from_run:", "    parameters:", "      from_run: {type: string}", 
             "      python -m cifar_mlflow.train --from-run {from_run}"]
 
 
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = "3.11"  # the environments' Python: the one the suite runs on
+
+
+def project_requirements() -> list[str]:
+    """pyproject.toml's dependencies and those of every extra but dev: what any entry point's options may
+    need (a PostgreSQL study, --sampler cmaes, --arch timm:NAME, GPU metrics)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    return [*project["dependencies"], *(d for name, deps in extras.items() if name != "dev" for d in deps)]
+
+
+def render_python_env() -> str:
+    """python_env.yaml, what `mlflow run .` builds a virtualenv (or `--env-manager uv` environment) from. The
+    entry points run `python -m cifar_mlflow...` in the project's folder, so they use its code as it is."""
+    lines = ["# The environment `mlflow run .` creates (virtualenv, or --env-manager uv): generated from",
+             "# pyproject.toml by tools/gen_mlproject.py; tests/test_project_files.py fails when they drift apart.",
+             f"python: \"{PYTHON}\"", "build_dependencies:", "  - pip", "dependencies:"]
+    return "\n".join(lines + [f"  - {json.dumps(r)}" for r in project_requirements()]) + "\n"
+
+
+def render_conda_env() -> str:
+    """conda.yaml, for conda users: conda env create -f conda.yaml, then mlflow run . --env-manager local."""
+    lines = ["# A conda environment with the project's dependencies: generated from pyproject.toml by",
+             "# tools/gen_mlproject.py. conda env create -f conda.yaml; conda activate cifar_mlflow; then",
+             "# mlflow run . --env-manager local (MLproject names python_env.yaml, which conda does not run).",
+             "name: cifar_mlflow", "channels:", "  - conda-forge", "dependencies:", f"  - python={PYTHON}", "  - pip",
+             "  - pip:"]
+    return "\n".join(lines + [f"      - {json.dumps(r)}" for r in project_requirements()] + ["      - -e ."]) + "\n"
+
+
 def render() -> str:
     head = ["# Entry points generated from TrainConfig, TuneConfig and CompareConfig",
             "# by tools/gen_mlproject.py; tests/test_project_files.py fails when they drift apart.",
             "# Only options with a fixed default are declared; pass any other option with -P name=value",
             "# (MLflow hands it on as --name value). Left out, it takes the recipe's or the model's setting,",
             "# and the value used is logged under its own name.",
-            "name: cifar_mlflow", "", "conda_env: conda.yaml", "", "entry_points:"]
+            "name: cifar_mlflow", "", "python_env: python_env.yaml", "", "entry_points:"]
     return "\n".join(head + ["  main:", *entry_point("cifar_mlflow.train", TrainConfig),
                              "  tune:", *entry_point("cifar_mlflow.tune", TuneConfig, TrainConfig),
                              "  compare:", *entry_point("cifar_mlflow.compare", CompareConfig),
                              *FROM_RUN]) + "\n"
 
 
+FILES = {"MLproject": render, "python_env.yaml": render_python_env, "conda.yaml": render_conda_env}
+
 if __name__ == "__main__":
-    Path(__file__).resolve().parent.parent.joinpath("MLproject").write_text(render())
+    for name, make in FILES.items():
+        ROOT.joinpath(name).write_text(make())
+        print(f"wrote {name}", file=sys.stderr)

@@ -34,14 +34,15 @@ def render() -> str:
     lines += option_table(TrainConfig)
     lines += ["", "Also: `--config FILE.yaml` (read options from YAML), `--list-models` (print the built-in",
               "architectures) and `--print-config` (print the options a run would train with, recommended",
-              "settings filled in, and exit). Exit status: 0 finished, 1 the run failed (marked FAILED), 2 bad input (nothing",
-              "created), 130 interrupted (marked KILLED; continue with `--resume RUN_ID`)."]
+              "settings filled in, and exit). Exit status: 0 finished, 1 the run failed (marked FAILED), 2 bad input",
+              "(nothing created), 130 interrupted (marked KILLED; continue with `--resume RUN_ID`)."]
     lines += ["", "## Options of the tuning command", "",
               "`python -m cifar_mlflow.tune` (MLproject entry point `tune`) takes these, and every training",
               "option above as the fixed base of all trials; see [tuning.md](tuning.md).", ""]
     lines += option_table(TuneConfig)
     lines += ["", "## Options of the comparison command", "",
-              "`python -m cifar_mlflow.compare` (MLproject entry point `compare`); see [comparing.md](comparing.md).", ""]
+              "`python -m cifar_mlflow.compare` (MLproject entry point `compare`); "
+              "see [comparing.md](comparing.md).", ""]
     lines += option_table(CompareConfig)
     lines += ["", "## Options of the benchmark command", "",
               "`python -m cifar_mlflow.bench` (not an MLproject entry point: it starts its own MLflow server",

@@ -163,7 +163,8 @@ def _bench(args: argparse.Namespace, argv: list[str] | None, workdir: Path) -> i
     except KeyboardInterrupt:
         print("\ninterrupted: nothing written", file=sys.stderr)
         return 130
-    command = "python -m cifar_mlflow.bench " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    given = sys.argv[1:] if argv is None else argv
+    command = "python -m cifar_mlflow.bench " + " ".join(shlex.quote(a) for a in given)
     results = {"machine": machine_description(device), "date": datetime.date.today().isoformat(), "command": command,
                "dataset": bench.dataset, "data_source": data.source, "train_images": len(data.train),
                "target_accuracy": bench.target_accuracy, "rounds": bench.rounds, "steps": bench.steps,

@@ -169,7 +169,8 @@ def measure_time_to_accuracy(bench: BenchConfig, data, device, uri: str, workdir
     mean_acc = statistics.mean(accs)
     return {"recipe": "fast", "device": device.type, "dataset": bench.dataset, "data_source": data.source,
             "seeds": bench.seeds, "epochs": resolve_config(config(0)).epochs,
-            "test_acc_mean": round(mean_acc, 4), "test_acc_min": round(min(accs), 4), "test_acc_max": round(max(accs), 4),
+            "test_acc_mean": round(mean_acc, 4), "test_acc_min": round(min(accs), 4),
+            "test_acc_max": round(max(accs), 4),
             "target_accuracy": bench.target_accuracy, "reached": mean_acc >= bench.target_accuracy,
             "train_s_mean": round(statistics.mean(r["train_s"] for r in runs), 3),
             "fit_s_mean": round(statistics.mean(r["fit_s"] for r in runs), 3),

@@ -1,7 +1,8 @@
 """Comparing runs: the maths and the figures, on plain data (no MLflow here).
 
 `RunRecord` (`cifar_mlflow.records`) is what a comparison needs of one run;
-`cifar_mlflow.tracking.fetch_run_records` builds them from MLflow. Runs without some metric or artifact are compared on what they have.
+`cifar_mlflow.tracking.fetch_run_records` builds them from MLflow. Runs without some metric or artifact are compared
+on what they have.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def confusion_difference(cm_a: np.ndarray, cm_b: np.ndarray) -> np.ndarray:
     return row_normalised(cm_b) - row_normalised(cm_a)
 
 
-def largest_confusion_changes(cm_a: np.ndarray, cm_b: np.ndarray, classes: list[str], k: int = 5) -> list[ConfusionChange]:
+def largest_confusion_changes(cm_a: np.ndarray, cm_b: np.ndarray, classes: list[str],
+                              k: int = 5) -> list[ConfusionChange]:
     """The `k` off-diagonal cells whose share changed most between run A and run B."""
     a, b = row_normalised(cm_a), row_normalised(cm_b)
     diff = np.abs(b - a)

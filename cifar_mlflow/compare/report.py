@@ -7,7 +7,7 @@ import html
 import io
 import itertools
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -70,7 +70,8 @@ def build_report(runs: list[RunRecord], *, title: str = "Run comparison", with_t
     def add(name: str, heading: str, figure, text: str = "") -> None:
         pngs[f"{name}.png"] = _png(figure)
         encoded = base64.b64encode(pngs[f"{name}.png"]).decode()
-        sections.append(f"<h2>{html.escape(heading)}</h2>{text}<img alt='{name}' src='data:image/png;base64,{encoded}'>")
+        image = f"<img alt='{name}' src='data:image/png;base64,{encoded}'>"
+        sections.append(f"<h2>{html.escape(heading)}</h2>{text}{image}")
 
     if any(r.history.get("val_acc") for r in runs):
         add("learning_curves", "Learning curves", analysis.learning_curves_figure(runs, with_train))
@@ -95,7 +96,7 @@ def build_report(runs: list[RunRecord], *, title: str = "Run comparison", with_t
 
     runs_list = "".join(f"<li><code>{html.escape(r.run_id)}</code> {html.escape(r.name)}</li>" for r in runs)
     note_html = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in notes)
-    made = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    made = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     made_by = f" by <code>{html.escape(command)}</code>" if command else ""
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"

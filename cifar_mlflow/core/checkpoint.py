@@ -134,7 +134,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read checkpoint {path}: {type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:200] if str(exc) else 'unreadable'}") from None
     if not isinstance(state, dict) or not REQUIRED_KEYS <= set(state):
-        raise ConfigError(f"{path} is not a cifar_mlflow checkpoint (missing {sorted(REQUIRED_KEYS - set(state or {}))})")
+        missing = sorted(REQUIRED_KEYS - set(state or {}))
+        raise ConfigError(f"{path} is not a cifar_mlflow checkpoint (missing {missing})")
     return state
 
 

@@ -42,7 +42,8 @@ def _muon(config: TrainConfig, model: nn.Module, precision: str | None) -> torch
     emulated: an order of magnitude faster there); `precision` None: as `--precision auto` picks it
     for the model's device."""
     if not hasattr(torch.optim, "Muon"):
-        raise ConfigError(f"--optimizer muon needs PyTorch 2.9 or later (torch.optim.Muon); this is {torch.__version__}")
+        raise ConfigError("--optimizer muon needs PyTorch 2.9 or later (torch.optim.Muon); "
+                          f"this is {torch.__version__}")
     from cifar_mlflow.core.muon import MuonWithSGD, hidden_weights
 
     hidden = hidden_weights(model)

@@ -82,7 +82,8 @@ def training_pass(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    total_loss, total_correct, total_seen = distributed.sum_across_ranks([loss_sum.item(), correct.item(), seen], device)
+    totals = distributed.sum_across_ranks([loss_sum.item(), correct.item(), seen], device)
+    total_loss, total_correct, total_seen = totals
     _check_finite(total_loss / max(total_seen, 1), epoch, len(loader), optimizer.param_groups[0]["lr"])
     return EpochStats(total_loss / max(total_seen, 1), total_correct / max(total_seen, 1), int(total_seen), seconds)
 

@@ -98,8 +98,8 @@ class BatchTransform:
     """uint8 batch -> augmented, normalised float batch.
 
     Args:
-        preset: "none", "flip" (horizontal flips only), "light" (reflect-pad-2 crop, i.e. translate by up to 2 pixels, + horizontal
-            flip), "standard" (reflect-pad-4 crop + horizontal flip) or "strong" (standard plus
+        preset: "none", "flip" (horizontal flips only), "light" (reflect-pad-2 crop, i.e. translate by up to 2
+            pixels, + horizontal flip), "standard" (reflect-pad-4 crop + horizontal flip) or "strong" (standard plus
             colour jitter, rotation up to 15 degrees and random erasing).
         mean, std: per-channel statistics in [0, 1] used for normalisation.
         hflip_ok: False for data where a mirror image changes the label (digits).

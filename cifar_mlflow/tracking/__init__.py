@@ -25,5 +25,5 @@ from cifar_mlflow.tracking.store import check_tracking_server, experiment_id_for
 from cifar_mlflow.tracking.study_run import StudyTracker, fail_stale_run
 
 __all__ = ["MlflowLogger", "StudyTracker", "check_tracking_server", "download_checkpoint", "experiment_id_for",
-           "fail_stale_run", "fetch_run_records", "fetch_source_run", "log_benchmark", "log_comparison", "mark_stale_runs",
-           "refuse_live_run", "select_runs", "set_model_alias", "set_tags", "tracking_uri"]
+           "fail_stale_run", "fetch_run_records", "fetch_source_run", "log_benchmark", "log_comparison",
+           "mark_stale_runs", "refuse_live_run", "select_runs", "set_model_alias", "set_tags", "tracking_uri"]

@@ -42,7 +42,8 @@ class ImageClassifier:
         blank = np.flatnonzero(flat.max(axis=1) <= 1) if len(images) else []
         if len(blank):
             raise MlflowException(f"image(s) {', '.join(map(str, blank[:10]))} have no pixel above 1: they look "
-                                  "scaled to [0, 1]; send pixel values 0-255 as PIL reads them", INVALID_PARAMETER_VALUE)
+                                  "scaled to [0, 1]; send pixel values 0-255 as PIL reads them",
+                                  INVALID_PARAMETER_VALUE)
         chunks = []
         with torch.inference_mode():
             for start in range(0, len(images), BATCH):

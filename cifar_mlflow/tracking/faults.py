@@ -109,7 +109,7 @@ def install_request_hooks() -> None:
                     try:
                         response = send(adapter, request, *args, **kwargs)
                         if not kwargs.get("stream", False):
-                            response.content  # read here, as requests would next, so that a cut-off body is seen
+                            response.content  # noqa: B018 - read here, as requests would next, so that a cut-off body is seen
                     except requests.exceptions.ChunkedEncodingError:
                         if not _safe_to_send_again(request) or time.monotonic() + pause >= deadline:
                             raise

@@ -85,7 +85,8 @@ def mlflow_server_command(root: Path, port: int) -> list[str]:
     """`mlflow server` on loopback with a SQLite store and proxied artifacts under `root`."""
     mlflow = str(Path(sys.executable).parent / "mlflow")
     return [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")]
+            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination", str(root / "artifacts")]
 
 
 @contextlib.contextmanager

@@ -21,12 +21,17 @@ from torch import nn
 
 from cifar_mlflow.interrupts import deferring
 from cifar_mlflow.redaction import redact
-from cifar_mlflow.tracking.faults import (fail_fast_uploads, install_request_hooks, is_store_failure,
-                                          is_tracking_server, reporting_stalls, short_reason)
+from cifar_mlflow.tracking.faults import (
+    fail_fast_uploads,
+    install_request_hooks,
+    is_store_failure,
+    is_tracking_server,
+    reporting_stalls,
+    short_reason,
+)
 from cifar_mlflow.tracking.heartbeat import Heartbeat, mark_stale_runs
 from cifar_mlflow.tracking.run_inputs import log_datasets
-from cifar_mlflow.tracking.store import (experiment_id_for, log_params_once, name_attached_run, set_tags)
-
+from cifar_mlflow.tracking.store import experiment_id_for, log_params_once, name_attached_run, set_tags
 
 IMAGE_RETRY_SECONDS = 30.0  # after a failed per-epoch image upload, the next attempt waits this long
 

@@ -24,7 +24,8 @@ def download_checkpoint(uri: str, run_id: str, dest: Path) -> Path:
     try:
         client.get_run(run_id)
     except mlflow.exceptions.MlflowException:
-        raise ConfigError(f"no MLflow run {run_id!r} at {uri}; --resume takes the run id of an interrupted run") from None
+        raise ConfigError(f"no MLflow run {run_id!r} at {uri}; "
+                          "--resume takes the run id of an interrupted run") from None
     try:
         local = client.download_artifacts(run_id, "checkpoint/last.pt", str(dest))
     except Exception:  # noqa: BLE001 - any artifact-store failure means: no checkpoint to resume from

@@ -44,7 +44,8 @@ def run_params(prepared: Prepared) -> dict[str, Any]:
     params.update(device=str(prepared.device), precision=prepared.precision)
     data = prepared.data
     params.update(num_parameters=prepared.num_parameters, train_size=len(data.train), val_size=len(data.val),
-                  test_size=len(data.test), num_classes=data.num_classes, image_shape="x".join(map(str, data.image_shape)),
+                  test_size=len(data.test), num_classes=data.num_classes,
+                  image_shape="x".join(map(str, data.image_shape)),
                   data_mean=",".join(f"{v:.4f}" for v in data.mean), data_std=",".join(f"{v:.4f}" for v in data.std),
                   world_size=distributed.world_size())
     return params
@@ -105,7 +106,8 @@ def model_metadata(prepared: Prepared) -> dict[str, Any]:
     data, config = prepared.data, prepared.config
     channels, height, width = data.image_shape
     layout = f"(N, {height}, {width}, {channels})" if channels > 1 else f"(N, {height}, {width})"
-    return {"classes": list(data.classes), "input": f"uint8 images {layout}, as np.asarray(PIL.Image.open(path)) reads them",
+    return {"classes": list(data.classes),
+            "input": f"uint8 images {layout}, as np.asarray(PIL.Image.open(path)) reads them",
             "image_size": [height, width], "channels": channels, "mean": [round(v, 6) for v in data.mean],
             "std": [round(v, 6) for v in data.std], "arch": config.arch, "dataset": config.dataset, "tta": config.tta,
             "output": "pytorch flavour: logits; pyfunc: label, probability and p_<class> per class"}
@@ -114,7 +116,8 @@ def model_metadata(prepared: Prepared) -> dict[str, Any]:
 def log_trained_model(prepared: Prepared, result: TrainResult, logger: RunLogger) -> None:
     """The best weights as users call them: images as read from files in, on the CPU, in float32."""
     data = prepared.data
-    model = copy.deepcopy(result.model or prepared.model).to("cpu", memory_format=torch.contiguous_format).float().eval()
+    model = copy.deepcopy(result.model or prepared.model)
+    model = model.to("cpu", memory_format=torch.contiguous_format).float().eval()
     exported = ImageClassifier(with_tta(model, prepared.config.tta), data.mean, data.std).eval()
     example = data.test.images[:4].permute(0, 2, 3, 1)  # (4, H, W, C) uint8: a batch > 1 keeps N dynamic
     example = (example[..., 0] if example.shape[-1] == 1 else example).contiguous().numpy()

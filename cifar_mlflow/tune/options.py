@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 
 from cifar_mlflow.config import _field
-from cifar_mlflow.errors import ConfigError
+from cifar_mlflow.errors import ConfigError, require_extra
 from cifar_mlflow.redaction import redact
 
 STORAGE_ENV = "OPTUNA_STORAGE"
@@ -69,6 +69,10 @@ def validate_tune_config(config: TuneConfig) -> None:
     if "://" not in config.storage:
         raise ConfigError(f"storage must be a database URL such as sqlite:///optuna.db or "
                           f"postgresql://user:password@host/db, got {redact(config.storage)!r}")
+    if config.sampler == "cmaes":
+        require_extra("cmaes", "cmaes", "--sampler cmaes")
+    if config.storage.startswith(("postgresql", "postgres://")):
+        require_extra("psycopg", "postgres", "a PostgreSQL storage")
 
 
 def storage_url(given: str | None) -> str:

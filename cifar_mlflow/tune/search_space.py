@@ -74,7 +74,8 @@ def _parse_param(key: str, spec: Any, known: set[str]) -> ParamSpec:
     allowed_keys = {"type", "low", "high", "log", "step", "choices", "when"}
     extra = sorted(set(spec) - allowed_keys)
     if extra:
-        raise ConfigError(f"search space: {key} has unknown field {extra[0]!r}; fields are {', '.join(sorted(allowed_keys))}")
+        raise ConfigError(f"search space: {key} has unknown field {extra[0]!r}; "
+                          f"fields are {', '.join(sorted(allowed_keys))}")
     kind = spec.get("type")
     if kind not in KINDS:
         raise ConfigError(f"search space: {key}.type must be one of {', '.join(KINDS)}, got {kind!r}")

@@ -14,12 +14,12 @@ from typing import Any
 
 import optuna
 
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable in practice
-
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.interrupts import deferring
 from cifar_mlflow.redaction import redact
 from cifar_mlflow.tracking import fail_stale_run
+
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable in practice
 
 RUN_ATTR = "mlflow_run_id"  # the trial's user attribute naming its MLflow run
 

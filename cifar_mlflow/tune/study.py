@@ -21,8 +21,6 @@ from typing import Any
 
 import numpy as np
 import optuna
-
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable in practice
 from optuna.trial import TrialState
 
 from cifar_mlflow.config import TrainConfig, config_params
@@ -36,6 +34,8 @@ from cifar_mlflow.train.run import run
 from cifar_mlflow.tune.options import TuneConfig
 from cifar_mlflow.tune.search_space import DEFAULT_SPACE_NAME, ParamSpec, sample_config
 from cifar_mlflow.tune.storage import RUN_ATTR, is_database_outage
+
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable in practice
 
 PARENT_ATTR = "mlflow_parent_run_id"
 
@@ -149,7 +149,8 @@ def study_summary(study: optuna.Study, epochs: int) -> tuple[dict[str, float], d
         best = study.best_trial
         metrics.update(best_value=best.value, best_trial=best.number)
         params = {f"best_{k}": v for k, v in best.params.items()}
-        metrics.update({k: float(v) for k, v in params.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        metrics.update({k: float(v) for k, v in params.items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return metrics, params
 
 
@@ -265,7 +266,9 @@ def top_trials_text(study: optuna.Study, k: int = 10) -> str:
     ascending = study.direction == optuna.study.StudyDirection.MINIMIZE
     done = df[df["state"] == "COMPLETE"].sort_values("value", ascending=ascending).head(k)
     keep = ["number", "value"] + [c for c in df.columns if c.startswith("params_")]
-    table = done[keep].rename(columns=lambda c: c.removeprefix("params_")).to_string(index=False) if len(done) else "(none complete)"
+    table = "(none complete)"
+    if len(done):
+        table = done[keep].rename(columns=lambda c: c.removeprefix("params_")).to_string(index=False)
     counts = (f"{metrics['trials_complete']} complete, {metrics['trials_pruned']} pruned, "
               f"{metrics['trials_failed']} failed; {metrics['distinct_configurations']} distinct configurations")
     return f"top trials ({study.direction.name.lower()} {study.user_attrs.get('metric', '')}):\n{table}\n{counts}"
