@@ -25,7 +25,7 @@ SCHEDULERS = ("onecycle", "linear", "cosine", "step", "plateau", "none")
 AUGMENTS = ("none", "flip", "light", "standard", "strong")
 FLIPS = ("random", "alternating")
 TTAS = ("none", "flip", "flip_translate")
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DEFAULT_ARCH = "cnn"
 
 # Recipes: settings that sit above the per-architecture ones (an option given by the user still wins).
@@ -126,11 +126,13 @@ class TrainConfig:
     patience: int | None = _field(None, "early stopping: epochs without a better val_acc "
                                   "before stopping (default: off)")
     # Hardware and reproducibility
-    device: str = _field("auto", "auto, cpu, cuda or cuda:N")
-    precision: str = _field("auto", "arithmetic of training and validation: bf16 (autocast) or fp32; "
-                            "auto is bf16 where the hardware has it natively (CUDA GPUs with bf16, "
-                            "CPUs with AVX-512 BF16, AMX or Arm BF16) and fp32 elsewhere. The final "
-                            "test and the logged model are fp32", choices=PRECISIONS)
+    device: str = _field("auto", "auto (the machine's accelerator: CUDA, Apple MPS or Intel XPU, else the CPU), "
+                         "cpu, cuda, cuda:N, mps, xpu or xpu:N")
+    precision: str = _field("auto", "arithmetic of training and validation: bf16 or fp16 (autocast; fp16 with a "
+                            "gradient scaler, GPUs only) or fp32; auto is bf16 where the hardware has it natively "
+                            "(CUDA GPUs with bf16, Intel GPUs, CPUs with AVX-512 BF16, AMX or Arm BF16), fp16 on "
+                            "CUDA GPUs without bf16 (T4, V100), fp32 elsewhere. The final test and the logged "
+                            "model are fp32", choices=PRECISIONS)
     compile: bool = _field(False, "torch.compile the model (CUDA)")
     seed: int = _field(0, "random seed for the split, initialisation and augmentation")
     deterministic: bool = _field(False, "use deterministic algorithms (slower on CUDA)")

@@ -13,15 +13,32 @@ from cifar_mlflow.errors import ConfigError
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 
 
+def accelerator() -> torch.device | None:
+    """This machine's accelerator (CUDA, Apple MPS, Intel XPU, ...), as `torch.accelerator` finds it; None
+    where there is none."""
+    if not torch.accelerator.is_available():
+        return None
+    return torch.accelerator.current_accelerator()
+
+
 def select_device(name: str) -> torch.device:
+    """`--device`: auto (the accelerator, else the CPU), cpu, or an accelerator by type (cuda, mps, xpu) and
+    index. Raises `ConfigError` for one this machine does not have."""
+    found = accelerator()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {name} requested but CUDA is not available here; use --device cpu or auto")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"device {name} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+        return torch.device(found.type) if found is not None else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N, mps, xpu or xpu:N") from None
+    if device.type == "cpu":
+        return device
+    if found is None or found.type != device.type:
+        here = f"its accelerator is {found.type}" if found is not None else "it has no accelerator"
+        raise ConfigError(f"device {name} requested but {here}; use --device cpu or auto")
+    count = torch.accelerator.device_count()
+    if device.index is not None and device.index >= count:
+        raise ConfigError(f"device {name} does not exist: this machine has {count} {device.type} device(s)")
     return device
 
 
@@ -38,27 +55,47 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def select_precision(name: str, device: torch.device, flags: frozenset[str] | None = None) -> str:
-    """The precision a run computes in: "bf16" (autocast) or "fp32".
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (before reading a clock); nothing to wait for on the CPU."""
+    if device.type != "cpu":
+        torch.accelerator.synchronize(device)
 
-    auto is bf16 where the hardware has it natively (a CUDA GPU with bf16, a CPU with AVX-512 BF16,
-    AMX or Arm BF16: 2-3x faster than fp32 there) and fp32 elsewhere, where emulated bf16 is slower.
+
+# What `--precision auto` picks on an accelerator other than CUDA: Intel GPUs compute bf16 natively; PyTorch's
+# autocast on Apple's MPS covers fewer operations, so it trains in fp32 unless asked.
+_AUTO_PRECISION = {"xpu": "bf16", "mps": "fp32"}
+
+
+def select_precision(name: str, device: torch.device, flags: frozenset[str] | None = None) -> str:
+    """The precision a run computes in: "bf16" or "fp16" (autocast; fp16 with a gradient scaler) or "fp32".
+
+    auto is bf16 where the hardware has it natively (a CUDA GPU with bf16, an Intel GPU, a CPU with AVX-512
+    BF16, AMX or Arm BF16: 2-3x faster than fp32 there), fp16 on a CUDA GPU without bf16 (T4, V100: its
+    tensor cores), fp32 elsewhere (a CPU without native bf16, where emulated bf16 is slower, and MPS).
 
     Args:
-        name: auto, bf16 or fp32 (`--precision`).
+        name: auto, bf16, fp16 or fp32 (`--precision`).
         device: where the run computes.
         flags: the CPU's feature flags (default: this machine's).
     """
     if name == "fp32":
         return "fp32"
+    if device.type == "cpu":
+        if name == "fp16":
+            raise ConfigError("--precision fp16 is for GPUs: a CPU computes fp16 slowly and without a gradient "
+                              "scaler's protection; use bf16 (native on CPUs with AVX-512 BF16, AMX or Arm BF16) "
+                              "or fp32")
+        native = bool(NATIVE_BF16_FLAGS & (cpu_flags() if flags is None else flags))
+        return "bf16" if name == "bf16" or native else "fp32"
     if device.type == "cuda":
         native = torch.cuda.is_bf16_supported()
         if name == "bf16" and not native:
             raise ConfigError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bf16 "
-                              "arithmetic; use --precision fp32 or auto")
-    else:
-        native = bool(NATIVE_BF16_FLAGS & (cpu_flags() if flags is None else flags))
-    return "bf16" if name == "bf16" or native else "fp32"
+                              "arithmetic; use --precision fp16 (with a gradient scaler), fp32 or auto")
+        if name == "auto":
+            return "bf16" if native else "fp16"
+        return name
+    return _AUTO_PRECISION.get(device.type, "fp32") if name == "auto" else name
 
 
 def use_channels_last(model: nn.Module, example: torch.Tensor) -> bool:

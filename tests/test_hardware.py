@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -42,8 +43,98 @@ def test_this_machines_cpu_flags_are_read() -> None:
 
 
 def test_an_unknown_precision_is_refused() -> None:
-    with pytest.raises(ConfigError, match="unknown precision 'fp16'; choose one of: auto, bf16, fp32"):
+    with pytest.raises(ConfigError, match="unknown precision 'fp8'; choose one of: auto, bf16, fp16, fp32"):
+        prepare(TrainConfig(dataset="synthetic", precision="fp8", device="cpu"))
+
+
+def test_fp16_on_the_cpu_is_refused_with_what_to_use_instead() -> None:
+    with pytest.raises(ConfigError, match="--precision fp16 is for GPUs.*use bf16 .* or fp32"):
         prepare(TrainConfig(dataset="synthetic", precision="fp16", device="cpu"))
+
+
+def fake_accelerator(monkeypatch, kind: str | None, count: int = 1, cuda_bf16: bool = True) -> None:
+    """This machine as if it had `count` accelerators of `kind` (cuda, mps, xpu; None: none). A mock: there is
+    no GPU here. It stands in for `torch.accelerator`, which the product asks."""
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: kind is not None)
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda *a: torch.device(kind) if kind else None)
+    monkeypatch.setattr(torch.accelerator, "device_count", lambda: count if kind else 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4")
+
+
+@pytest.mark.parametrize(("kind", "asked", "expected"), [
+    (None, "auto", "cpu"), ("cuda", "auto", "cuda"), ("mps", "auto", "mps"), ("xpu", "auto", "xpu"),
+    ("cuda", "cuda:1", "cuda:1"), ("xpu", "xpu:0", "xpu:0"), ("cuda", "cpu", "cpu")])
+def test_the_device_is_the_machines_accelerator(monkeypatch, kind, asked, expected) -> None:
+    from cifar_mlflow.hardware import select_device
+
+    fake_accelerator(monkeypatch, kind, count=2)
+    assert select_device(asked) == torch.device(expected)
+
+
+@pytest.mark.parametrize(("kind", "asked", "message"), [
+    (None, "cuda", "device cuda requested but it has no accelerator; use --device cpu or auto"),
+    ("mps", "cuda", "device cuda requested but its accelerator is mps; use --device cpu or auto"),
+    ("cuda", "cuda:2", "device cuda:2 does not exist: this machine has 2 cuda device"),
+    ("cuda", "gpu", "unknown device 'gpu'")])
+def test_a_device_the_machine_lacks_is_refused(monkeypatch, kind, asked, message) -> None:
+    from cifar_mlflow.hardware import select_device
+
+    fake_accelerator(monkeypatch, kind, count=2)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        select_device(asked)
+
+
+@pytest.mark.parametrize(("kind", "cuda_bf16", "asked", "expected"), [
+    ("cuda", True, "auto", "bf16"),  # A100, H100, RTX 30xx+
+    ("cuda", False, "auto", "fp16"),  # T4, V100: fp16 tensor cores, with a gradient scaler
+    ("cuda", False, "fp16", "fp16"), ("cuda", True, "fp32", "fp32"),
+    ("xpu", True, "auto", "bf16"), ("mps", True, "auto", "fp32"), ("mps", True, "fp16", "fp16")])
+def test_precision_follows_the_gpu(monkeypatch, kind, cuda_bf16, asked, expected) -> None:
+    fake_accelerator(monkeypatch, kind, cuda_bf16=cuda_bf16)
+    assert select_precision(asked, torch.device(kind)) == expected
+
+
+def test_bf16_on_a_gpu_without_it_names_fp16(monkeypatch) -> None:
+    fake_accelerator(monkeypatch, "cuda", cuda_bf16=False)
+    with pytest.raises(ConfigError, match="Tesla T4 has no bf16 arithmetic; use --precision fp16"):
+        select_precision("bf16", torch.device("cuda"))
+
+
+def test_fp16_steps_go_through_the_gradient_scaler_and_an_overflow_is_skipped(imagefolder) -> None:
+    """fp16's path, run on the CPU (PyTorch's CPU autocast and scaler take fp16; the command refuses it there
+    only because it is slow): the loss is scaled before backward, a step whose gradients overflow is
+    skipped instead of writing inf into the weights, and training goes on and learns."""
+    from cifar_mlflow.core.fit import _build_loop
+    from cifar_mlflow.core.passes import training_pass
+
+    prepared = prepare(TrainConfig(arch="cnn_small", dataset="imagefolder", data_dir=str(imagefolder), epochs=4,
+                                   batch_size=16, lr=0.05, progress=False, device="cpu", precision="bf16"))
+    prepared.precision = "fp16"
+    loop = _build_loop(prepared)
+    assert loop.scaler.is_enabled()
+    conv = next(m for m in prepared.model.modules() if isinstance(m, nn.Conv2d))
+    dtypes, overflow = set(), {"left": 1}
+
+    def poison(grad):  # the first backward overflows, as an fp16 gradient can
+        if overflow["left"]:
+            overflow["left"] -= 1
+            return torch.full_like(grad, float("inf"))
+        return grad
+
+    conv.weight.register_hook(poison)
+    hook = conv.register_forward_hook(lambda module, args, out: dtypes.add(out.dtype))
+    before, scale = conv.weight.detach().clone(), loop.scaler.get_scale()
+    first = training_pass(loop.train_model, loop.train_loader, loop.optimizer, loop.schedule, loop.loss_fn,
+                          epoch=1, epochs=4, progress=False, precision="fp16", scaler=loop.scaler)
+    hook.remove()
+    assert dtypes == {torch.float16}
+    assert torch.isfinite(conv.weight).all() and not torch.equal(conv.weight, before)  # later steps trained
+    assert loop.scaler.get_scale() < scale  # lowered after the overflow
+    for epoch in range(2, 5):
+        last = training_pass(loop.train_model, loop.train_loader, loop.optimizer, loop.schedule, loop.loss_fn,
+                             epoch=epoch, epochs=4, progress=False, precision="fp16", scaler=loop.scaler)
+    assert last.loss < first.loss and last.acc > 0.8
 
 
 class ViewAfterConv(nn.Module):

@@ -10,7 +10,8 @@
 #   tools/gpu_session.sh reference                      # the long recipes, each as far as REFERENCE_S allows
 #
 # Sections:
-#   check      versions, the GPU, and one short training run on it (the CUDA line, end to end)
+#   check      versions, the GPU, and short training runs on it (the CUDA line end to end; then fp16 with its
+#              gradient scaler)
 #   bench      python -m cifar_mlflow.bench: training images/s against the DataLoader + PIL pipeline,
 #              the data path alone, MLflow tracking overhead (against the embedded SQLite store: the
 #              carried mlflow-skinny cannot run `mlflow server`)
@@ -107,6 +108,12 @@ print("cuda:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "
 EOF
   limited "$CHECK_S" python3 -m cifar_mlflow.train --arch cnn_small --dataset synthetic --epochs 2 --max-train-samples 4096 \
     --device "$DEVICE" --no-progress --experiment-name gpu-check --run-name "check-$DEVICE" $EXTRA_ARGS
+  # fp16 with the gradient scaler (what --precision auto picks on a GPU without bf16), GPUs only
+  if [ "$DEVICE" != cpu ]; then
+    limited "$CHECK_S" python3 -m cifar_mlflow.train --arch cnn_small --dataset synthetic --epochs 2 \
+      --max-train-samples 4096 --device "$DEVICE" --precision fp16 --no-progress --experiment-name gpu-check \
+      --run-name "check-$DEVICE-fp16" $EXTRA_ARGS
+  fi
 }
 
 section_bench() {

@@ -24,7 +24,8 @@ class BenchConfig:
     sections: str | None = _field(None, "what to measure, from: training data_path tracking "
                                   "time_to_accuracy (default: all on CUDA; on the CPU all but "
                                   "time_to_accuracy, which takes hours there)", nargs="+")
-    device: str = _field("auto", "auto, cpu, cuda or cuda:N")
+    device: str = _field("auto", "auto (the machine's accelerator, else the CPU), cpu, cuda, cuda:N, mps, xpu "
+                         "or xpu:N")
     dataset: str = _field("synthetic", "data set (synthetic needs no download; time_to_accuracy "
                           "needs real CIFAR-10: cifar10, or imagefolder on its JPEG copy)", choices=DATASETS)
     data_dir: str = _field("./data", "where the data set lives")

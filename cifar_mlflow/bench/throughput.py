@@ -14,17 +14,13 @@ import torch
 from torch import nn
 
 from cifar_mlflow.core.passes import autocast_for
+from cifar_mlflow.hardware import synchronize
 
 
 def forever(make_epoch) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches from `make_epoch()` (a loader), epoch after epoch."""
     while True:
         yield from make_epoch()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device,
@@ -40,12 +36,12 @@ def data_images_per_second(batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
     """Augmented images per second a pipeline delivers on `device`, no model attached."""
     for images, labels in itertools.islice(batches, warmup):
         _to_device(images, labels, device, False)
-    _sync(device)
+    synchronize(device)
     seen, start = 0, time.perf_counter()
     for images, labels in itertools.islice(batches, steps):
         images, _ = _to_device(images, labels, device, False)
         seen += len(images)
-    _sync(device)
+    synchronize(device)
     return seen / (time.perf_counter() - start)
 
 
@@ -68,10 +64,10 @@ def training_images_per_second(model: nn.Module, batches: Iterator[tuple[torch.T
 
     for images, labels in itertools.islice(batches, warmup):
         step(images, labels)
-    _sync(device)
+    synchronize(device)
     seen, start = 0, time.perf_counter()
     for images, labels in itertools.islice(batches, steps):
         step(images, labels)
         seen += len(labels)
-    _sync(device)
+    synchronize(device)
     return seen / (time.perf_counter() - start)

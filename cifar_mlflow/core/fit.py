@@ -22,7 +22,7 @@ from cifar_mlflow import distributed, metrics, plots
 from cifar_mlflow.config import config_to_dict
 from cifar_mlflow.core.checkpoint import CheckpointWriter, TrainingState
 from cifar_mlflow.core.optimizers import Lookahead, build_optimizer, build_schedule
-from cifar_mlflow.core.passes import Evaluation, evaluate, training_pass
+from cifar_mlflow.core.passes import Evaluation, evaluate, gradient_scaler, training_pass
 from cifar_mlflow.core.prepare import Prepared
 from cifar_mlflow.core.run_logger import NullLogger, RunLogger
 from cifar_mlflow.data.augment import BatchTransform
@@ -68,6 +68,7 @@ class _Loop:
     lookahead: Lookahead | None
     loss_fn: nn.Module
     train_model: nn.Module  # the model, wrapped for torchrun and torch.compile where asked
+    scaler: torch.amp.GradScaler  # fp16's gradient scaler, kept from epoch to epoch; a pass-through otherwise
 
 
 def _build_loop(prepared: Prepared) -> _Loop:
@@ -95,7 +96,8 @@ def _build_loop(prepared: Prepared) -> _Loop:
     if config.compile:
         train_model = torch.compile(train_model)
     return _Loop(train_loader, val_loader, test_loader, optimizer, schedule, lookahead,
-                 nn.CrossEntropyLoss(label_smoothing=config.label_smoothing), train_model)
+                 nn.CrossEntropyLoss(label_smoothing=config.label_smoothing), train_model,
+                 gradient_scaler(device, prepared.precision))
 
 
 def _run_epoch(prepared: Prepared, loop: _Loop, epoch: int) -> tuple[dict[str, float], Evaluation | None]:
@@ -105,7 +107,7 @@ def _run_epoch(prepared: Prepared, loop: _Loop, epoch: int) -> tuple[dict[str, f
     stats = training_pass(loop.train_model, loop.train_loader, loop.optimizer, loop.schedule, loop.loss_fn,
                           epoch=epoch, epochs=config.epochs, grad_clip=config.grad_clip,
                           progress=config.progress and distributed.is_main(), lookahead=loop.lookahead,
-                          precision=prepared.precision)
+                          precision=prepared.precision, scaler=loop.scaler)
     row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc, "lr": lr,
            "epoch_seconds": stats.seconds, "epoch_images": stats.images,
            "train_images_per_second": stats.images / max(stats.seconds, 1e-9)}

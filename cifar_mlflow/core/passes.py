@@ -16,17 +16,27 @@ from cifar_mlflow import distributed
 from cifar_mlflow.core.optimizers import Lookahead, Schedule
 from cifar_mlflow.data.loader import DeviceLoader
 from cifar_mlflow.errors import NonFiniteLossError
+from cifar_mlflow.hardware import synchronize
 
 # How often (in steps) the loss is read back from the device for the progress bar and the
 # non-finite check; reading it every step would make every step wait for the device.
 _SYNC_EVERY = 20
 
 
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast (CUDA or CPU) for precision "bf16", nothing for "fp32"."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+    """bf16 or fp16 autocast on `device` for precision "bf16" or "fp16", nothing for "fp32"."""
+    if precision in _AUTOCAST_DTYPES:
+        return torch.autocast(device.type, dtype=_AUTOCAST_DTYPES[precision])
     return contextlib.nullcontext()
+
+
+def gradient_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """fp16's gradient scaler (the loss scaled up before backward so that small gradients survive fp16, a
+    step skipped and the scale lowered when a gradient overflows); a pass-through for bf16 and fp32."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
 @dataclass
@@ -46,8 +56,10 @@ def _check_finite(loss_value: float, epoch: int, step: int, lr: float) -> None:
 def training_pass(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.Optimizer,
                     schedule: Schedule, loss_fn: nn.Module, *, epoch: int, epochs: int,
                     grad_clip: float | None = None, progress: bool = True,
-                    lookahead: Lookahead | None = None, precision: str = "fp32") -> EpochStats:
-    """Train for one pass over `loader`; raises `NonFiniteLossError` as soon as the loss is NaN/inf."""
+                    lookahead: Lookahead | None = None, precision: str = "fp32",
+                    scaler: torch.amp.GradScaler | None = None) -> EpochStats:
+    """Train for one pass over `loader` in `precision` (fp16: through `scaler`, by default a new one); raises
+    `NonFiniteLossError` as soon as the loss is NaN/inf."""
     model.train()
     device = loader.device
     several_ranks = distributed.world_size() > 1
@@ -57,15 +69,18 @@ def training_pass(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim
     start = time.perf_counter()
     bar = tqdm(total=len(loader), desc=f"epoch {epoch}/{epochs}", leave=False, disable=not progress,
                unit="batch", dynamic_ncols=True)
+    scaler = scaler if scaler is not None else gradient_scaler(device, precision)
     for step, (images, labels) in enumerate(loader, start=1):
         with autocast_for(device, precision):
             logits = model(images)
             loss = loss_fn(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         if grad_clip:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)  # skipped (fp16) where a gradient overflowed
+        scaler.update()
         schedule.step_batch()
         if lookahead is not None:
             lookahead.step()
@@ -79,8 +94,7 @@ def training_pass(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim
                 _check_finite(running, epoch, step, optimizer.param_groups[0]["lr"])
             bar.set_postfix(loss=f"{running:.4f}", acc=f"{correct.item() / seen:.4f}", refresh=False)
     bar.close()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     seconds = time.perf_counter() - start
     totals = distributed.sum_across_ranks([loss_sum.item(), correct.item(), seen], device)
     total_loss, total_correct, total_seen = totals
