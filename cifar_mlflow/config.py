@@ -57,10 +57,16 @@ class TrainConfig:
                                 "whole training set, test-time augmentation (docs/architectures.md; measured: "
                                 "docs/benchmarks.md)", choices=RECIPES)
     arch: str | None = _field(None, "model: a registered name (see --list-models), tv:NAME for any "
-                              "torchvision classifier, or package.module:function for your own "
-                              f"builder (default: {DEFAULT_ARCH}, or the net the recipe recommends)")
+                              "torchvision classifier, timm:NAME for any timm model (the timm extra), or "
+                              "package.module:function for your own builder (default: "
+                              f"{DEFAULT_ARCH}, or the net the recipe recommends)")
     model_args: dict = _field({}, "JSON object of keyword arguments for the model builder, "
                               "e.g. '{\"width_mult\": 0.5}'")
+    init_from: str | None = _field(None, "start from trained weights instead of random ones: a run's model "
+                                   "(runs:/RUN_ID), a registered model (models:/NAME@ALIAS or models:/NAME/VERSION) "
+                                   "or a weights file (.pt/.pth state dict or .safetensors, e.g. torchvision's or "
+                                   "timm's). Tensors matched by name and shape; the classifier head of another "
+                                   "class count is replaced (default: random initialisation)")
     # Data
     dataset: str = _field("cifar10", "data set", choices=DATASETS)
     data_dir: str = _field("./data", "where the data set lives (torchvision downloads go here; "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,7 @@ from cifar_mlflow.data.splits import DataSplits, init_sample, split_data
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.hardware import select_device, select_precision, use_channels_last
 from cifar_mlflow.models import get_model
+from cifar_mlflow.models.weights import WeightsReport, load_matching, read_weights_file
 
 # Training images a model's `init_from_data` sees: a seeded, class-balanced sample (`init_sample`).
 _INIT_IMAGES = 5000
@@ -41,8 +43,9 @@ class Prepared:
     data: DataSplits
     model: nn.Module  # on `device`, lazy layers materialised, channels-last if it takes such batches
     device: torch.device
-    precision: str  # what `--precision` resolved to here: bf16 (autocast) or fp32
+    precision: str  # what `--precision` resolved to here: bf16 or fp16 (autocast) or fp32
     channels_last: bool  # batches are channels-last (the model accepts them)
+    init_report: WeightsReport | None = None  # what --init-from loaded, where it was given
 
     @property
     def num_parameters(self) -> int:
@@ -68,8 +71,12 @@ def load_splits(config: TrainConfig) -> DataSplits:
                       max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples)
 
 
-def prepare(config: TrainConfig, data: DataSplits | None = None) -> Prepared:
+def prepare(config: TrainConfig, data: DataSplits | None = None,
+            init_weights: Mapping[str, torch.Tensor] | None = None) -> Prepared:
     """Resolve and validate the config, load and split the data, build the model.
+
+    `init_weights`: the state dict `config.init_from` names, read by the caller (an MLflow model is fetched
+    at the tracking edge); without it, an `init_from` file is read here.
 
     Raises:
         ConfigError: for any bad input, before anything is created.
@@ -103,6 +110,11 @@ def prepare(config: TrainConfig, data: DataSplits | None = None) -> Prepared:
     if callable(init_from_data):  # data-dependent initialisation (airbench's patch whitening)
         sample = init_sample(data.train, _INIT_IMAGES, config.seed)
         init_from_data(BatchTransform("none", data.mean, data.std)(sample))
+    report = None
+    if config.init_from:  # trained weights over it, where name and shape match
+        if init_weights is None:
+            init_weights = read_weights_file(config.init_from)
+        report = load_matching(model, init_weights, config.init_from)
     channels_last = use_channels_last(model, example)
     model.to(device)
-    return Prepared(config, data, model, device, precision, channels_last)
+    return Prepared(config, data, model, device, precision, channels_last, report)

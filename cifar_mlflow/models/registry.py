@@ -1,4 +1,5 @@
-"""Models keyed by name: built-ins, `tv:NAME` torchvision classifiers and `module:function` builders."""
+"""Models keyed by name: built-ins, `tv:NAME` torchvision classifiers, `timm:NAME` timm models and
+`module:function` builders."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cifar_mlflow.errors import ConfigError
+from cifar_mlflow.errors import ConfigError, require_extra
 
 ModelBuilder = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelBuilder] = {}
@@ -85,6 +86,20 @@ def _torchvision_model(name: str, num_classes: int, in_channels: int, **kwargs) 
     return _RepeatChannels(model) if in_channels == 1 else model
 
 
+def _timm_model(name: str, num_classes: int, in_channels: int, **kwargs) -> nn.Module:
+    require_extra("timm", "timm", f"--arch timm:{name}")
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name[:4]}*")[:8] if name else []
+        raise ConfigError(f"unknown timm model timm:{name}" + (f"; similar: {', '.join(close)}" if close else "")
+                          + " (timm.list_models())")
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"timm:{name} does not accept model_args {kwargs}: {exc}") from None
+
+
 def _user_model(spec: str, num_classes: int, in_channels: int, **kwargs) -> nn.Module:
     module_name, _, attr = spec.partition(":")
     # Like `python -m`, a builder in the working directory is found without installing it.
@@ -108,9 +123,9 @@ def _user_model(spec: str, num_classes: int, in_channels: int, **kwargs) -> nn.M
 
 def check_model_name(name: str) -> None:
     """Raise `ConfigError` for a plain name that is not registered (cheap: builds nothing)."""
-    if not name.startswith("tv:") and ":" not in name and name not in _REGISTRY:
+    if ":" not in name and name not in _REGISTRY:
         raise ConfigError(f"unknown architecture {name!r}; valid names: {', '.join(list_models())}, "
-                          "tv:NAME (torchvision) or package.module:function")
+                          "tv:NAME (torchvision), timm:NAME (timm) or package.module:function")
 
 
 def get_model(name: str, *, num_classes: int = 10, in_channels: int = 3, **model_args) -> nn.Module:
@@ -125,6 +140,8 @@ def get_model(name: str, *, num_classes: int = 10, in_channels: int = 3, **model
     """
     if name.startswith("tv:"):
         return _torchvision_model(name[3:], num_classes, in_channels, **model_args)
+    if name.startswith("timm:"):
+        return _timm_model(name[5:], num_classes, in_channels, **model_args)
     if ":" in name:
         return _user_model(name, num_classes, in_channels, **model_args)
     check_model_name(name)

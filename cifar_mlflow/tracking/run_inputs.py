@@ -1,5 +1,5 @@
-"""What a run reads, as MLflow sees it: the data splits as the run's data set inputs (the Datasets panel),
-and an interrupted run's checkpoint fetched back for `--resume`."""
+"""What a run reads, as MLflow sees it: the data splits as the run's data set inputs (the Datasets panel), an
+interrupted run's checkpoint fetched back for `--resume`, and the weights `--init-from` starts from."""
 
 from __future__ import annotations
 
@@ -32,6 +32,31 @@ def download_checkpoint(uri: str, run_id: str, dest: Path) -> Path:
         raise ConfigError(f"run {run_id} has no checkpoint to resume from (neither checkpoint/last.pt "
                           "in MLflow nor a local one under --checkpoint-dir)") from None
     return Path(local)
+
+
+MLFLOW_MODEL_SCHEMES = ("runs:/", "models:/")
+
+
+def read_init_weights(source: str, uri: str) -> dict[str, Any]:
+    """The state dict `--init-from` names: a run's logged model (`runs:/RUN_ID`, its `model` artifact unless a
+    path is given), a registered model (`models:/NAME@ALIAS`, `models:/NAME/VERSION`) or a weights file.
+    Raises `ConfigError` for a source that is not there."""
+    if not source.startswith(MLFLOW_MODEL_SCHEMES):
+        from cifar_mlflow.models.weights import read_weights_file
+
+        return read_weights_file(source)
+    import mlflow.pytorch
+
+    model_uri = source
+    if source.startswith("runs:/") and "/" not in source[len("runs:/"):].strip("/"):
+        model_uri = source.rstrip("/") + "/model"
+    mlflow.set_tracking_uri(uri)
+    try:
+        network = mlflow.pytorch.load_model(model_uri, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - no such run, model, version or alias, or not a PyTorch model
+        raise ConfigError(f"--init-from {source}: cannot load a PyTorch model from it at {uri} "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    return dict(network.state_dict())
 
 
 class _SplitDataset(MetaDataset):

@@ -210,6 +210,7 @@ def _prepare(args: argparse.Namespace, workdir: Path):
     # scikit-learn and matplotlib (seconds each).
     from cifar_mlflow.core.prepare import prepare
     from cifar_mlflow.tracking import check_tracking_server, refuse_live_run, tracking_uri
+    from cifar_mlflow.tracking.run_inputs import read_init_weights
 
     uri = tracking_uri(values.get("tracking_uri"))
     if values.get("tracking_uri"):
@@ -229,7 +230,13 @@ def _prepare(args: argparse.Namespace, workdir: Path):
         run_id = values["resume"]
         values, state = _resume_values(values, given, uri, workdir)
         refuse_live_run(uri, run_id)
-    prepared = prepare(config or resolve_config(build_config(values)))
+    config = config or resolve_config(build_config(values))
+    weights = None
+    if config.init_from:  # fetched before the data is read; a resumed run's weights are its checkpoint's
+        weights = state["model"] if state is not None else read_init_weights(config.init_from, uri)
+    prepared = prepare(config, init_weights=weights)
+    if prepared.init_report is not None and state is None and distributed.is_main():
+        print(prepared.init_report.summary(), file=sys.stderr)
     if state is not None and state.get("data_digest") != prepared.data.digest:
         raise ConfigError(f"the data differs from the data run {values['resume']} was trained on "
                           f"(digest {prepared.data.digest} vs {state.get('data_digest')})")

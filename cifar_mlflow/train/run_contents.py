@@ -64,6 +64,10 @@ def run_tags(prepared: Prepared) -> dict[str, str]:
     commit = git_commit()
     if commit:
         tags["git_commit"] = commit
+    report = prepared.init_report
+    if report is not None:  # where the weights started from, and what of them was kept (the param: init_from)
+        tags.update({"init_from": report.source, "init_from_loaded": f"{len(report.loaded)} of {report.total}",
+                     "init_from_replaced": ", ".join(report.replaced) or "none"})
     return tags
 
 

@@ -102,6 +102,10 @@ def _prepare(argv: list[str] | None):
                             retry_failed=tune.retry_failed)  # both before the data is read
     tracker = StudyTracker(uri, base.experiment_name or base.dataset, study_name)
     ctx = StudyContext(tune, base, space, uri, tracker)
+    if base.init_from:
+        from cifar_mlflow.tracking.run_inputs import read_init_weights
+
+        ctx.init_weights = read_init_weights(base.init_from, uri)
     ctx.data_for(base)  # a missing data set fails here, before the study exists
     return ctx, sampler, pruner, storage
 

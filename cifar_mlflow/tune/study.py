@@ -63,6 +63,7 @@ class StudyContext:
     lock: threading.Lock = field(default_factory=threading.Lock)
     best_run_id: str | None = None
     retry_after_outage: set[int] = field(default_factory=set)  # trials the database's absence failed
+    init_weights: dict[str, Any] | None = None  # what --init-from names, fetched once for every trial
 
     def data_for(self, config: TrainConfig) -> DataSplits:
         """The split data set, read once per worker (trials differ in hyperparameters, not data)."""
@@ -103,7 +104,7 @@ def make_objective(ctx: StudyContext):
 
         error: BaseException | None = None
         try:
-            prepared = prepare(config, data=ctx.data_for(config))
+            prepared = prepare(config, data=ctx.data_for(config), init_weights=ctx.init_weights)
             result = run(prepared, logger=logger, callbacks=[report])
             value = best_value(result.history, ctx.tune.metric)
             logger.set_tags({"optuna.state": "COMPLETE", "objective": f"{value:.6g}"})
@@ -299,7 +300,7 @@ def retrain_best(ctx: StudyContext, study: optuna.Study) -> str | None:
         raise ConfigError(f"cannot rebuild trial {best.number}'s configuration from this search space: {exc}") from None
     name = f"{ctx.tracker.study_name}-best"
     config = dataclasses.replace(config, run_name=name, log_model=True, register_model=ctx.base.register_model)
-    prepared = prepare(config, data=merge_train_and_val(ctx.data_for(config)))
+    prepared = prepare(config, data=merge_train_and_val(ctx.data_for(config)), init_weights=ctx.init_weights)
     logger = MlflowLogger(ctx.uri, ctx.tracker.experiment_name, name,
                           tags={"optuna.study_name": ctx.tracker.study_name, "cifar_mlflow.kind": "retrained_best",
                                 "cifar_mlflow.study_run_id": ctx.tracker.run_id,
