@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,7 +155,9 @@ class TrainConfig:
     system_metrics: bool = _field(True, "log MLflow's system metrics with the run: CPU, memory, disk and "
                                   "network every 10 s, and GPU utilisation, memory and power where there "
                                   "is an NVIDIA GPU")
-    register_model: str | None = _field(None, "register the logged model under this name")
+    register_model: str | None = _field(None, "NAME or NAME@ALIAS: register the logged model under NAME and point "
+                                        "ALIAS (default: candidate) at the new version, so that "
+                                        "models:/NAME@ALIAS loads it (the tuner's best: champion)")
     checkpoint_dir: str = _field("./checkpoints", "where the resumable per-run checkpoint is kept")
     resume: str | None = _field(None, "MLflow run id of an interrupted run to continue from its "
                                 "checkpoint")
@@ -344,9 +347,25 @@ def validate_config(config: TrainConfig) -> None:
         raise ConfigError(f"warmup_epochs must be >= 0, got {config.warmup_epochs!r}")
     if not isinstance(config.model_args, dict):
         raise ConfigError("model_args must be a JSON object such as '{\"dropout\": 0.2}'")
-    device = config.device
-    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
-        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+    if not re.fullmatch(r"auto|cpu|mps|(cuda|xpu)(:\d+)?", config.device):
+        raise ConfigError(f"unknown device {config.device!r}; use auto, cpu, cuda, cuda:N, mps, xpu or xpu:N")
+    if config.register_model is not None:
+        registered_name_and_alias(config.register_model)
+
+
+DEFAULT_MODEL_ALIAS = "candidate"  # what --register-model NAME points at the new version
+
+
+def registered_name_and_alias(value: str, default_alias: str = DEFAULT_MODEL_ALIAS) -> tuple[str, str]:
+    """`--register-model NAME[@ALIAS]` as (name, alias); raises `ConfigError` for a name or alias MLflow refuses."""
+    name, _, alias = value.partition("@")
+    alias = alias or default_alias
+    if not name.strip():
+        raise ConfigError(f"register_model needs a model name (NAME or NAME@ALIAS), got {value!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", alias) or alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+        raise ConfigError(f"model alias {alias!r}: letters, digits, - and _ only, and not 'latest' or v<number> "
+                          "(MLflow reserves them)")
+    return name, alias
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:

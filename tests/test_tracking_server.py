@@ -77,6 +77,23 @@ def test_one_metric_point_per_epoch_and_final_metrics(server_run) -> None:
     assert 0.0 <= final["test_acc"] <= 1.0
 
 
+def test_the_registered_model_has_its_alias_and_its_test_metrics_name_the_test_split(server_run) -> None:
+    """MLflow 3's model page: the logged model's test metrics, each with the data set it was measured on; the
+    registry's `models:/NAME@candidate` loads the run's model. Through a real server."""
+    client, run = server_run
+    version = client.get_model_version_by_alias("server-test-model", "candidate")
+    assert version.run_id == run.info.run_id
+    (model,) = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    assert model.source_run_id == run.info.run_id
+    linked = {m.key: m for m in model.metrics}
+    assert {"test_acc", "test_loss", "test_f1_macro"} <= set(linked)
+    test_input = next(d.dataset for d in run.inputs.dataset_inputs if d.dataset.name == "imagefolder-test")
+    for metric in (m for key, m in linked.items() if key.startswith("test_")):
+        assert (metric.dataset_name, metric.dataset_digest) == ("imagefolder-test", test_input.digest), metric.key
+        assert metric.value == run.data.metrics[metric.key]
+    assert linked["best_epoch"].dataset_name is None  # not a measurement on a data set
+
+
 def test_every_artifact_is_there_and_images_decode(server_run, tmp_path) -> None:
     client, run = server_run
     logged = all_artifacts(client, run.info.run_id)

@@ -19,6 +19,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from torch import nn
 
+from cifar_mlflow.config import registered_name_and_alias
 from cifar_mlflow.interrupts import deferring
 from cifar_mlflow.redaction import redact
 from cifar_mlflow.tracking.faults import (
@@ -107,6 +108,8 @@ class MlflowLogger:
         self._opened = False  # the run exists (opened on first use)
         self._recorded = False  # its params, tags and inputs are logged (`start`)
         self.registered_version: int | None = None  # set by log_model when it registers
+        self._test_dataset: dict[str, Any] | None = None  # the test split's data set input
+        self._held_test_metrics: dict[str, float] = {}  # final test metrics waiting for the model (log_metrics)
         # Per-epoch metrics are sent in the background; each entry is kept until `flush` sees it stored.
         self._pending: list[tuple[list[Metric], Any]] = []  # each epoch's batch and its queued send
         self._pending_lock = threading.Lock()
@@ -148,6 +151,7 @@ class MlflowLogger:
         log_params_once(MlflowClient(), self.run_id, {**self.extra_params, **params})
         set_tags(MlflowClient(), self.run_id, {**tags, **self.extra_tags})
         log_datasets(MlflowClient(), self.run_id, datasets)
+        self._test_dataset = next((d for d in datasets if d["context"] == "testing"), None)
 
     @deferring
     @reporting_stalls("setting tags")
@@ -245,9 +249,22 @@ class MlflowLogger:
     @deferring
     @reporting_stalls("logging the final metrics")
     def log_metrics(self, metrics: dict[str, float]) -> None:
+        """The final metrics, at step 0. The test metrics wait for the model, if one is logged next, to be sent
+        naming it and the test split (MLflow 3's model page shows each with its data set); `end` sends them
+        otherwise."""
         self._open()
         self.flush()
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, run_id=self.run_id)
+        self._held_test_metrics = {k: float(v) for k, v in metrics.items() if k.startswith("test_")}
+        MlflowClient().log_batch(self.run_id, metrics=_metric_batch(
+            {k: float(v) for k, v in metrics.items() if k not in self._held_test_metrics}, step=0))
+
+    def _send_test_metrics(self, model_id: str | None = None) -> None:
+        held, self._held_test_metrics = self._held_test_metrics, {}
+        data = self._test_dataset if model_id else None
+        link = {"model_id": model_id, "dataset_name": data["name"], "dataset_digest": data["digest"]} if data else {}
+        if held:
+            now = int(time.time() * 1000)
+            MlflowClient().log_batch(self.run_id, metrics=[Metric(k, v, now, 0, **link) for k, v in held.items()])
 
     @property
     def kept_dir(self) -> Path:
@@ -308,10 +325,12 @@ class MlflowLogger:
                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
                                          f"torchvision=={torchvision.__version__.split('+')[0]}"])
 
+        name, alias = registered_name_and_alias(registered_name) if registered_name else (None, None)
+
         # Default "pt2" (torch.export): loads without this package's code; a pickle where export fails.
         def upload():
             return Model.log(None, served_model, name="model", flavor_name="pytorch", metadata=description,
-                             registered_model_name=registered_name, **options)
+                             registered_model_name=name, **options)
 
         def keep(root: Path) -> None:
             shutil.rmtree(root / "model", ignore_errors=True)
@@ -325,12 +344,17 @@ class MlflowLogger:
             options["serialization_format"] = "pickle"
             info = self._artifact(upload, keep)
         self.registered_version = info.registered_model_version if info is not None else None
+        self._send_test_metrics(getattr(info, "model_id", None))
+        if self.registered_version is not None:
+            served_model.set_model_alias(self.uri, name, self.registered_version, alias)
+            print(f"registered {name} version {self.registered_version}: models:/{name}@{alias}", file=sys.stderr)
 
     @deferring
     @reporting_stalls("closing the run")
     def end(self, status: str) -> None:
         try:
             self.flush()
+            self._send_test_metrics()  # no model logged after them: on their own
             if self._unsent_images:  # the server answers again (the metrics went): the images go too
                 self._send_images()
                 if self._unsent_images:

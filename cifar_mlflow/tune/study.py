@@ -23,13 +23,13 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from cifar_mlflow.config import TrainConfig, config_params
+from cifar_mlflow.config import TrainConfig, config_params, registered_name_and_alias
 from cifar_mlflow.core.prepare import load_splits, prepare
 from cifar_mlflow.core.run_logger import ended_run, run_status
 from cifar_mlflow.data import DataSplits
 from cifar_mlflow.data.splits import merge_train_and_val
 from cifar_mlflow.errors import ConfigError
-from cifar_mlflow.tracking import MlflowLogger, StudyTracker, set_model_alias, set_tags
+from cifar_mlflow.tracking import MlflowLogger, StudyTracker, set_tags
 from cifar_mlflow.train.run import run
 from cifar_mlflow.tune.options import TuneConfig
 from cifar_mlflow.tune.search_space import DEFAULT_SPACE_NAME, ParamSpec, sample_config
@@ -299,7 +299,10 @@ def retrain_best(ctx: StudyContext, study: optuna.Study) -> str | None:
     except ValueError as exc:  # the search space changed since the best trial ran
         raise ConfigError(f"cannot rebuild trial {best.number}'s configuration from this search space: {exc}") from None
     name = f"{ctx.tracker.study_name}-best"
-    config = dataclasses.replace(config, run_name=name, log_model=True, register_model=ctx.base.register_model)
+    registered = None
+    if ctx.base.register_model:  # the study's best is the champion, unless the option names an alias
+        registered = "@".join(registered_name_and_alias(ctx.base.register_model, default_alias="champion"))
+    config = dataclasses.replace(config, run_name=name, log_model=True, register_model=registered)
     prepared = prepare(config, data=merge_train_and_val(ctx.data_for(config)), init_weights=ctx.init_weights)
     logger = MlflowLogger(ctx.uri, ctx.tracker.experiment_name, name,
                           tags={"optuna.study_name": ctx.tracker.study_name, "cifar_mlflow.kind": "retrained_best",
@@ -308,9 +311,5 @@ def retrain_best(ctx: StudyContext, study: optuna.Study) -> str | None:
     print(f"retraining trial {best.number}'s configuration on train + validation", file=sys.stderr)
     with ended_run(logger):
         run(prepared, logger=logger)
-    if ctx.base.register_model and logger.registered_version is not None:
-        set_model_alias(ctx.uri, ctx.base.register_model, logger.registered_version, "champion")
-        print(f"registered {ctx.base.register_model} version {logger.registered_version} as champion",
-              file=sys.stderr)
     set_tags(ctx.tracker.client, ctx.tracker.run_id, {"retrained_run_id": logger.run_id})
     return logger.run_id
