@@ -34,6 +34,36 @@ def test_compare_two_runs_writes_and_logs_the_report(two_runs, mlflow_server, tm
     assert {"comparison/report.html", f"comparison/{pair}"} | {f"comparison/{f}" for f in FIGURES} <= artifacts
 
 
+@pytest.mark.parametrize("fmt", ["md", "csv"])
+def test_the_table_as_markdown_or_csv_on_stdout_and_beside_the_report(fmt, two_runs, mlflow_server, tmp_path,
+                                                                      capsys) -> None:
+    import io
+
+    import pandas as pd
+
+    a, b = two_runs
+    out = tmp_path / "report"
+    assert compare.main(["--runs", a, b, "--format", fmt, "--output", str(out), "--tracking-uri", mlflow_server,
+                         "--log-comparison", "false"]) == 0
+    printed = capsys.readouterr().out
+    assert (out / f"report.{fmt}").read_text() == printed and (out / "report.html").is_file()
+    client = MlflowClient(mlflow_server)
+    test_acc = {run_id: client.get_run(run_id).data.metrics["test_acc"] for run_id in (a, b)}
+    if fmt == "csv":
+        table = pd.read_csv(io.StringIO(printed))
+        assert dict(zip(table["run_id"], table["test_acc"])) == pytest.approx(test_acc)
+        assert {"arch", "optimizer"} <= set(table.columns)  # the params that differ
+        return
+    header, rule, *rows = printed.splitlines()
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns[:2] == ["run", "run_id"] and "arch" in columns and "test_acc" in columns
+    assert rule.startswith("|---|---|") and "---:" in rule  # numbers right-aligned
+    assert len(rows) == 2
+    for row in rows:
+        cells = dict(zip(columns, (c.strip() for c in row.strip("|").split("|"))))
+        assert cells["test_acc"] == f"{test_acc[cells['run_id']]:.4f}"
+
+
 def test_selection_by_experiment_filter_and_top(two_runs, mlflow_server, tmp_path) -> None:
     out = tmp_path / "r"
     assert compare.main(["--experiment", "compare-test", "--filter", "params.arch = 'lenet'", "--output", str(out),

@@ -155,7 +155,12 @@ def test_pruned_study_nested_runs_and_resume(imagefolder, tmp_path) -> None:
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)} | \
         {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert {"trials.csv", "plots/optimization_history.png", "plots/intermediate_values.png",
-            "plots/parallel_coordinate.png", "plots/slice.png", "search_space.yaml"} <= artifacts
+            "plots/parallel_coordinate.png", "plots/slice.png", "plots/study.html", "search_space.yaml"} <= artifacts
+    # The interactive page: Optuna's plotly figures, plotly.js inlined once (it opens offline), every trial in it.
+    page = Path(client.download_artifacts(parent.info.run_id, "plots/study.html", str(tmp_path / "page"))).read_text()
+    for figure in ("optimization_history", "parallel_coordinate", "contour", "intermediate_values", "timeline"):
+        assert f'id="{figure}"' in page, figure
+    assert page.count("Plotly.newPlot(") >= 5 and page.count("https://plot.ly") <= 1 and "<script src=" not in page
     # What the study searched, on the parent run: the space, the code's commit and the data.
     local = client.download_artifacts(parent.info.run_id, "search_space.yaml", str(tmp_path / "dl"))
     assert Path(local).read_text() == space.read_text() and parent.data.params["tune.search_space"] == str(space)
@@ -336,3 +341,11 @@ def test_an_option_whose_extra_is_not_installed_says_how_to_install_it(argv, mod
     assert proc.stderr == (f"error: {needed_by} needs the {module} package, an optional extra: "
                            f"pip install 'cifar_mlflow[{extra}]'\n")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_study_shows_optunas_progress_bar_with_the_best_value(imagefolder, tmp_path, capsys) -> None:
+    args = [a for a in tune_args(imagefolder, tmp_path, "--trials", "2", "--epochs", "1") if a != "--no-progress"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "Best trial: " in err and "2/2" in err  # the bar over the trials, the best so far beside it
+    assert "trial 0 COMPLETE" in err and "trial 1 COMPLETE" in err  # the per-trial lines, written around it

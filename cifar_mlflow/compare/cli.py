@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cifar_mlflow.arguments import add_config_arguments, collect_values, program_name
-from cifar_mlflow.config import _field
+from cifar_mlflow.config import _field, check_choices
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.redaction import protect_console, redact
+
+FORMATS = ("html", "csv", "md")
 
 
 @dataclass
@@ -32,6 +34,9 @@ class CompareConfig:
     top: int | None = _field(None, "only the best K runs by --metric")
     metric: str = _field("test_acc", "metric ranking runs for --top (lower is better for *loss*)")
     study: str | None = _field(None, "compare the trials of this tuning study")
+    format: str = _field("html", "html: the report with its plots (written to --output, logged); csv or md: also "
+                         "its table of runs (id, params that differ, final metrics) as CSV or a Markdown table, "
+                         "printed and written as report.csv or report.md", choices=FORMATS)
     output: str | None = _field(None, "also write the report (report.html and its PNGs) to this folder")
     with_train: bool = _field(False, "draw training curves next to the validation curves")
     title: str | None = _field(None, "report title (default: Comparison of N runs)")
@@ -68,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("say which runs to compare: --runs ID ..., --experiment NAME, --top K or --study NAME")
         if config.top is not None and config.top < 1:
             raise ConfigError(f"top must be at least 1, got {config.top}")
+        check_choices(config)
         # Imported once the options are checked: `--help` and bad input answer without loading MLflow and matplotlib.
-        from cifar_mlflow.compare.report import build_report
+        from cifar_mlflow.compare.report import build_report, table_text
         from cifar_mlflow.tracking import (
             check_tracking_server,
             fetch_run_records,
@@ -91,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         (out / "report.html").write_text(report.html)
         for name, png in report.pngs.items():
             (out / name).write_bytes(png)
+        if config.format != "html":
+            text = table_text(report.table, config.format)
+            (out / f"report.{config.format}").write_text(text)
+            print(text, end="")  # stdout: ready for `> table.md`; everything else goes to stderr
         if config.output:
             shutil.copytree(out, config.output, dirs_exist_ok=True)
             print(f"report written to {Path(config.output) / 'report.html'}", file=sys.stderr)

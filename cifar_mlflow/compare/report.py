@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
 from cifar_mlflow.compare import analysis
 from cifar_mlflow.records import RunRecord
@@ -25,6 +26,24 @@ th{background:#f3f3f3}td.best{font-weight:bold;background:#e6f4ea}img{max-width:
 class Report:
     html: str
     pngs: dict[str, bytes] = field(default_factory=dict)  # file name -> PNG
+    table: pd.DataFrame | None = None  # one row per run: its id, the params that differ, the final metrics
+
+
+def table_text(table: pd.DataFrame, fmt: str) -> str:
+    """The report's table as CSV (a spreadsheet, pandas) or a Markdown table (a paper, a pull request);
+    metrics rounded to 4 decimals, a run without a value left blank."""
+    if fmt == "csv":
+        return table.to_csv(index=False)
+
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return "" if np.isnan(value) else f"{value:.4f}"
+        return str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |",
+             "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(table[c]) else "---" for c in table.columns) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
 
 
 def _png(figure) -> bytes:
@@ -64,6 +83,8 @@ def build_report(runs: list[RunRecord], *, title: str = "Run comparison", with_t
 
     table = analysis.params_table(runs)
     best = analysis.best_per_column(table)
+    with_ids = table.copy()
+    with_ids.insert(1, "run_id", [r.run_id for r in runs])
     sections.append("<h2>Parameters that differ, and final metrics</h2>" + _table_html(table, best)
                     + "<p>Bold: the best value of each metric.</p>")
 
@@ -102,4 +123,4 @@ def build_report(runs: list[RunRecord], *, title: str = "Run comparison", with_t
             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
             f"<p>Made {made}{made_by}.</p><h2>Runs</h2><ul>{runs_list}</ul>{note_html}{''.join(sections)}"
             "</body></html>")
-    return Report(page, pngs)
+    return Report(page, pngs, with_ids)

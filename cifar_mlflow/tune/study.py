@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 from optuna.trial import TrialState
+from tqdm.auto import tqdm
 
 from cifar_mlflow.config import TrainConfig, config_params, registered_name_and_alias
 from cifar_mlflow.core.prepare import load_splits, prepare
@@ -32,6 +32,7 @@ from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.tracking import MlflowLogger, StudyTracker, set_tags
 from cifar_mlflow.train.run import run
 from cifar_mlflow.tune.options import TuneConfig
+from cifar_mlflow.tune.plots import study_figures, study_page
 from cifar_mlflow.tune.search_space import DEFAULT_SPACE_NAME, ParamSpec, sample_config
 from cifar_mlflow.tune.storage import RUN_ATTR, is_database_outage
 
@@ -160,32 +161,6 @@ def trials_table(study: optuna.Study):
     return study.trials_dataframe(attrs=("number", "state", "value", "params", "user_attrs", "duration"))
 
 
-def study_figures(study: optuna.Study) -> dict[str, Any]:
-    """Optuna's matplotlib plots of the study; those that need more trials than exist are left out."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # before pyplot is first imported (by Optuna's plots): no display needed
-    from optuna.visualization import matplotlib as ovm
-
-    plots = {"optimization_history": ovm.plot_optimization_history,
-             "param_importances": ovm.plot_param_importances,
-             "parallel_coordinate": ovm.plot_parallel_coordinate,
-             "intermediate_values": ovm.plot_intermediate_values,
-             "slice": ovm.plot_slice}
-    figures = {}
-    for name, plot in plots.items():
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                axes = plot(study)
-        except Exception:  # noqa: BLE001 - e.g. importances need two complete trials
-            continue
-        figure = np.ravel(axes)[0].figure
-        figure.set_size_inches(max(figure.get_size_inches()[0], 9), max(figure.get_size_inches()[1], 5))
-        figures[name] = figure
-    return figures
-
-
 def publish(ctx: StudyContext, study: optuna.Study, with_artifacts: bool) -> None:
     """Parent-run metrics and best params; with artifacts: the trials table and the plots."""
     import matplotlib.pyplot as plt
@@ -207,6 +182,9 @@ def publish(ctx: StudyContext, study: optuna.Study, with_artifacts: bool) -> Non
         for name, figure in study_figures(study).items():
             figure.savefig(out / "plots" / f"{name}.png", dpi=110, bbox_inches="tight")
             plt.close(figure)
+        page = study_page(study, f"Study {ctx.tracker.study_name}")
+        if page:
+            (out / "plots" / "study.html").write_text(page)
         ctx.tracker.log_artifact_dir(out)
 
 
@@ -244,18 +222,20 @@ def optimize(ctx: StudyContext, study: optuna.Study) -> None:
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.number in ctx.retry_after_outage and trial.state == TrialState.FAIL:
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-            print(f"trial {trial.number} failed while the Optuna storage was unreachable; its settings are "
-                  "queued to run again", file=sys.stderr)
+            tqdm.write(f"trial {trial.number} failed while the Optuna storage was unreachable; its settings are "
+                       "queued to run again", file=sys.stderr)
         publish(ctx, study, with_artifacts=False)
         value = "" if trial.value is None else f" {ctx.tune.metric} {trial.value:.4f}"
         extra = f" at epoch {trial.user_attrs['pruned_at_epoch']}" if "pruned_at_epoch" in trial.user_attrs else ""
         best = ""
         if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
             best = f"  (best {study.best_value:.4f}, trial {study.best_trial.number})"
-        print(f"trial {trial.number} {trial.state.name}{extra}{value}{best}", file=sys.stderr)
+        tqdm.write(f"trial {trial.number} {trial.state.name}{extra}{value}{best}", file=sys.stderr)
 
+    # Optuna's progress bar over the trials (or the --timeout), the best value so far beside it.
     study.optimize(make_objective(ctx), n_trials=ctx.tune.trials, timeout=ctx.tune.timeout,
-                   n_jobs=ctx.tune.n_jobs, catch=(Exception,), callbacks=[after_trial], gc_after_trial=True)
+                   n_jobs=ctx.tune.n_jobs, catch=(Exception,), callbacks=[after_trial], gc_after_trial=True,
+                   show_progress_bar=ctx.base.progress)
 
 
 def top_trials_text(study: optuna.Study, k: int = 10) -> str:
