@@ -75,7 +75,8 @@ def test_bash_completes_commands_options_their_words_and_folders(bash_completion
     assert complete(bash_completion, ["cifar-mlflow", "train", "--ar"], tmp_path) == ["--arch"]
     assert complete(bash_completion, ["cifar-mlflow", "tune", "--pruner-"], tmp_path) == [
         "--pruner-percentile", "--pruner-startup-trials", "--pruner-warmup-epochs"]
-    assert complete(bash_completion, ["cifar-mlflow", "train", "--precision", ""], tmp_path) == ["auto", "bf16", "fp32"]
+    assert complete(bash_completion, ["cifar-mlflow", "train", "--precision", ""], tmp_path) == [
+        "auto", "bf16", "fp16", "fp32"]
     assert complete(bash_completion, ["cifar-mlflow", "tune", "--sampler", "c"], tmp_path) == ["cmaes"]
     assert complete(bash_completion, ["cifar-mlflow", "train", "--data-dir", "da"], tmp_path) == ["data-cifar"]
 

@@ -195,6 +195,11 @@ def test_the_ui_shows_each_logged_model_with_its_test_metrics(served_runs, mlflo
         assert name in listing
     assert listing.count("Ready") >= 2
     test_acc = {m.key: m.value for m in best.metrics}["test_acc"]
-    shown = re.search(r"\ntest_acc\s+-\s+\S+\s+(\S+)\n", detail)  # metric, dataset, source run, value
-    assert shown and float(shown.group(1)) == pytest.approx(test_acc), detail[:2000]
+    # metric, the data set it was measured on (the run's test split), source run, value
+    shown = re.search(r"\ntest_acc\s+(\S+) \(#(\w+)\)\s+\S+\s+(\S+)\n", detail)
+    assert shown, detail[:2000]
+    test_split = next(d.dataset for d in client.get_run(best.source_run_id).inputs.dataset_inputs
+                      if d.dataset.name.endswith("-test"))
+    assert shown.group(1, 2) == (test_split.name, test_split.digest)
+    assert float(shown.group(3)) == pytest.approx(test_acc)
     assert (shots / "mlflow-logged-model.png").stat().st_size > 20_000
