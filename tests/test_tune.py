@@ -159,7 +159,7 @@ def test_pruned_study_nested_runs_and_resume(imagefolder, tmp_path) -> None:
     # The interactive page: Optuna's plotly figures, plotly.js inlined once (it opens offline), every trial in it.
     page = Path(client.download_artifacts(parent.info.run_id, "plots/study.html", str(tmp_path / "page"))).read_text()
     for figure in ("optimization_history", "parallel_coordinate", "contour", "intermediate_values", "timeline"):
-        assert f'id="{figure}"' in page, figure
+        assert f"id='{figure}'" in page, figure
     assert page.count("Plotly.newPlot(") >= 5 and page.count("https://plot.ly") <= 1 and "<script src=" not in page
     # What the study searched, on the parent run: the space, the code's commit and the data.
     local = client.download_artifacts(parent.info.run_id, "search_space.yaml", str(tmp_path / "dl"))

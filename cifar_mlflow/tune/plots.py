@@ -67,7 +67,7 @@ def study_page(study: optuna.Study, title: str) -> str | None:
         return None
     sections = []
     for i, (name, figure) in enumerate(figures.items()):
-        body = figure.to_html(full_html=False, include_plotlyjs=i == 0, div_id=name)
-        sections.append(f"<h2>{html.escape(_PAGE[name][0])}</h2>{body}")
+        body = figure.to_html(full_html=False, include_plotlyjs=i == 0)
+        sections.append(f"<h2>{html.escape(_PAGE[name][0])}</h2><div id='{name}'>{body}</div>")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
             f"<body style='font-family: sans-serif'><h1>{html.escape(title)}</h1>{''.join(sections)}</body></html>")

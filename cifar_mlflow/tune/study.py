@@ -182,7 +182,11 @@ def publish(ctx: StudyContext, study: optuna.Study, with_artifacts: bool) -> Non
         for name, figure in study_figures(study).items():
             figure.savefig(out / "plots" / f"{name}.png", dpi=110, bbox_inches="tight")
             plt.close(figure)
-        page = study_page(study, f"Study {ctx.tracker.study_name}")
+        try:
+            page = study_page(study, f"Study {ctx.tracker.study_name}")
+        except Exception as exc:  # noqa: BLE001 - the interactive page is extra: the PNGs and the table still go
+            page = None
+            tqdm.write(f"warning: no interactive study page ({type(exc).__name__}: {exc})", file=sys.stderr)
         if page:
             (out / "plots" / "study.html").write_text(page)
         ctx.tracker.log_artifact_dir(out)
