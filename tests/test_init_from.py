@@ -72,7 +72,7 @@ def test_a_cifar10_run_fine_tuned_on_cifar100_keeps_its_body_and_gets_a_new_head
                         for n in body if f"model.model.{n}" in trained)  # the logged model: with its TTA wrapper
 
     # The command: trains, and records where it started from as a param and as tags.
-    for given in (f"runs:/{source.info.run_id}", "models:/cifar10-cnn/1"):
+    for given in (f"runs:/{source.info.run_id}", "models:/cifar10-cnn@candidate", "models:/cifar10-cnn/1"):
         assert main([*TINY, "--dataset", "cifar100", "--data-dir", str(c100), "--tracking-uri", uri,
                      "--init-from", given, "--run-name", f"from {given}"]) == 0
         (run,) = client.search_runs([client.get_experiment_by_name("cifar100").experiment_id],
