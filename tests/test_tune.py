@@ -349,3 +349,52 @@ def test_the_study_shows_optunas_progress_bar_with_the_best_value(imagefolder, t
     err = capsys.readouterr().err
     assert "Best trial: " in err and "2/2" in err  # the bar over the trials, the best so far beside it
     assert "trial 0 COMPLETE" in err and "trial 1 COMPLETE" in err  # the per-trial lines, written around it
+
+
+def test_workers_starting_together_agree_on_one_parent_run_however_slow_one_is(tmp_path) -> None:
+    """Three workers of a new study: the first two start 0.5 s apart, the third with the first but 2.2 s slow
+    to create its run (a loaded server): every one ends on the same parent run, and it is not deleted. (With
+    "the last to write the study's attribute wins", the first adopted the second's run and the second then
+    adopted the third's, deleting its own under the first: a test-faults failure under load.)"""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from cifar_mlflow.tracking import StudyTracker
+    from cifar_mlflow.tune.study import open_parent
+
+    uri, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.create_study(study_name="together", storage=storage, direction="maximize")
+    trackers = [StudyTracker(uri, "tuning", "together") for _ in range(3)]
+    MlflowClient(uri).create_experiment("tuning")
+    errors = []
+
+    def worker(tracker, delay):
+        time.sleep(delay)
+        try:
+            open_parent(SimpleNamespace(tracker=tracker), optuna.load_study(study_name="together", storage=storage))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    create_run = trackers[2].client.create_run
+
+    def slow_create_run(*args, **kwargs):
+        time.sleep(2.2)
+        return create_run(*args, **kwargs)
+
+    trackers[2].client.create_run = slow_create_run
+    threads = [threading.Thread(target=worker, args=(t, d)) for t, d in zip(trackers, (0.0, 0.5, 0.0))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    (parent,) = {t.run_id for t in trackers}
+    client = MlflowClient(uri)
+    assert client.get_run(parent).info.lifecycle_stage == "active"
+    study_runs = client.search_runs([client.get_experiment_by_name("tuning").experiment_id],
+                                    filter_string="tags.`cifar_mlflow.kind` = 'study'")
+    assert [r.info.run_id for r in study_runs] == [parent]  # the losers' candidates deleted
+    assert optuna.load_study(study_name="together", storage=storage).user_attrs["mlflow_parent_run_id"] == parent
+    for tracker in trackers:
+        tracker.close("FINISHED")

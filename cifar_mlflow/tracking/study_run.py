@@ -60,11 +60,12 @@ class StudyTracker:
                 self.client.update_run(run_id, status="RUNNING")
                 name_attached_run(self.client, run, self.study_name)
                 self.run_id = run_id
-        if self.run_id is None:
+        kind = {"optuna.study_name": self.study_name, "cifar_mlflow.kind": "study"}
+        if self.run_id is None:  # tagged as it is created: workers electing a parent see every candidate at once
             run = self.client.create_run(experiment_id_for(self.client, self.experiment_name),
-                                         run_name=self.study_name)
+                                         run_name=self.study_name, tags=kind)
             self.run_id = run.info.run_id
-        set_tags(self.client, self.run_id, {"optuna.study_name": self.study_name, "cifar_mlflow.kind": "study"})
+        set_tags(self.client, self.run_id, kind)
         # Trials go where the parent is (under `mlflow run`, that run's experiment).
         experiment_id = self.client.get_run(self.run_id).info.experiment_id
         self.experiment_name = self.client.get_experiment(experiment_id).name
@@ -72,6 +73,18 @@ class StudyTracker:
         if self._heartbeat is None:
             self._heartbeat = Heartbeat(self.uri, self.run_id)
         return self.run_id
+
+    def first_parent(self) -> str:
+        """Of the study's parent runs that exist (workers that started together each created one), the one
+        created first (ties: the smaller id). Every worker that asks once they all exist gets the same answer,
+        however long each took to start; a worker slower than the rest finds the others' run older than its
+        own."""
+        experiment_id = self.client.get_run(self.run_id).info.experiment_id
+        runs = self.client.search_runs(
+            [experiment_id], max_results=1000,
+            filter_string=f"tags.`optuna.study_name` = '{self.study_name}' and tags.`cifar_mlflow.kind` = 'study' "
+                          "and attributes.status = 'RUNNING'")  # not a finished study's run of the same name
+        return min(runs, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
 
     def discard(self) -> None:
         """Delete a parent run that lost the race to another worker's."""

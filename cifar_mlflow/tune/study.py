@@ -207,17 +207,21 @@ def open_study(ctx: StudyContext, *, storage: optuna.storages.RDBStorage, sample
 
 
 def open_parent(ctx: StudyContext, study: optuna.Study) -> None:
-    """The parent run for this study: the one recorded in the study, else a new one (race-safe)."""
+    """The parent run for this study: the one recorded in the study, else a new one (race-safe).
+
+    Workers starting together each create a candidate; after a pause every one of them adopts the candidate
+    created first and deletes its own. (The rule had been "the last to write the study's attribute wins",
+    which a worker slower than the pause could break after others had adopted the run it then deleted.)"""
     ctx.tracker.open(study.user_attrs.get(PARENT_ATTR))
     if study.user_attrs.get(PARENT_ATTR) == ctx.tracker.run_id:
         return
-    study.set_user_attr(PARENT_ATTR, ctx.tracker.run_id)
-    time.sleep(2.0)  # workers starting together: the last one to write wins, the others adopt its run
-    winner = study.user_attrs.get(PARENT_ATTR)  # read from the storage again
+    time.sleep(2.0)  # workers starting together: every candidate exists by now, or is younger than ours
+    winner = ctx.tracker.first_parent()
     if winner != ctx.tracker.run_id:
         ctx.tracker.discard()
         ctx.tracker.run_id = None
         ctx.tracker.open(winner)
+    study.set_user_attr(PARENT_ATTR, winner)
 
 
 def optimize(ctx: StudyContext, study: optuna.Study) -> None:
