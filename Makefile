@@ -30,6 +30,7 @@ test: install
 LOWEST_VENV ?= .venv-lowest
 $(LOWEST_VENV)/.installed: pyproject.toml tools/lowest_constraints.py
 	$(PYTHON) -m venv $(LOWEST_VENV)
+	$(LOWEST_VENV)/bin/python -m pip install --upgrade pip
 	$(PYTHON) tools/lowest_constraints.py > $(LOWEST_VENV)/lowest.txt
 	$(LOWEST_VENV)/bin/python -m pip install -e ".[dev]" -c $(LOWEST_VENV)/lowest.txt
 	touch $@
