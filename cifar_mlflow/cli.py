@@ -21,8 +21,9 @@ COMMANDS = {
 SHELLS = ("bash", "zsh", "tcsh")
 
 
-def command_parser(name: str) -> argparse.ArgumentParser:
-    return importlib.import_module(f"cifar_mlflow.{name}.cli").build_parser()
+def command_cli(name: str):
+    """The command's `cli` module (its `build_parser` and `main`), loaded when called."""
+    return importlib.import_module(f"cifar_mlflow.{name}.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +62,7 @@ def completion_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cifar-mlflow")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, summary in COMMANDS.items():
-        command = sub.add_parser(name, help=summary, parents=[command_parser(name)], add_help=False)
+        command = sub.add_parser(name, help=summary, parents=[command_cli(name).build_parser()], add_help=False)
         for action in command._actions:
             if getattr(action, "completion_choices", None):
                 action.choices = action.completion_choices
@@ -82,7 +83,7 @@ def completion_script(shell: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in COMMANDS:  # the command parses its own options
-        return importlib.import_module(f"cifar_mlflow.{argv[0]}.cli").main(argv[1:])
+        return command_cli(argv[0]).main(argv[1:])
     args = build_parser().parse_args(argv)  # --help, a completion request, or an unknown command (status 2)
     print(completion_script(args.shell), end="")
     return 0

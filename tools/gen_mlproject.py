@@ -6,9 +6,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-import tomllib
 import typing
-from pathlib import Path
+
+from lowest_constraints import ROOT, project_requirements  # tools/: what pyproject requires
 
 from cifar_mlflow.arguments import _base_type
 from cifar_mlflow.compare.cli import CompareConfig
@@ -63,16 +63,7 @@ FROM_RUN = ["  from_run:", "    parameters:", "      from_run: {type: string}", 
             "      python -m cifar_mlflow.train --from-run {from_run}"]
 
 
-ROOT = Path(__file__).resolve().parent.parent
 PYTHON = "3.11"  # the environments' Python: the one the suite runs on
-
-
-def project_requirements() -> list[str]:
-    """pyproject.toml's dependencies and those of every extra but dev: what any entry point's options may
-    need (a PostgreSQL study, --sampler cmaes, --arch timm:NAME, GPU metrics)."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    extras = project["optional-dependencies"]
-    return [*project["dependencies"], *(d for name, deps in extras.items() if name != "dev" for d in deps)]
 
 
 def render_python_env() -> str:

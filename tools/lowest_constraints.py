@@ -14,12 +14,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def lowest_pins() -> list[str]:
+def project_requirements() -> list[str]:
+    """pyproject.toml's dependencies and those of every extra but dev: what any option of the package may
+    need (a PostgreSQL study, --sampler cmaes, --arch timm:NAME, GPU metrics). Reads no package code, so the
+    system Python runs it before any environment exists (`make test-lowest`)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    runtime = [*project["dependencies"],
-               *(d for name, deps in project["optional-dependencies"].items() if name != "dev" for d in deps)]
+    extras = project["optional-dependencies"]
+    return [*project["dependencies"], *(d for name, deps in extras.items() if name != "dev" for d in deps)]
+
+
+def lowest_pins() -> list[str]:
     pins = []
-    for requirement in runtime:
+    for requirement in project_requirements():
         match = re.match(r"^([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?\s*(.*)$", requirement)
         name, specifiers = match.group(1), match.group(2)
         lowest = re.search(r">=\s*([0-9][0-9A-Za-z.]*)", specifiers)
