@@ -39,6 +39,12 @@ def gradient_scaler(device: torch.device, precision: str) -> torch.amp.GradScale
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
+def _learning_for_a_while(model: nn.Module) -> list[tuple[nn.Parameter, float]]:
+    """The parameters that learn for their first `train_epochs` epochs only (airbench's whitening bias), with
+    that number."""
+    return [(p, float(p.train_epochs)) for p in model.parameters() if hasattr(p, "train_epochs")]
+
+
 @dataclass
 class EpochStats:
     loss: float
@@ -70,12 +76,17 @@ def training_pass(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim
     bar = tqdm(total=len(loader), desc=f"epoch {epoch}/{epochs}", leave=False, disable=not progress,
                unit="batch", dynamic_ncols=True)
     scaler = scaler if scaler is not None else gradient_scaler(device, precision)
+    timed = _learning_for_a_while(model)
     for step, (images, labels) in enumerate(loader, start=1):
         with autocast_for(device, precision):
             logits = model(images)
             loss = loss_fn(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        progress = epoch - 1 + (step - 1) / len(loader)  # epochs done before this step
+        for param, train_epochs in timed:
+            if progress >= train_epochs:
+                param.grad = None  # its time is up: the optimizer leaves it as it is (no momentum, no decay)
         if grad_clip:
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)

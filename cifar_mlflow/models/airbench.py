@@ -2,8 +2,13 @@
 
 A residual-free conv net: a frozen 2x2 patch-whitening layer computed from the training images,
 three conv groups (conv, max-pool, batch norm, GELU, conv, batch norm, GELU) of widths 64, 256
-and 256, a global max-pool and a linear head scaled by 1/9. Batch norm keeps its scale frozen at 1
+and 256, a max-pool and a linear head scaled by 1/9. Batch norm keeps its scale frozen at 1
 and learns only its bias, which trains `BIAS_LR_SCALE` times faster than the other weights.
+
+Three choices the published net makes differently, each a builder argument (`--model-args`) so that
+both can be measured: the final max-pool's window (published: 3x3, stride 3, which on a 4x4 map reads
+its top-left 3x3), the whitening's covariance (published: uncentred) and how long the whitening bias
+learns (published: 3 epochs, then frozen; a parameter's `train_epochs`, which the training loop reads).
 """
 
 from __future__ import annotations
@@ -54,25 +59,33 @@ class _ConvGroup(nn.Module):
 class AirbenchNet(nn.Module):
     """`(B, C, H, W)` normalised images -> `(B, num_classes)` logits."""
 
-    def __init__(self, num_classes: int, in_channels: int, widths: tuple[int, int, int], scale: float) -> None:
+    def __init__(self, num_classes: int, in_channels: int, widths: tuple[int, int, int], scale: float,
+                 pool_size: int | None = None, whiten_centred: bool = True,
+                 whiten_bias_epochs: float | None = None) -> None:
         super().__init__()
         whiten_width = 2 * in_channels * 2 * 2  # each eigen-patch and its negative
         self.whiten = nn.Conv2d(in_channels, whiten_width, kernel_size=2, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)  # set from the data by `init_from_data`
+        if whiten_bias_epochs is not None:  # learns for this many epochs, then stays (the training loop)
+            self.whiten.bias.train_epochs = float(whiten_bias_epochs)
+        self.whiten_centred = whiten_centred
         self.activation = nn.GELU()
         self.groups = nn.Sequential(_ConvGroup(whiten_width, widths[0]), _ConvGroup(widths[0], widths[1]),
                                     _ConvGroup(widths[1], widths[2]))
-        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.pool = nn.AdaptiveMaxPool2d(1) if pool_size is None else nn.MaxPool2d(pool_size)
         self.head = nn.Linear(widths[2], num_classes, bias=False)
         self.scale = scale
 
     @torch.no_grad()
     def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
-        """Set the whitening filters from the 2x2 patches of normalised training images `(N, C, H, W)`."""
+        """Set the whitening filters from the 2x2 patches of normalised training images `(N, C, H, W)`: the
+        eigenvectors of the patches' covariance (centred, or uncentred as published), each scaled to unit
+        variance, and their negatives."""
         c = images.shape[1]
         patches = images.float().unfold(2, 2, 1).unfold(3, 2, 1)  # (N, C, H-1, W-1, 2, 2)
         patches = patches.transpose(1, 3).reshape(-1, c, 2, 2).flatten(1)  # (P, C*4)
-        patches = patches - patches.mean(0)
+        if self.whiten_centred:
+            patches = patches - patches.mean(0)
         cov = patches.T @ patches / len(patches)
         eigenvalues, eigenvectors = torch.linalg.eigh(cov)
         filters = (eigenvectors.T / torch.sqrt(eigenvalues + eps)[:, None]).reshape(-1, c, 2, 2)
@@ -80,7 +93,11 @@ class AirbenchNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.groups(self.activation(self.whiten(x)))
-        return self.head(self.pool(x).flatten(1)) * self.scale
+        x = self.pool(x)
+        if x.shape[-2:] != (1, 1):
+            raise ValueError(f"airbench's final max-pool left a {x.shape[-2]}x{x.shape[-1]} map; pool_size "
+                             "suits 32x32 inputs (3) or leave it out to pool the whole map")
+        return self.head(x.flatten(1)) * self.scale
 
 
 # airbench94's settings, for a mean (not summed) loss: lr 11.5 per 1024 images at momentum
@@ -90,6 +107,10 @@ class AirbenchNet(nn.Module):
     optimizer="sgd", lr=1.5, muon_lr=0.1, momentum=0.85, weight_decay=2e-3 / 1.5, scheduler="linear", warmup_epochs=2.3,
     epochs=10, batch_size=1024, augment="light", flip="alternating", label_smoothing=0.2, lookahead=True))
 def airbench(*, num_classes: int = 10, in_channels: int = 3, widths: tuple[int, int, int] = (64, 256, 256),
-             scale: float = 1 / 9) -> nn.Module:
-    """airbench94's net: frozen patch whitening and three conv groups (64, 256, 256); the fast recipe."""
-    return AirbenchNet(num_classes, in_channels, tuple(widths), scale)
+             scale: float = 1 / 9, pool_size: int | None = None, whiten_centred: bool = True,
+             whiten_bias_epochs: float | None = None) -> nn.Module:
+    """airbench94's net: frozen patch whitening and three conv groups (64, 256, 256); the fast recipe.
+    `pool_size`: the final max-pool's window (None: the whole map; published: 3); `whiten_centred`: the
+    whitening's covariance centred (published: uncentred); `whiten_bias_epochs`: the whitening bias
+    learns for this many epochs, then stays (None: all run; published: 3)."""
+    return AirbenchNet(num_classes, in_channels, tuple(widths), scale, pool_size, whiten_centred, whiten_bias_epochs)
