@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from cifar_mlflow import TrainConfig
 from cifar_mlflow.config import resolve_config
+from cifar_mlflow.core.fit import fit
 from cifar_mlflow.core.optimizers import LINEAR_END, LINEAR_START, Lookahead, build_optimizer, build_schedule
 from cifar_mlflow.core.prepare import prepare
 from cifar_mlflow.data import BatchTransform, ImageData, load_image_data, split_data
@@ -56,6 +57,50 @@ def test_whitening_is_fitted_on_every_class_when_the_files_come_class_by_class()
         out = torch.nn.functional.conv2d(normalised, prepared.model.whiten.weight[:12].float())
     variances = torch.linalg.eigvalsh(torch.cov(out.transpose(0, 1).flatten(1)))
     assert 0.7 < variances.min() and variances.max() < 1.4  # the whole training set comes out white
+
+
+def test_uncentred_whitening_whitens_the_patches_second_moment_as_published() -> None:
+    """Published airbench fits its whitening on the patches' uncentred covariance: images with a mean away
+    from zero come out with unit second moment (the centred fit leaves the mean's share in it)."""
+    gen = torch.Generator().manual_seed(0)
+    images = 1.5 + torch.randn(64, 3, 16, 16, generator=gen) * torch.tensor([1.0, 0.5, 2.0]).view(1, 3, 1, 1)
+
+    def second_moment(model: torch.nn.Module) -> torch.Tensor:
+        model.init_from_data(images)
+        with torch.no_grad():
+            flat = torch.nn.functional.conv2d(images, model.whiten.weight[:12]).transpose(0, 1).flatten(1)
+        return flat @ flat.T / flat.shape[1]
+
+    assert torch.allclose(second_moment(get_model("airbench", whiten_centred=False)), torch.eye(12), atol=0.05)
+    assert not torch.allclose(second_moment(get_model("airbench")), torch.eye(12), atol=0.5)
+
+
+def test_whitening_bias_learns_for_its_epochs_then_stays_while_the_rest_learns() -> None:
+    """`whiten_bias_epochs` 1.5: the bias moves in the first epoch and the first half of the second, then not
+    at all, momentum included, while the head goes on learning."""
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(4).repeat(64)
+    images = (128 + 40 * torch.randn(len(labels), 3, 16, 16, generator=gen)).clamp(0, 255).byte()
+    data = ImageData(images, labels, images[:32], labels[:32], [str(i) for i in range(4)], True, "timed")
+    config = TrainConfig(arch="airbench", dataset="synthetic", device="cpu", precision="fp32", epochs=3, batch_size=32,
+                         lr=0.5, momentum=0.85, scheduler="none", lookahead=False, val_fraction=0.0, progress=False,
+                         model_args={"widths": [8, 8, 8], "whiten_bias_epochs": 1.5})
+    prepared = prepare(config, data=split_data(data, val_fraction=0.0, seed=0))
+    model = prepared.model
+    seen = [(model.whiten.bias.detach().clone(), model.head.weight.detach().clone())]
+    fit(prepared, callbacks=[lambda epoch, row: seen.append((model.whiten.bias.detach().clone(),
+                                                             model.head.weight.detach().clone()))])
+    (bias0, _), (bias1, _), (bias2, head2), (bias3, head3) = seen
+    assert not torch.equal(bias1, bias0) and not torch.equal(bias2, bias1)
+    assert torch.equal(bias3, bias2)
+    assert not torch.equal(head3, head2)
+
+
+def test_published_final_pool_reads_a_3x3_window_and_says_which_inputs_it_suits() -> None:
+    model = get_model("airbench", pool_size=3, widths=[8, 8, 8]).eval()
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="pool_size suits 32x32 inputs"):
+        model(torch.randn(2, 3, 64, 64))
 
 
 def test_batch_norm_biases_train_faster_and_scales_are_frozen() -> None:
