@@ -398,3 +398,33 @@ def test_workers_starting_together_agree_on_one_parent_run_however_slow_one_is(t
     assert optuna.load_study(study_name="together", storage=storage).user_attrs["mlflow_parent_run_id"] == parent
     for tracker in trackers:
         tracker.close("FINISHED")
+
+
+def test_a_study_named_with_a_quote_finds_its_parent_run_and_compares_its_trials(imagefolder, tmp_path,
+                                                                                  capsys) -> None:
+    """Runs are found by the study's name in MLflow search filters: a name with an apostrophe must still
+    find its one parent run, and `compare --study` its trials."""
+    from cifar_mlflow import compare
+
+    name = "anna's study"
+    assert main(tune_args(imagefolder, tmp_path, "--trials", "2", "--epochs", "1", "--study-name", name)) == 0
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("tuning").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("cifar_mlflow.kind") == "study"]
+    assert parent.info.status == "FINISHED" and parent.data.tags["optuna.study_name"] == name
+    trials = {r.info.run_id for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert len(trials) == 2
+    capsys.readouterr()
+    assert compare.main(["--study", name, "--tracking-uri", uri, "--format", "csv", "--output",
+                         str(tmp_path / "report"), "--log-comparison", "false"]) == 0
+    printed = capsys.readouterr().out
+    assert all(run_id in printed for run_id in trials)
+
+
+def test_a_study_name_with_both_kinds_of_quote_exits_2_before_anything_is_created(imagefolder, tmp_path,
+                                                                                   capsys) -> None:
+    assert main(tune_args(imagefolder, tmp_path, "--study-name", "it's \"ours\"")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: study_name") and "both kinds of quote" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlflow.db").exists()

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from cifar_mlflow.core.run_logger import ending_with_status
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.records import RunRecord, SourceRun
-from cifar_mlflow.tracking.store import name_attached_run, set_tags
+from cifar_mlflow.tracking.store import filter_value, name_attached_run, set_tags
 
 # Runs of these kinds are not training runs and are left out of comparisons found by search.
 NOT_COMPARABLE_KINDS = {"comparison", "study", "benchmark"}
@@ -45,7 +45,7 @@ def select_runs(uri: str, *, run_ids: list[str] | None = None, experiment: str |
         experiment_ids = [found.experiment_id]
     else:
         experiment_ids = [e.experiment_id for e in client.search_experiments()]
-    filters = [f for f in (filter_string, f"tags.`optuna.study_name` = '{study}'" if study else "") if f]
+    filters = [f for f in (filter_string, f"tags.`optuna.study_name` = {filter_value(study)}" if study else "") if f]
     order = [f"metrics.{metric} {'ASC' if 'loss' in metric else 'DESC'}"] if top else None
     try:
         runs = client.search_runs(experiment_ids, filter_string=" and ".join(filters), order_by=order,

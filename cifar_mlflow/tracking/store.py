@@ -24,6 +24,18 @@ from cifar_mlflow.tracking.faults import failure_in_words, is_tracking_server
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
+def filter_value(text: str) -> str:
+    """`text` as a string literal in an MLflow search filter. MLflow's filter parser takes a literal in single
+    or double quotes and unescapes nothing, so a text with one kind of quote goes inside the other kind,
+    and a text with both cannot be written (`ConfigError`)."""
+    if "'" not in text:
+        return f"'{text}'"
+    if '"' not in text:
+        return f'"{text}"'
+    raise ConfigError(f"{text!r} holds both kinds of quote, which an MLflow search cannot match; "
+                      "use a name with at most one kind")
+
+
 def tracking_uri(explicit: str | None) -> str:
     """--tracking-uri, else $MLFLOW_TRACKING_URI, else the embedded SQLite store in the working directory.
 

@@ -15,7 +15,7 @@ from cifar_mlflow.interrupts import deferring
 from cifar_mlflow.tracking.faults import install_request_hooks, is_tracking_server
 from cifar_mlflow.tracking.heartbeat import Heartbeat, mark_stale_runs
 from cifar_mlflow.tracking.run_inputs import log_datasets
-from cifar_mlflow.tracking.store import experiment_id_for, log_params_once, name_attached_run, set_tags
+from cifar_mlflow.tracking.store import experiment_id_for, filter_value, log_params_once, name_attached_run, set_tags
 
 
 def fail_stale_run(uri: str, run_id: str) -> None:
@@ -80,10 +80,10 @@ class StudyTracker:
         however long each took to start; a worker slower than the rest finds the others' run older than its
         own."""
         experiment_id = self.client.get_run(self.run_id).info.experiment_id
-        runs = self.client.search_runs(
+        runs = self.client.search_runs(  # RUNNING: not a finished study's run of the same name
             [experiment_id], max_results=1000,
-            filter_string=f"tags.`optuna.study_name` = '{self.study_name}' and tags.`cifar_mlflow.kind` = 'study' "
-                          "and attributes.status = 'RUNNING'")  # not a finished study's run of the same name
+            filter_string=f"tags.`optuna.study_name` = {filter_value(self.study_name)} "
+                          "and tags.`cifar_mlflow.kind` = 'study' and attributes.status = 'RUNNING'")
         return min(runs, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
 
     def discard(self) -> None:

@@ -66,6 +66,9 @@ def validate_tune_config(config: TuneConfig) -> None:
         raise ConfigError("pruner_startup_trials, pruner_warmup_epochs and retry_failed must be >= 0")
     if not 0 < config.pruner_percentile < 100:
         raise ConfigError(f"pruner_percentile must be between 0 and 100, got {config.pruner_percentile}")
+    if config.study_name is not None and "'" in config.study_name and '"' in config.study_name:
+        raise ConfigError(f"study_name {config.study_name!r} holds both kinds of quote, which an MLflow search "
+                          "cannot match (the study's runs are found by it); use at most one kind")
     if "://" not in config.storage:
         raise ConfigError(f"storage must be a database URL such as sqlite:///optuna.db or "
                           f"postgresql://user:password@host/db, got {redact(config.storage)!r}")
