@@ -84,3 +84,32 @@ def test_killed_worker_trial_is_failed_and_retried(imagefolder, tmp_path) -> Non
     assert RetryFailedTrialCallback.retried_trial_number(study.trials[1]) == 0
     (stale,) = [r for r in runs(tmp_path) if r.info.run_id == stale.info.run_id]
     assert stale.info.status == "FAILED" and "heartbeats" in stale.data.tags["optuna.fail_reason"]
+
+
+def test_trials_failed_under_their_worker_are_left_and_the_worker_goes_on(imagefolder, tmp_path) -> None:
+    """Another worker fails this worker's running trial (its heartbeats came later than the grace period: a
+    storage unreachable that long, a machine that loaded): the worker says so in one line, without a
+    traceback, closes the trial's run and goes on with its next trial instead of crashing. Here both of
+    its trials are taken from it, each in its first epochs."""
+    worker = start_worker(imagefolder, tmp_path, "--trials", "2", "--epochs", "200")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    said = []
+    for number in (0, 1):
+        for line in worker.stderr:
+            said.append(line)
+            if line.startswith("epoch 1/"):
+                break
+        running = optuna.load_study(study_name="s", storage=storage).trials[number]
+        storage.set_trial_state_values(running._trial_id, state=optuna.trial.TrialState.FAIL)  # as a stale check does
+    rest = "".join(said) + worker.stderr.read()
+    assert worker.wait(timeout=300) == 0, rest[-3000:]
+    assert "Traceback" not in rest and rest.count("was failed by another worker") == 2
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
+    (parent,) = [r for r in runs(tmp_path) if r.data.tags.get("cifar_mlflow.kind") == "study"]
+    children = sorted((r for r in runs(tmp_path) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id),
+                      key=lambda r: r.info.run_name)
+    assert [(c.info.run_name, c.info.status) for c in children] == [("trial-0", "FAILED"), ("trial-1", "FAILED")]
+    client = MlflowClient()
+    assert all(len(client.get_metric_history(c.info.run_id, "val_acc")) < 10 for c in children)  # stopped there
+    assert parent.info.status == "FINISHED"

@@ -64,6 +64,8 @@ class StudyContext:
     lock: threading.Lock = field(default_factory=threading.Lock)
     best_run_id: str | None = None
     retry_after_outage: set[int] = field(default_factory=set)  # trials the database's absence failed
+    trials_started: int = 0  # by this worker, in this command
+    taken_over: list[int] = field(default_factory=list)  # this worker's trials another worker failed under it
     init_weights: dict[str, Any] | None = None  # what --init-from names, fetched once for every trial
 
     def data_for(self, config: TrainConfig) -> DataSplits:
@@ -76,6 +78,13 @@ class StudyContext:
             return self.data_cache[key]
 
 
+class TrialTakenOver(optuna.TrialPruned):
+    """This worker's trial was failed by another worker while it ran (its heartbeats came later than the grace
+    period allows: a storage unreachable for that long, or a machine too loaded to send them). Raised from the
+    objective so that Optuna logs it in one line (as a pruned trial, without a traceback) and then refuses to
+    tell the finished trial, which `optimize` answers by going on with the next trial."""
+
+
 def best_value(history: list[dict[str, float]], metric: str) -> float:
     values = [h[metric] for h in history]
     return max(values) if metric == "val_acc" else min(values)
@@ -83,6 +92,8 @@ def best_value(history: list[dict[str, float]], metric: str) -> float:
 
 def make_objective(ctx: StudyContext):
     def objective(trial: optuna.Trial) -> float:
+        with ctx.lock:
+            ctx.trials_started += 1
         config, _ = sample_config(ctx.space, ctx.base, lambda spec: suggest(trial, spec))
         config = dataclasses.replace(config, run_name=f"trial-{trial.number}", log_model=ctx.tune.log_models,
                                      register_model=None, progress=ctx.tune.n_jobs == 1 and ctx.base.progress)
@@ -98,6 +109,9 @@ def make_objective(ctx: StudyContext):
             value = metrics[ctx.tune.metric]
             if not math.isfinite(value):
                 raise FloatingPointError(f"{ctx.tune.metric} is {value} at epoch {epoch}")
+            # A user attribute, unlike `report`, refuses a trial that is no longer running: one another worker
+            # failed under this one stops here (`TrialTakenOver`) instead of training on for nothing.
+            trial.set_user_attr("epochs_reported", epoch)
             trial.report(value, epoch)
             reported.append(epoch)
             if trial.should_prune():
@@ -120,6 +134,12 @@ def make_objective(ctx: StudyContext):
             error = exc
             logger.set_tags({"optuna.state": "FAIL", "optuna.fail_reason": "interrupted (Ctrl-C)"})
             raise
+        except optuna.exceptions.UpdateFinishedTrialError as exc:
+            error = exc
+            ctx.taken_over.append(trial.number)
+            raise TrialTakenOver(f"trial {trial.number} was failed by another worker while this one ran it: its "
+                                 "heartbeats came later than the grace period (the storage unreachable or the "
+                                 "machine overloaded for that long); this worker goes on with its next trial") from None
         except Exception as exc:
             error = exc
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
@@ -240,10 +260,21 @@ def optimize(ctx: StudyContext, study: optuna.Study) -> None:
             best = f"  (best {study.best_value:.4f}, trial {study.best_trial.number})"
         tqdm.write(f"trial {trial.number} {trial.state.name}{extra}{value}{best}", file=sys.stderr)
 
-    # Optuna's progress bar over the trials (or the --timeout), the best value so far beside it.
-    study.optimize(make_objective(ctx), n_trials=ctx.tune.trials, timeout=ctx.tune.timeout,
-                   n_jobs=ctx.tune.n_jobs, catch=(Exception,), callbacks=[after_trial], gc_after_trial=True,
-                   show_progress_bar=ctx.base.progress)
+    objective = make_objective(ctx)
+    deadline = None if ctx.tune.timeout is None else time.monotonic() + ctx.tune.timeout
+    while (left := ctx.tune.trials - ctx.trials_started) > 0:
+        timeout = None if deadline is None else deadline - time.monotonic()
+        if timeout is not None and timeout <= 0:
+            return
+        taken_over = len(ctx.taken_over)
+        try:  # Optuna's progress bar over the trials (or the --timeout), the best value so far beside it
+            study.optimize(objective, n_trials=left, timeout=timeout, n_jobs=ctx.tune.n_jobs, catch=(Exception,),
+                           callbacks=[after_trial], gc_after_trial=True, show_progress_bar=ctx.base.progress)
+            return
+        except ValueError:  # Optuna cannot tell a trial another worker finished: the trial is that worker's now
+            if len(ctx.taken_over) == taken_over:
+                raise
+            publish(ctx, study, with_artifacts=False)
 
 
 def top_trials_text(study: optuna.Study, k: int = 10) -> str:
