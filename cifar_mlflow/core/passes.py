@@ -83,9 +83,9 @@ def training_pass(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim
             loss = loss_fn(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        progress = epoch - 1 + (step - 1) / len(loader)  # epochs done before this step
+        epochs_done = epoch - 1 + (step - 1) / len(loader)  # before this step
         for param, train_epochs in timed:
-            if progress >= train_epochs:
+            if epochs_done >= train_epochs:
                 param.grad = None  # its time is up: the optimizer leaves it as it is (no momentum, no decay)
         if grad_clip:
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
