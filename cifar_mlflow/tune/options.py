@@ -21,7 +21,8 @@ METRICS = ("val_acc", "val_loss")
 class TuneConfig:
     """How the study searches; `TrainConfig` holds what every trial trains."""
 
-    trials: int = _field(50, "number of new trials this command runs (a resumed study adds them)")
+    trials: int = _field(50, "number of new trials this command runs (a resumed study adds them; a trial that "
+                             "the storage failed, not its settings, is made up)")
     timeout: float | None = _field(None, "stop starting new trials after this many seconds")
     study_name: str | None = _field(None, "study name (default: ARCH-DATASET); the same name resumes it")
     storage: str | None = _field(None, "Optuna storage URL; a PostgreSQL URL (postgresql://user:pass@host/db) "

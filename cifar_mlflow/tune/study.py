@@ -66,6 +66,9 @@ class StudyContext:
     retry_after_outage: set[int] = field(default_factory=set)  # trials the database's absence failed
     trials_started: int = 0  # by this worker, in this command
     taken_over: list[int] = field(default_factory=list)  # this worker's trials another worker failed under it
+    # trials of this worker failed by the storage, not by their settings (taken over, or failed by an outage):
+    # they do not use up --trials, so the study gets the complete trials it was asked for
+    failed_by_storage: int = 0
     init_weights: dict[str, Any] | None = None  # what --init-from names, fetched once for every trial
 
     def data_for(self, config: TrainConfig) -> DataSplits:
@@ -136,10 +139,13 @@ def make_objective(ctx: StudyContext):
             raise
         except optuna.exceptions.UpdateFinishedTrialError as exc:
             error = exc
-            ctx.taken_over.append(trial.number)
+            with ctx.lock:
+                ctx.taken_over.append(trial.number)
+                ctx.failed_by_storage += 1
             raise TrialTakenOver(f"trial {trial.number} was failed by another worker while this one ran it: its "
                                  "heartbeats came later than the grace period (the storage unreachable or the "
-                                 "machine overloaded for that long); this worker goes on with its next trial") from None
+                                 "machine overloaded for that long); this worker runs another trial in its "
+                                 "place") from None
         except Exception as exc:
             error = exc
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
@@ -245,13 +251,17 @@ def open_parent(ctx: StudyContext, study: optuna.Study) -> None:
 
 
 def optimize(ctx: StudyContext, study: optuna.Study) -> None:
-    """Run `ctx.tune.trials` new trials (or until the timeout), publishing progress after each."""
+    """Run `ctx.tune.trials` new trials (or until the timeout), publishing progress after each. A trial that
+    the storage failed (`failed_by_storage`) is run again in its place, at most `trials` times in all, so that
+    an outage cannot keep a worker going for ever."""
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.number in ctx.retry_after_outage and trial.state == TrialState.FAIL:
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            with ctx.lock:
+                ctx.failed_by_storage += 1
             tqdm.write(f"trial {trial.number} failed while the Optuna storage was unreachable; its settings are "
-                       "queued to run again", file=sys.stderr)
+                       "queued to run again and this worker runs one more trial", file=sys.stderr)
         publish(ctx, study, with_artifacts=False)
         value = "" if trial.value is None else f" {ctx.tune.metric} {trial.value:.4f}"
         extra = f" at epoch {trial.user_attrs['pruned_at_epoch']}" if "pruned_at_epoch" in trial.user_attrs else ""
@@ -262,15 +272,17 @@ def optimize(ctx: StudyContext, study: optuna.Study) -> None:
 
     objective = make_objective(ctx)
     deadline = None if ctx.tune.timeout is None else time.monotonic() + ctx.tune.timeout
-    while (left := ctx.tune.trials - ctx.trials_started) > 0:
+    trials = ctx.tune.trials
+    while (left := trials - ctx.trials_started + min(trials, ctx.failed_by_storage)) > 0:
         timeout = None if deadline is None else deadline - time.monotonic()
         if timeout is not None and timeout <= 0:
             return
-        taken_over = len(ctx.taken_over)
+        taken_over, failed_by_storage = len(ctx.taken_over), ctx.failed_by_storage
         try:  # Optuna's progress bar over the trials (or the --timeout), the best value so far beside it
             study.optimize(objective, n_trials=left, timeout=timeout, n_jobs=ctx.tune.n_jobs, catch=(Exception,),
                            callbacks=[after_trial], gc_after_trial=True, show_progress_bar=ctx.base.progress)
-            return
+            if ctx.failed_by_storage == failed_by_storage:
+                return
         except ValueError:  # Optuna cannot tell a trial another worker finished: the trial is that worker's now
             if len(ctx.taken_over) == taken_over:
                 raise
