@@ -116,6 +116,28 @@ def test_batch_norm_biases_train_faster_and_scales_are_frozen() -> None:
     assert all(id(m.weight) not in trained for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "muon"])
+def test_decayed_biases_lose_as_much_per_step_as_the_weights_as_published(optimizer) -> None:
+    """`decay_biases`: every bias is decayed, the 64x faster batch-norm biases at a 64th of the rate, so that
+    learning rate x weight decay (what a step takes off) is the weights' for all; without it no bias decays."""
+    config = resolve_config(TrainConfig(recipe="fast", optimizer=optimizer))
+
+    def decay_per_step(model: torch.nn.Module) -> dict[str, float]:
+        groups = build_optimizer(config, model).param_groups
+        names = {id(p): name for name, p in model.named_parameters()}
+        return {names[id(p)]: g["lr"] * g["weight_decay"] for g in groups for p in g["params"] if id(p) in names}
+
+    published = decay_per_step(get_model("airbench", decay_biases=True))
+    head = published["head.weight"]
+    assert head == pytest.approx(config.lr * config.weight_decay) and head > 0
+    biases = {name: value for name, value in published.items() if name.endswith("bias")}
+    assert len(biases) == 7 and "whiten.bias" in biases  # six batch norms and the whitening
+    assert all(value == pytest.approx(head) for value in biases.values())
+    default = decay_per_step(get_model("airbench"))
+    assert default["head.weight"] == head
+    assert all(value == 0 for name, value in default.items() if name.endswith("bias"))
+
+
 def test_linear_schedule_rises_from_a_fifth_then_falls_to_the_end_value() -> None:
     config = resolve_config(TrainConfig(recipe="fast", optimizer="sgd", epochs=10, warmup_epochs=2))
     model = torch.nn.Linear(2, 2)

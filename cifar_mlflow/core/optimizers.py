@@ -17,15 +17,17 @@ from cifar_mlflow.hardware import select_precision
 def _param_groups(model: nn.Module, lr: float, weight_decay: float, leave_out: set[int] = frozenset()) -> list[dict]:
     """Weight decay on weights only: biases and normalisation parameters (ndim <= 1) are not decayed.
 
-    A parameter with an `lr_scale` attribute (airbench's batch-norm biases) trains at `lr * lr_scale`.
-    Parameters whose `id` is in `leave_out` are left to another optimizer.
+    A parameter with an `lr_scale` attribute (airbench's batch-norm biases) trains at `lr * lr_scale`; one
+    with a `wd_scale` attribute is decayed at `weight_decay * wd_scale`, whatever its shape (airbench's
+    `decay_biases`). Parameters whose `id` is in `leave_out` are left to another optimizer.
     """
-    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for p in model.parameters():
         if p.requires_grad and id(p) not in leave_out:
-            groups.setdefault((p.ndim > 1, float(getattr(p, "lr_scale", 1.0))), []).append(p)
-    return [{"params": params, "lr": lr * scale, "weight_decay": weight_decay if decay else 0.0}
-            for (decay, scale), params in sorted(groups.items(), key=lambda item: (not item[0][0], item[0][1]))]
+            decay = float(getattr(p, "wd_scale", 1.0 if p.ndim > 1 else 0.0))
+            groups.setdefault((decay, float(getattr(p, "lr_scale", 1.0))), []).append(p)
+    return [{"params": params, "lr": lr * scale, "weight_decay": weight_decay * decay}
+            for (decay, scale), params in sorted(groups.items(), key=lambda item: (-item[0][0], item[0][1]))]
 
 
 _OPTIMIZERS: dict[str, Callable[[list[dict], TrainConfig], torch.optim.Optimizer]] = {

@@ -5,10 +5,12 @@ three conv groups (conv, max-pool, batch norm, GELU, conv, batch norm, GELU) of 
 and 256, a max-pool and a linear head scaled by 1/9. Batch norm keeps its scale frozen at 1
 and learns only its bias, which trains `BIAS_LR_SCALE` times faster than the other weights.
 
-Three choices the published net makes differently, each a builder argument (`--model-args`) so that
+Four choices the published net makes differently, each a builder argument (`--model-args`) so that
 both can be measured: the final max-pool's window (published: 3x3, stride 3, which on a 4x4 map reads
-its top-left 3x3), the whitening's covariance (published: uncentred) and how long the whitening bias
-learns (published: 3 epochs, then frozen; a parameter's `train_epochs`, which the training loop reads).
+its top-left 3x3), the whitening's covariance (published: uncentred), how long the whitening bias
+learns (published: 3 epochs, then frozen; a parameter's `train_epochs`, which the training loop reads)
+and whether the biases are decayed (published: yes, as much per step as the weights, so the 64x faster
+batch-norm biases at a 64th of the rate; a parameter's `wd_scale`, which the optimizer reads).
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ class AirbenchNet(nn.Module):
 
     def __init__(self, num_classes: int, in_channels: int, widths: tuple[int, int, int], scale: float,
                  pool_size: int | None = None, whiten_centred: bool = True,
-                 whiten_bias_epochs: float | None = None) -> None:
+                 whiten_bias_epochs: float | None = None, decay_biases: bool = False) -> None:
         super().__init__()
         whiten_width = 2 * in_channels * 2 * 2  # each eigen-patch and its negative
         self.whiten = nn.Conv2d(in_channels, whiten_width, kernel_size=2, padding=0, bias=True)
@@ -75,6 +77,10 @@ class AirbenchNet(nn.Module):
         self.pool = nn.AdaptiveMaxPool2d(1) if pool_size is None else nn.MaxPool2d(pool_size)
         self.head = nn.Linear(widths[2], num_classes, bias=False)
         self.scale = scale
+        if decay_biases:  # each bias decays as much per step as a weight does: the fast ones at a fraction
+            for name, p in self.named_parameters():
+                if name.endswith("bias"):
+                    p.wd_scale = 1.0 / getattr(p, "lr_scale", 1.0)
 
     @torch.no_grad()
     def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
@@ -108,9 +114,11 @@ class AirbenchNet(nn.Module):
     epochs=10, batch_size=1024, augment="light", flip="alternating", label_smoothing=0.2, lookahead=True))
 def airbench(*, num_classes: int = 10, in_channels: int = 3, widths: tuple[int, int, int] = (64, 256, 256),
              scale: float = 1 / 9, pool_size: int | None = None, whiten_centred: bool = True,
-             whiten_bias_epochs: float | None = None) -> nn.Module:
+             whiten_bias_epochs: float | None = None, decay_biases: bool = False) -> nn.Module:
     """airbench94's net: frozen patch whitening and three conv groups (64, 256, 256); the fast recipe.
     `pool_size`: the final max-pool's window (None: the whole map; published: 3); `whiten_centred`: the
     whitening's covariance centred (published: uncentred); `whiten_bias_epochs`: the whitening bias
-    learns for this many epochs, then stays (None: all run; published: 3)."""
-    return AirbenchNet(num_classes, in_channels, tuple(widths), scale, pool_size, whiten_centred, whiten_bias_epochs)
+    learns for this many epochs, then stays (None: all run; published: 3); `decay_biases`: the biases
+    decayed as much per step as the weights (published: yes)."""
+    return AirbenchNet(num_classes, in_channels, tuple(widths), scale, pool_size, whiten_centred, whiten_bias_epochs,
+                       decay_biases)
