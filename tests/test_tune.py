@@ -236,6 +236,35 @@ def test_a_trial_the_storage_failed_is_queued_again_and_does_not_use_up_the_work
     assert "the Optuna storage was unreachable" in study.trials[0].user_attrs["fail_reason"]
 
 
+def test_a_trial_failed_under_its_worker_after_its_last_epoch_is_made_up(imagefolder, tmp_path,
+                                                                          monkeypatch) -> None:
+    """Another worker fails this worker's trial after its last epoch, while its test pass and model go to
+    MLflow (seconds to minutes): the worker goes on instead of crashing in Optuna's tell (its one line is
+    Optuna's, tested in a real process in test_tune_interrupts.py), the trial's run ends FAILED with the
+    reason, and one more trial runs in its place."""
+    import cifar_mlflow.tune.study as study_module
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    real_best_value = study_module.best_value
+
+    def best_value_after_a_takeover(history, metric):
+        trials = optuna.load_study(study_name="s", storage=storage).trials
+        if len(trials) == 1:  # the first trial, trained: another worker fails it (as a stale check does)
+            storage.set_trial_state_values(trials[0]._trial_id, state=optuna.trial.TrialState.FAIL)
+        return real_best_value(history, metric)
+
+    monkeypatch.setattr(study_module, "best_value", best_value_after_a_takeover)
+    assert main(tune_args(imagefolder, tmp_path, "--trials", "1", "--pruner", "none", "--epochs", "1")) == 0
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient()
+    (first,) = client.search_runs([client.get_experiment_by_name("tuning").experiment_id],
+                                  filter_string="attributes.run_name = 'trial-0'")
+    assert first.info.status == "FAILED" and first.data.tags["optuna.state"] == "FAIL"
+    assert "failed by another worker" in first.data.tags["optuna.fail_reason"]
+
+
 def test_retrain_best_on_train_plus_validation_and_register_champion(imagefolder, tmp_path) -> None:
     space = tmp_path / "space.yaml"
     space.write_text("lr: {type: categorical, choices: [0.05, 1.0e-9]}\n")

@@ -125,6 +125,8 @@ def make_objective(ctx: StudyContext):
             prepared = prepare(config, data=ctx.data_for(config), init_weights=ctx.init_weights)
             result = run(prepared, logger=logger, callbacks=[report])
             value = best_value(result.history, ctx.tune.metric)
+            # again after the test pass and the logged model (seconds to minutes), which a takeover may outlast
+            trial.set_user_attr("epochs_reported", reported[-1] if reported else 0)
             logger.set_tags({"optuna.state": "COMPLETE", "objective": f"{value:.6g}"})
             return value
         except optuna.TrialPruned as exc:
@@ -139,6 +141,8 @@ def make_objective(ctx: StudyContext):
             raise
         except optuna.exceptions.UpdateFinishedTrialError as exc:
             error = exc
+            logger.set_tags({"optuna.state": "FAIL", "optuna.fail_reason": "failed by another worker: this worker's "
+                             "heartbeats came later than the grace period"})
             with ctx.lock:
                 ctx.taken_over.append(trial.number)
                 ctx.failed_by_storage += 1
