@@ -65,11 +65,15 @@ class StudyContext:
     best_run_id: str | None = None
     retry_after_outage: set[int] = field(default_factory=set)  # trials the database's absence failed
     trials_started: int = 0  # by this worker, in this command
-    taken_over: list[int] = field(default_factory=list)  # this worker's trials another worker failed under it
-    # trials of this worker failed by the storage, not by their settings (taken over, or failed by an outage):
-    # they do not use up --trials, so the study gets the complete trials it was asked for
-    failed_by_storage: int = 0
+    taken_over: int = 0  # this worker's trials another worker failed under it
+    failed_in_outage: int = 0  # this worker's trials an outage failed, their settings queued again
     init_weights: dict[str, Any] | None = None  # what --init-from names, fetched once for every trial
+
+    @property
+    def failed_by_storage(self) -> int:
+        """This worker's trials the storage failed, not their settings: they do not use up --trials, so the
+        study gets the complete trials it was asked for."""
+        return self.taken_over + self.failed_in_outage
 
     def data_for(self, config: TrainConfig) -> DataSplits:
         """The split data set, read once per worker (trials differ in hyperparameters, not data)."""
@@ -144,8 +148,7 @@ def make_objective(ctx: StudyContext):
             logger.set_tags({"optuna.state": "FAIL", "optuna.fail_reason": "failed by another worker: this worker's "
                              "heartbeats came later than the grace period"})
             with ctx.lock:
-                ctx.taken_over.append(trial.number)
-                ctx.failed_by_storage += 1
+                ctx.taken_over += 1
             raise TrialTakenOver(f"trial {trial.number} was failed by another worker while this one ran it: its "
                                  "heartbeats came later than the grace period (the storage unreachable or the "
                                  "machine overloaded for that long); this worker runs another trial in its "
@@ -263,7 +266,7 @@ def optimize(ctx: StudyContext, study: optuna.Study) -> None:
         if trial.number in ctx.retry_after_outage and trial.state == TrialState.FAIL:
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
             with ctx.lock:
-                ctx.failed_by_storage += 1
+                ctx.failed_in_outage += 1
             tqdm.write(f"trial {trial.number} failed while the Optuna storage was unreachable; its settings are "
                        "queued to run again and this worker runs one more trial", file=sys.stderr)
         publish(ctx, study, with_artifacts=False)
@@ -281,14 +284,14 @@ def optimize(ctx: StudyContext, study: optuna.Study) -> None:
         timeout = None if deadline is None else deadline - time.monotonic()
         if timeout is not None and timeout <= 0:
             return
-        taken_over, failed_by_storage = len(ctx.taken_over), ctx.failed_by_storage
+        taken_over, failed_by_storage = ctx.taken_over, ctx.failed_by_storage
         try:  # Optuna's progress bar over the trials (or the --timeout), the best value so far beside it
             study.optimize(objective, n_trials=left, timeout=timeout, n_jobs=ctx.tune.n_jobs, catch=(Exception,),
                            callbacks=[after_trial], gc_after_trial=True, show_progress_bar=ctx.base.progress)
             if ctx.failed_by_storage == failed_by_storage:
                 return
         except ValueError:  # Optuna cannot tell a trial another worker finished: the trial is that worker's now
-            if len(ctx.taken_over) == taken_over:
+            if ctx.taken_over == taken_over:
                 raise
             publish(ctx, study, with_artifacts=False)
 
