@@ -18,6 +18,7 @@ from cifar_mlflow.core.fit import fit
 from cifar_mlflow.core.optimizers import LINEAR_END, LINEAR_START, Lookahead, build_optimizer, build_schedule
 from cifar_mlflow.core.prepare import prepare
 from cifar_mlflow.data import BatchTransform, ImageData, load_image_data, split_data
+from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.models import get_model
 from cifar_mlflow.models.airbench import BIAS_LR_SCALE
 from cifar_mlflow.models.inference import TestTimeAugmented
@@ -136,6 +137,22 @@ def test_decayed_biases_lose_as_much_per_step_as_the_weights_as_published(optimi
     default = decay_per_step(get_model("airbench"))
     assert default["head.weight"] == head
     assert all(value == 0 for name, value in default.items() if name.endswith("bias"))
+
+
+def test_whitening_bias_trains_at_the_batch_norm_biases_rate_as_airbench94_muon_does() -> None:
+    """`whiten_bias_lr_scale` 64: the whitening bias joins the batch-norm biases' group (airbench94_muon's
+    bias_lr for both); by default it trains at the base rate, as airbench94's does; a rate of 0 or less is
+    refused with a line saying what is wrong."""
+    config = resolve_config(TrainConfig(recipe="fast", optimizer="muon"))
+
+    def lr_of_whitening_bias(model: torch.nn.Module) -> float:
+        groups = build_optimizer(config, model).param_groups
+        return next(g["lr"] for g in groups for p in g["params"] if p is model.whiten.bias)
+
+    assert lr_of_whitening_bias(get_model("airbench")) == config.lr
+    assert lr_of_whitening_bias(get_model("airbench", whiten_bias_lr_scale=BIAS_LR_SCALE)) == config.lr * BIAS_LR_SCALE
+    with pytest.raises(ConfigError, match="whiten_bias_lr_scale must be positive"):
+        get_model("airbench", whiten_bias_lr_scale=0)
 
 
 def test_linear_schedule_rises_from_a_fifth_then_falls_to_the_end_value() -> None:

@@ -5,12 +5,14 @@ three conv groups (conv, max-pool, batch norm, GELU, conv, batch norm, GELU) of 
 and 256, a max-pool and a linear head scaled by 1/9. Batch norm keeps its scale frozen at 1
 and learns only its bias, which trains `BIAS_LR_SCALE` times faster than the other weights.
 
-Four choices the published net makes differently, each a builder argument (`--model-args`) so that
+Five choices the published nets make differently, each a builder argument (`--model-args`) so that
 both can be measured: the final max-pool's window (published: 3x3, stride 3, which on a 4x4 map reads
 its top-left 3x3), the whitening's covariance (published: uncentred), how long the whitening bias
 learns (published: 3 epochs, then frozen; a parameter's `train_epochs`, which the training loop reads)
 and whether the biases are decayed (published: yes, as much per step as the weights, so the 64x faster
-batch-norm biases at a 64th of the rate; a parameter's `wd_scale`, which the optimizer reads).
+batch-norm biases at a 64th of the rate; a parameter's `wd_scale`, which the optimizer reads), and
+the whitening bias's learning rate (airbench94: the base rate; airbench94_muon: the batch-norm biases',
+`BIAS_LR_SCALE` times it; a parameter's `lr_scale`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.models.registry import register_model
 
 # Learning-rate multiplier of the batch-norm biases (airbench's "bias_scaler"); the optimizer reads
@@ -63,13 +66,16 @@ class AirbenchNet(nn.Module):
 
     def __init__(self, num_classes: int, in_channels: int, widths: tuple[int, int, int], scale: float,
                  pool_size: int | None = None, whiten_centred: bool = True,
-                 whiten_bias_epochs: float | None = None, decay_biases: bool = False) -> None:
+                 whiten_bias_epochs: float | None = None, decay_biases: bool = False,
+                 whiten_bias_lr_scale: float = 1.0) -> None:
         super().__init__()
         whiten_width = 2 * in_channels * 2 * 2  # each eigen-patch and its negative
         self.whiten = nn.Conv2d(in_channels, whiten_width, kernel_size=2, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)  # set from the data by `init_from_data`
         if whiten_bias_epochs is not None:  # learns for this many epochs, then stays (the training loop)
             self.whiten.bias.train_epochs = float(whiten_bias_epochs)
+        if whiten_bias_lr_scale != 1.0:
+            self.whiten.bias.lr_scale = float(whiten_bias_lr_scale)
         self.whiten_centred = whiten_centred
         self.activation = nn.GELU()
         self.groups = nn.Sequential(_ConvGroup(whiten_width, widths[0]), _ConvGroup(widths[0], widths[1]),
@@ -114,11 +120,15 @@ class AirbenchNet(nn.Module):
     epochs=10, batch_size=1024, augment="light", flip="alternating", label_smoothing=0.2, lookahead=True))
 def airbench(*, num_classes: int = 10, in_channels: int = 3, widths: tuple[int, int, int] = (64, 256, 256),
              scale: float = 1 / 9, pool_size: int | None = None, whiten_centred: bool = True,
-             whiten_bias_epochs: float | None = None, decay_biases: bool = False) -> nn.Module:
+             whiten_bias_epochs: float | None = None, decay_biases: bool = False,
+             whiten_bias_lr_scale: float = 1.0) -> nn.Module:
     """airbench94's net: frozen patch whitening and three conv groups (64, 256, 256); the fast recipe.
     `pool_size`: the final max-pool's window (None: the whole map; published: 3); `whiten_centred`: the
     whitening's covariance centred (published: uncentred); `whiten_bias_epochs`: the whitening bias
     learns for this many epochs, then stays (None: all run; published: 3); `decay_biases`: the biases
-    decayed as much per step as the weights (published: yes)."""
+    decayed as much per step as the weights (published: yes); `whiten_bias_lr_scale`: the whitening bias's
+    learning-rate multiplier (airbench94: 1; airbench94_muon: 64, the batch-norm biases')."""
+    if whiten_bias_lr_scale <= 0:
+        raise ConfigError(f"whiten_bias_lr_scale must be positive, got {whiten_bias_lr_scale}")
     return AirbenchNet(num_classes, in_channels, tuple(widths), scale, pool_size, whiten_centred, whiten_bias_epochs,
-                       decay_biases)
+                       decay_biases, whiten_bias_lr_scale)
