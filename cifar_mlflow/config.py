@@ -116,10 +116,12 @@ class TrainConfig:
     weight_decay: float | None = _field(None, "weight decay (not applied to biases and norm "
                                         "layers); default: recommended for the arch")
     scheduler: str | None = _field(None, "learning-rate schedule (linear: warm-up from 0.2x, "
-                                   "then down to 0.07x of --lr); default: recommended for the arch",
+                                   "then straight down to --lr-end); default: recommended for the arch",
                                    choices=SCHEDULERS)
     warmup_epochs: float | None = _field(None, "warm-up length of the cosine and linear "
                                          "schedules; default: recommended for the arch")
+    lr_end: float = _field(0.07, "linear schedule: the learning rate it ends at, as a fraction of --lr (and "
+                           "of --muon-lr): airbench94's 0.07, or 0 to decay to nothing as airbench94_muon does")
     lr_step_size: int | None = _field(None, "step schedule: epochs between decays (default: a "
                                       "third of the epochs)")
     lr_gamma: float = _field(0.1, "step and plateau schedules: factor the lr is multiplied by")
@@ -345,6 +347,8 @@ def validate_config(config: TrainConfig) -> None:
             raise ConfigError(f"{name} must be in [0, 1), got {getattr(config, name)!r}")
     if config.warmup_epochs < 0:
         raise ConfigError(f"warmup_epochs must be >= 0, got {config.warmup_epochs!r}")
+    if not 0.0 <= config.lr_end <= 1.0:
+        raise ConfigError(f"lr_end must be in [0, 1] (a fraction of --lr), got {config.lr_end!r}")
     if not isinstance(config.model_args, dict):
         raise ConfigError("model_args must be a JSON object such as '{\"dropout\": 0.2}'")
     if not re.fullmatch(r"auto|cpu|mps|(cuda|xpu)(:\d+)?", config.device):

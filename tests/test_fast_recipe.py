@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from cifar_mlflow import TrainConfig
 from cifar_mlflow.config import resolve_config
 from cifar_mlflow.core.fit import fit
-from cifar_mlflow.core.optimizers import LINEAR_END, LINEAR_START, Lookahead, build_optimizer, build_schedule
+from cifar_mlflow.core.optimizers import LINEAR_START, Lookahead, build_optimizer, build_schedule
 from cifar_mlflow.core.prepare import prepare
 from cifar_mlflow.data import BatchTransform, ImageData, load_image_data, split_data
 from cifar_mlflow.errors import ConfigError
@@ -155,19 +155,32 @@ def test_whitening_bias_trains_at_the_batch_norm_biases_rate_as_airbench94_muon_
         get_model("airbench", whiten_bias_lr_scale=0)
 
 
-def test_linear_schedule_rises_from_a_fifth_then_falls_to_the_end_value() -> None:
-    config = resolve_config(TrainConfig(recipe="fast", optimizer="sgd", epochs=10, warmup_epochs=2))
-    model = torch.nn.Linear(2, 2)
+@pytest.mark.parametrize("lr_end", [None, 0.0])
+def test_linear_schedule_rises_from_a_fifth_then_falls_to_the_end_value(lr_end) -> None:
+    """Up from 0.2x over the warm-up, then straight down to `--lr-end`: airbench94's 0.07x by default, or to
+    nothing (airbench94_muon's) with 0, for Muon's rate as for SGD's."""
+    ends = {} if lr_end is None else {"lr_end": lr_end}
+    config = resolve_config(TrainConfig(recipe="fast", epochs=10, warmup_epochs=2, **ends))
+    assert config.lr_end == (0.07 if lr_end is None else 0.0)
+    model = get_model("airbench", widths=[8, 8, 8])
     optimizer = build_optimizer(config, model)
     schedule = build_schedule(config, optimizer, steps_per_epoch=10)
-    seen = []
-    for _ in range(100):
+    seen, muon = [], []
+    for _ in range(101):
         seen.append(optimizer.param_groups[0]["lr"] / config.lr)
-        optimizer.step()
+        muon.append(optimizer.param_groups[-1]["lr"] / config.muon_lr)
+        optimizer.step()  # no gradients: nothing moves
         schedule.step_batch()
     assert seen[0] == pytest.approx(LINEAR_START)
     assert max(seen) == pytest.approx(1.0) and seen.index(max(seen)) == 20
-    assert seen[-1] == pytest.approx(1 + (LINEAR_END - 1) * 79 / 80)  # the last of 80 falling steps
+    assert seen[-1] == pytest.approx(config.lr_end, abs=1e-12)  # after the last of 80 falling steps
+    assert seen[60] == pytest.approx((1 + config.lr_end) / 2)  # half way down
+    assert muon == pytest.approx(seen)
+
+
+def test_lr_end_outside_zero_to_one_is_refused_before_anything_runs() -> None:
+    with pytest.raises(ConfigError, match=r"lr_end must be in \[0, 1\]"):
+        resolve_config(TrainConfig(recipe="fast", lr_end=-0.1))
 
 
 def test_lookahead_blends_every_fifth_step_and_ends_on_the_average() -> None:

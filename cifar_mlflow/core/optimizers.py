@@ -107,16 +107,17 @@ def _warmup_cosine(total: int, warmup: int) -> Callable[[int], float]:
     return factor
 
 
-# The linear schedule (airbench's): from 0.2x up to the peak, then straight down to 0.07x.
-LINEAR_START, LINEAR_END = 0.2, 0.07
+# The linear schedule (airbench's): from 0.2x up to the peak, then straight down to `--lr-end` (airbench94's
+# 0.07x by default).
+LINEAR_START = 0.2
 
 
-def _warmup_linear(total: int, warmup: int) -> Callable[[int], float]:
+def _warmup_linear(total: int, warmup: int, end: float) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < warmup:
             return LINEAR_START + (1.0 - LINEAR_START) * step / warmup
         progress = (step - warmup) / max(1, total - warmup)
-        return 1.0 + (LINEAR_END - 1.0) * min(1.0, progress)
+        return 1.0 + (end - 1.0) * min(1.0, progress)
 
     return factor
 
@@ -135,8 +136,8 @@ def build_schedule(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_
         return Schedule(sched, per_batch=True)
     if name in ("cosine", "linear"):
         warmup = int(round(config.warmup_epochs * steps_per_epoch))
-        shape = _warmup_cosine if name == "cosine" else _warmup_linear
-        return Schedule(torch.optim.lr_scheduler.LambdaLR(optimizer, shape(total, warmup)), per_batch=True)
+        shape = _warmup_cosine(total, warmup) if name == "cosine" else _warmup_linear(total, warmup, config.lr_end)
+        return Schedule(torch.optim.lr_scheduler.LambdaLR(optimizer, shape), per_batch=True)
     if name == "step":
         step_size = config.lr_step_size or max(1, config.epochs // 3)
         return Schedule(torch.optim.lr_scheduler.StepLR(optimizer, step_size, gamma=config.lr_gamma), per_batch=False)
