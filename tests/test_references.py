@@ -75,3 +75,80 @@ def test_a_folder_without_train_and_test_is_refused_in_one_line(tmp_path) -> Non
     done = subprocess.run([sys.executable, str(ROOT / "tools" / "airbench94.py"), "--data-dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "train" in done.stderr
+
+
+def test_the_product_configured_as_airbench94_muon_takes_the_references_steps(monkeypatch) -> None:
+    """The training command's options for airbench94_muon's settings (docs/benchmarks.md, "The product
+    configured as airbench94_muon") give the reference's net and optimizer: from the same weights and
+    batches, the same weights after every step. Newton-Schulz in fp32 on both sides (the reference's bf16
+    rounds differently from PyTorch's); the product's decoupled decay of the filter banks, which the next
+    step's renormalisation undoes, set to 0."""
+    from cifar_mlflow.config import TrainConfig, resolve_config
+    from cifar_mlflow.core.optimizers import build_optimizer, build_schedule
+    from cifar_mlflow.models import get_model
+
+    monkeypatch.setattr(airbench94_muon, "newton_schulz", _newton_schulz_fp32)
+    gen = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(64, 3, 32, 32, generator=gen), torch.randint(0, 10, (64,), generator=gen)
+    torch.manual_seed(0)
+    reference = Net(None, widths=(16, 32, 256))  # the head's 256 inputs, as published
+    reference.init_whiten(images)
+    sgd, muon = airbench94_muon.optimizers_for(reference, len(images))
+    hyp = airbench94_muon.HYP
+    args = {"widths": [16, 32, 256], "pool_size": 3, "whiten_centred": False, "decay_biases": True,
+            "whiten_bias_lr_scale": 64}
+    config = resolve_config(TrainConfig(
+        recipe="fast", batch_size=len(images), epochs=8, lr=hyp["bias_lr"] * len(images) / 64,
+        weight_decay=hyp["weight_decay_per_image"] * len(images) / (hyp["bias_lr"] * len(images) / 64),
+        muon_lr=hyp["muon_lr"], muon_momentum=hyp["muon_momentum"], muon_ns_steps=3, muon_renorm=True,
+        momentum=hyp["sgd_momentum"], warmup_epochs=0, lr_end=0, lookahead=False, model_args=args))
+    product = get_model("airbench", **config.model_args)
+    ref_state = reference.state_dict()
+
+    def reference_name(name: str) -> str:  # groups.0 -> layers.1: the reference's layers start with its GELU
+        if name.startswith("groups."):
+            index, rest = name[len("groups."):].split(".", 1)
+            return f"layers.{int(index) + 1}.{rest}"
+        return name
+
+    # The product's head: weights x 1/9; the reference's: unit weights / its 256 inputs. At 256 inputs the two
+    # rates (the product's --lr / 9^2, the reference's head_lr x batch / 256^2) are the same.
+    head_ratio = 9.0 / 256
+    with torch.no_grad():
+        for name, tensor in product.state_dict().items():
+            tensor.copy_(ref_state[reference_name(name)] * (head_ratio if name == "head.weight" else 1))
+    optimizer = build_optimizer(config, product, "fp32")
+    for group in optimizer.muon.param_groups:
+        group["weight_decay"] = 0.0
+    schedule = build_schedule(config, optimizer, steps_per_epoch=25)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=hyp["label_smoothing"])
+    total = 200
+    for step in range(3):
+        torch.nn.functional.cross_entropy(reference(images), labels, label_smoothing=hyp["label_smoothing"],
+                                          reduction="sum").backward()
+        for group in sgd.param_groups + muon.param_groups:  # the whitening bias decays over the whole run here
+            group["lr"] = group["initial_lr"] * (1 - step / total)
+        sgd.step()
+        muon.step()
+        reference.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(product(images), labels).backward()
+        optimizer.step()
+        schedule.step_batch()
+        ref_params = dict(reference.named_parameters())
+        for name, p in product.named_parameters():
+            expected = ref_params[reference_name(name)] * (head_ratio if name == "head.weight" else 1)
+            assert torch.allclose(p, expected, rtol=1e-4, atol=1e-5), (step, name, (p - expected).abs().max())
+
+
+def _newton_schulz_fp32(grad: torch.Tensor, steps: int = 3, eps: float = 1e-7) -> torch.Tensor:
+    """The reference's quintic iteration, in fp32 (its own computes in bf16)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = grad.float() / (grad.float().norm() + eps)
+    tall = grad.size(0) > grad.size(1)
+    if tall:
+        x = x.T
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
