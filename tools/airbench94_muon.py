@@ -27,11 +27,13 @@ HYP = {"epochs": 8, "batch_size": 2000, "bias_lr": 0.053, "head_lr": 0.67, "muon
        "sgd_momentum": 0.85, "weight_decay_per_image": 2e-6, "label_smoothing": 0.2, "whiten_bias_epochs": 3}
 
 
-def newton_schulz(grad: torch.Tensor, steps: int = 3, eps: float = 1e-7) -> torch.Tensor:
+def newton_schulz(grad: torch.Tensor, steps: int = 3, eps: float = 1e-7,
+                  dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
     """An approximately orthogonal matrix with `grad`'s singular vectors (singular values about 0.5-1.5):
-    the published quintic iteration, coefficients (3.4445, -4.7750, 2.0315), in bf16."""
+    the published quintic iteration, coefficients (3.4445, -4.7750, 2.0315), in bf16 as published (`dtype`:
+    fp32 for the tests that compare steps)."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    x = grad.bfloat16()
+    x = grad.to(dtype)
     x = x / (x.norm() + eps)
     tall = grad.size(0) > grad.size(1)
     if tall:
