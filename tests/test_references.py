@@ -108,13 +108,14 @@ def _compare_steps(monkeypatch) -> None:
     hyp = airbench94_muon.HYP
     args = {"widths": [16, 32, 256], "pool_size": 3, "whiten_centred": False, "decay_biases": True,
             "whiten_bias_lr_scale": 64}
+    lr = hyp["bias_lr"] * len(images) / 64  # the batch-norm biases' rate per image-averaged loss, over their 64x
     config = resolve_config(TrainConfig(
-        recipe="fast", batch_size=len(images), epochs=8, lr=hyp["bias_lr"] * len(images) / 64,
-        weight_decay=hyp["weight_decay_per_image"] * len(images) / (hyp["bias_lr"] * len(images) / 64),
+        recipe="fast", batch_size=len(images), epochs=8, lr=lr,
+        weight_decay=hyp["weight_decay_per_image"] * len(images) / lr,
         muon_lr=hyp["muon_lr"], muon_momentum=hyp["muon_momentum"], muon_ns_steps=3, muon_renorm=True,
         momentum=hyp["sgd_momentum"], warmup_epochs=0, lr_end=0, lookahead=False, model_args=args))
     product = get_model("airbench", **config.model_args)
-    ref_state = reference.state_dict()
+    ref_state = reference.state_dict()  # views of the reference's tensors, so they follow its steps
 
     def reference_name(name: str) -> str:  # groups.0 -> layers.1: the reference's layers start with its GELU
         if name.startswith("groups."):
@@ -125,9 +126,13 @@ def _compare_steps(monkeypatch) -> None:
     # The product's head: weights x 1/9; the reference's: unit weights / its 256 inputs. At 256 inputs the two
     # rates (the product's --lr / 9^2, the reference's head_lr x batch / 256^2) are the same.
     head_ratio = 9.0 / 256
+
+    def in_product_units(name: str, reference_tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        return reference_tensors[reference_name(name)] * (head_ratio if name == "head.weight" else 1)
+
     with torch.no_grad():
         for name, tensor in product.state_dict().items():
-            tensor.copy_(ref_state[reference_name(name)] * (head_ratio if name == "head.weight" else 1))
+            tensor.copy_(in_product_units(name, ref_state))
     optimizer = build_optimizer(config, product, "fp32")
     for group in optimizer.muon.param_groups:
         group["weight_decay"] = 0.0
@@ -146,8 +151,6 @@ def _compare_steps(monkeypatch) -> None:
         loss_fn(product(images), labels).backward()
         optimizer.step()
         schedule.step_batch()
-        ref_params = dict(reference.named_parameters())
         for name, p in product.named_parameters():
-            expected = ref_params[reference_name(name)] * (head_ratio if name == "head.weight" else 1)
+            expected = in_product_units(name, ref_state)
             assert torch.allclose(p, expected, rtol=1e-3, atol=1e-4), (step, name, (p - expected).abs().max())
-
