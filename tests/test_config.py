@@ -34,17 +34,24 @@ def test_fast_recipe_fills_everything_left_unset() -> None:
     config = parse("--recipe", "fast")
     assert (config.arch, config.batch_size, config.epochs, config.scheduler, config.augment) == (
         "airbench", 1024, 7, "linear", "light")
-    assert (config.optimizer, config.muon_lr, config.lr) == ("muon", 0.1, 1.5)
-    assert config.warmup_epochs == 1.61  # airbench's 2.3 of 10 epochs, the same share of 7
+    assert (config.optimizer, config.muon_lr, config.lr, config.weight_decay) == ("muon", 0.24, 1.656, 1.208e-3)
+    muon = (config.muon_momentum, config.muon_ns_steps, config.muon_renorm)
+    assert muon == (0.6, 3, True)  # airbench94_muon's
+    assert (config.warmup_epochs, config.lr_end, config.lookahead) == (0.0, 0.0, False)
     settings = (config.val_fraction, config.tta, config.momentum, config.label_smoothing)
     assert settings == (0.0, "flip_translate", 0.85, 0.2)
+    assert config.model_args == {"pool_size": 3, "whiten_centred": False, "whiten_bias_epochs": 3,
+                                 "decay_biases": True, "whiten_bias_lr_scale": 64}
+    widths = parse("--recipe", "fast", "--model-args", '{"widths": [8, 8, 8], "pool_size": null}').model_args
+    assert widths["widths"] == [8, 8, 8] and widths["pool_size"] is None and widths["decay_biases"]  # given keys win
 
 
 def test_options_given_with_a_recipe_win() -> None:
     config = parse("--recipe", "fast", "--epochs", "12", "--tta", "none", "--val-fraction", "0.1", "--arch", "resnet9")
     assert (config.epochs, config.tta, config.val_fraction, config.arch) == (12, "none", 0.1, "resnet9")
-    # The rest comes from the recipe, then from resnet9's own recommendations.
+    # The rest comes from the recipe, except what it tuned for its own net: that is resnet9's own recommendations.
     assert config.batch_size == recommended_settings("resnet9")["batch_size"]
+    assert (config.lr, config.model_args, config.muon_renorm) == (recommended_settings("resnet9")["lr"], {}, False)
 
 
 def test_without_a_recipe_the_defaults_are_unchanged() -> None:
@@ -166,7 +173,7 @@ def test_a_short_run_gets_settings_scaled_to_its_epochs() -> None:
     assert parse("--arch", "cnn_small", "--epochs", "10").augment == "light"  # a third: one step lighter
     assert parse("--arch", "cnn_small", "--epochs", "20").augment == "standard"  # two thirds: as recommended
     assert parse("--arch", "cnn_small").augment == "standard"
-    airbench = parse("--recipe", "fast", "--epochs", "5")  # half: the warm-up keeps its share
+    airbench = parse("--arch", "airbench", "--epochs", "5")  # half: the warm-up keeps its share
     assert (airbench.augment, airbench.warmup_epochs) == ("light", 1.15)
     assert parse("--arch", "mlp", "--epochs", "3").augment == "none"  # nothing lighter than none
     assert parse("--arch", "cnn_small", "--epochs", "3", "--augment", "standard").augment == "standard"  # given wins

@@ -5,6 +5,7 @@ killed and restarted mid-study (make test-faults)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -110,14 +111,21 @@ def test_eight_workers_outlive_a_killed_worker_and_a_database_restart(backend, p
     consoles = "".join(w.text() for w in workers[1:]) + last.text()
     assert "UNIQUE constraint" not in consoles and "Traceback" not in consoles
     run_of = {r.info.run_id: r for r in runs}
-    killed = [t for t in trials if t.state.name == "FAIL"
-              and "heartbeats" in run_of[t.user_attrs["mlflow_run_id"]].data.tags.get("optuna.fail_reason", "")]
+
+    by_heartbeat = [t for t in trials if t.state.name == "FAIL"
+                    and "heartbeats" in run_of[t.user_attrs["mlflow_run_id"]].data.tags.get("optuna.fail_reason", "")]
+    # A live worker whose heartbeats came late past the grace (6 s: the database restarting under 10 processes
+    # on 2 cores) has its trial failed by another worker too; its console names the trial, and it goes on.
+    taken_over = {int(n) for n in re.findall(r"trial (\d+) was failed by another worker", consoles)}
+    killed = [t for t in by_heartbeat if t.number not in taken_over]
     assert len(killed) == 1  # the killed worker's trial, failed by the heartbeat check, its run FAILED ...
+    assert taken_over <= {t.number for t in by_heartbeat}
     assert run_of[killed[0].user_attrs["mlflow_run_id"]].info.status == "FAILED"
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed[0].number]
     assert len(retried) == 1 and retried[0].params == killed[0].params  # ... and run again
     print(f"{backend}: {len(trials)} trials: "
-          f"{ {s: [t.state.name for t in trials].count(s) for s in ('COMPLETE', 'PRUNED', 'FAIL')} }")
+          f"{ {s: [t.state.name for t in trials].count(s) for s in ('COMPLETE', 'PRUNED', 'FAIL')} }, "
+          f"{len(taken_over)} taken over from a late worker")
 
 
 def test_the_tracking_server_killed_mid_study_loses_nothing(postgres, imagefolder, tmp_path) -> None:
