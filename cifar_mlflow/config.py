@@ -260,6 +260,11 @@ def parse_model_args(text: str) -> dict[str, Any]:
     return value
 
 
+def unset_in(config: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    """Those of `settings` that `config` leaves unset (None): what a recipe or a default may fill in."""
+    return {k: v for k, v in settings.items() if getattr(config, k) is None}
+
+
 def resolve_config(config: TrainConfig) -> TrainConfig:
     """Fill what the user left unset from the recipe, then from the architecture's recommendations; validate
     (the architecture's name too). Raises `ConfigError`. A config this returned comes back as it is: it is
@@ -269,18 +274,17 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     check_choices(config)  # before the recipe and the recommendations are looked up by name
     recipe = dict(RECIPE_SETTINGS.get(config.recipe, {}))
     for_its_net = dict(recipe.pop("for_its_net", {}))
-    config = dataclasses.replace(config, **{k: v for k, v in recipe.items() if getattr(config, k) is None})
+    config = dataclasses.replace(config, **unset_in(config, recipe))
     if config.arch is None:
         config = dataclasses.replace(config, arch=DEFAULT_ARCH)
     if for_its_net and config.arch == recipe.get("arch"):
         model_args = {**for_its_net.pop("model_args", {}), **config.model_args}
-        config = dataclasses.replace(config, model_args=model_args,
-                                     **{k: v for k, v in for_its_net.items() if getattr(config, k) is None})
+        config = dataclasses.replace(config, model_args=model_args, **unset_in(config, for_its_net))
     from cifar_mlflow.models.registry import check_model_name  # (the registry reads this module)
 
     check_model_name(config.arch)  # an unknown name would silently get the generic recommendations
     recommended = recommended_for(config.arch)
-    filled = {k: v for k, v in recommended.items() if getattr(config, k) is None}
+    filled = unset_in(config, recommended)
     if config.epochs is not None:  # a budget the recommendations were not made for
         filled.update(scaled_to_budget(filled, config.epochs / recommended["epochs"]))
     resolved = dataclasses.replace(config, **filled)

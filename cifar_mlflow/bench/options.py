@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cifar_mlflow.config import DATASETS, PRECISIONS, _field, check_choices
+from cifar_mlflow.config import DATASETS, PRECISIONS, _field, check_choices, unset_in
 from cifar_mlflow.errors import ConfigError
 from cifar_mlflow.models.registry import check_model_name
 
@@ -79,7 +79,7 @@ def resolve_bench_config(config: BenchConfig, on_cuda: bool) -> BenchConfig:
         "tracking_arch": "airbench" if on_cuda else "cnn_small",
         "tracking_samples": None if on_cuda else 5000,
     }
-    config = dataclasses.replace(config, **{k: v for k, v in defaults.items() if getattr(config, k) is None})
+    config = dataclasses.replace(config, **unset_in(config, defaults))
     check_choices(config)
     for section in section_list(config):
         if section not in SECTIONS:
