@@ -72,11 +72,11 @@ def measure_training(bench: BenchConfig, data, device, progress) -> list[dict[st
             lambda: training_images_per_second(model, ours, device, **kwargs),
             lambda: training_images_per_second(alone, one_batch, device, **kwargs))
         rows.append({"arch": arch, "device": device.type, "ours_images_per_s": round(ours_ips, 1),
-                     "baseline_images_per_s": round(base_ips, 1), "speedup": round(ours_ips / base_ips, 2),
+                     "baseline_images_per_s": round(base_ips, 1), "speedup": round(ours_ips / base_ips, 3),
                      "model_alone_images_per_s": round(alone_ips, 1),
                      # ours as a share of the model's own pace, and the speedup a free data path would give
                      "ours_share_of_model_alone": round(ours_ips / alone_ips, 3),
-                     "speedup_bound": round(alone_ips / base_ips, 2),
+                     "speedup_bound": round(alone_ips / base_ips, 3),
                      "precision": prepared.precision, "channels_last": prepared.channels_last,
                      "batch_size": bench.batch_size, "baseline_num_workers": workers})
         progress.update(1)
@@ -94,7 +94,7 @@ def measure_data_path(bench: BenchConfig, data, device, progress) -> dict[str, A
                                         lambda: data_images_per_second(ours, device, **kwargs))
     progress.update(1)
     return {"device": device.type, "ours_images_per_s": round(ours_ips, 1), "baseline_images_per_s": round(base_ips, 1),
-            "speedup": round(ours_ips / base_ips, 2), "batch_size": bench.batch_size, "baseline_num_workers": workers}
+            "speedup": round(ours_ips / base_ips, 3), "batch_size": bench.batch_size, "baseline_num_workers": workers}
 
 
 def _logged_fit(prepared, uri: str, experiment: str, run_name: str, workdir: Path) -> dict[str, float]:
