@@ -19,7 +19,7 @@ from cifar_mlflow.data.augment import BatchTransform
 from cifar_mlflow.data.sources import SYNTHETIC_TEST, SYNTHETIC_TRAIN, load_image_data
 from cifar_mlflow.data.splits import DataSplits, init_sample, split_data
 from cifar_mlflow.errors import ConfigError
-from cifar_mlflow.hardware import select_device, select_precision, use_channels_last
+from cifar_mlflow.hardware import keep_freed_memory, select_device, select_precision, use_channels_last
 from cifar_mlflow.models import get_model
 from cifar_mlflow.models.weights import WeightsReport, load_matching, read_weights_file
 
@@ -85,6 +85,8 @@ def prepare(config: TrainConfig, data: DataSplits | None = None,
     device = select_device(config.device)
     if device.type == "cuda" and distributed.world_size() > 1 and device.index is None:
         device = torch.device("cuda", distributed.local_rank())  # one GPU per torchrun process
+    if device.type == "cpu":
+        keep_freed_memory()  # a CPU step's large blocks reused, not zeroed by the kernel every step
     precision = select_precision(config.precision, device)  # before the data set is read, as the device
     seed_everything(config.seed, config.deterministic)
     if data is None:
