@@ -57,9 +57,14 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-# glibc's mallopt(3) parameters, and how much freed memory the allocator keeps for the next training step.
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
-_KEPT_BYTES = 1 << 30
+# glibc's allocator settings that keep a training step's freed memory for the next step, by name: the
+# mallopt(3) parameter that sets each, and its value. `MALLOC_<name>_` sets the same in the environment.
+KEEP_FREED_MEMORY = {"MMAP_THRESHOLD": (-3, 1 << 30), "TRIM_THRESHOLD": (-1, 1 << 30), "TOP_PAD": (-2, 64 << 20)}
+
+
+def keep_freed_memory_environment() -> dict[str, str]:
+    """The environment variables that give another process (the references in tools/) the same setting."""
+    return {f"MALLOC_{name}_": str(value) for name, (_, value) in KEEP_FREED_MEMORY.items()}
 
 
 def keep_freed_memory() -> bool:
@@ -68,7 +73,7 @@ def keep_freed_memory() -> bool:
     By default glibc gives every block of more than 32 MiB straight back to the system when it is freed
     (`munmap`), and a CPU training step frees and takes back blocks of that size every step (airbench's
     activations at batch 1024 are 134 MiB each), so each step pays the kernel to zero them again, page by
-    page: on a 2-core Xeon that was 13% of the fast recipe's epoch (docs/benchmarks.md). Blocks of up to
+    page: on a 2-core Xeon that was 10-14% of the fast recipe's epoch (docs/benchmarks.md). Blocks of up to
     1 GiB now come from the heap, whose top is kept (not trimmed) up to 1 GiB. The process keeps its peak
     memory while it lives, as PyTorch's CUDA allocator does. Left alone where the user tuned glibc's
     allocator (a `MALLOC_*` variable or `GLIBC_TUNABLES`) or where the C library has no `mallopt` (macOS,
@@ -80,8 +85,7 @@ def keep_freed_memory() -> bool:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
-    settings = ((_M_MMAP_THRESHOLD, _KEPT_BYTES), (_M_TRIM_THRESHOLD, _KEPT_BYTES), (_M_TOP_PAD, 64 << 20))
-    return all(mallopt(param, value) == 1 for param, value in settings)
+    return all(mallopt(param, value) == 1 for param, value in KEEP_FREED_MEMORY.values())
 
 
 def synchronize(device: torch.device) -> None:

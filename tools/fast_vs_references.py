@@ -5,7 +5,8 @@ the other on the same image folder (MLflow logging on, to the store given), then
 machine that drifts affects all three alike; each seed starts with the next recipe of the list (seed 0's order
 airbench94, airbench94_muon, fast; seed 1's airbench94_muon, fast, airbench94; ...), so none of them always
 runs last, after the others have warmed or loaded the machine. The references run with glibc's allocator set
-as the product sets it for itself (KEEP_FREED_MEMORY below), so that neither side has a faster allocator.
+as the product sets it for itself (`cifar_mlflow.hardware.keep_freed_memory`; without it a step's large freed
+blocks go back to the system and are zeroed again), so that neither side has a faster allocator.
 Each run's result is appended to a JSON-lines file as it ends (a long sitting can be stopped and its runs
 kept); the table of means is printed at the end.
 
@@ -28,22 +29,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from cifar_mlflow.hardware import keep_freed_memory_environment
+
 TOOLS = Path(__file__).resolve().parent
 RECIPES = ("airbench94", "airbench94_muon", "fast")
-
-
-# glibc's allocator set for the references as the product sets it for itself on a CPU
-# (`cifar_mlflow.hardware.keep_freed_memory`): a step's freed blocks kept for the next step. Without it, each
-# step's large blocks go back to the system and are zeroed again: 11% of airbench94's epoch on a 2-core Xeon.
-KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
-                     "MALLOC_TOP_PAD_": str(64 << 20)}
 
 
 def run_reference(name: str, data_dir: Path, seed: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         subprocess.run([sys.executable, str(TOOLS / f"{name}.py"), "--data-dir", str(data_dir), "--seed", str(seed),
-                        "--json", str(out)], check=True, env={**os.environ, **KEEP_FREED_MEMORY})
+                        "--json", str(out)], check=True, env={**os.environ, **keep_freed_memory_environment()})
         result = json.loads(out.read_text())
     return {"test_acc_tta": result["test_acc_tta"], "test_acc": result["test_acc"],
             "train_seconds": result["train_seconds"], "precision": result["precision"]}
