@@ -97,6 +97,11 @@ class TrainConfig:
                               "a random half in the first epoch, then each image mirrored in every "
                               "other epoch, so consecutive epochs see both sides of every image); "
                               "default: recommended for the arch", choices=FLIPS)
+    low_res_epochs: float = _field(0.0, "progressive resizing: train the first this many epochs (fractions "
+                                   "allowed) on batches scaled down to --low-res-size, cheaper per image, and the "
+                                   "rest at full size (evaluation always at full size); 0: off")
+    low_res_size: int | None = _field(None, "the square image size of the --low-res-epochs (below the "
+                                      "images' size; a net with a fixed final pool needs a size it can take)")
     tta: str | None = _field(None, "test-time augmentation of evaluation and of the logged "
                              "model: none, flip (average with the mirror image) or "
                              "flip_translate (also 1-pixel shifts); default: none, or the "
@@ -351,7 +356,7 @@ def validate_config(config: TrainConfig) -> None:
     positive("muon_ns_steps")
     positive("batch_size")
     positive("epochs")
-    for name in ("image_size", "max_train_samples", "max_eval_samples", "lr_step_size",
+    for name in ("image_size", "low_res_size", "max_train_samples", "max_eval_samples", "lr_step_size",
                  "grad_clip", "patience"):
         positive(name, allow_none=True)
     if not 0.0 <= config.val_fraction < 1.0:
@@ -365,6 +370,12 @@ def validate_config(config: TrainConfig) -> None:
             raise ConfigError(f"{name} must be in [0, 1), got {getattr(config, name)!r}")
     if config.warmup_epochs < 0:
         raise ConfigError(f"warmup_epochs must be >= 0, got {config.warmup_epochs!r}")
+    if not (isinstance(config.low_res_epochs, (int, float)) and 0.0 <= config.low_res_epochs < config.epochs):
+        raise ConfigError(f"low_res_epochs must be at least 0 and below --epochs ({config.epochs}), so that the "
+                          f"last epochs train at the size evaluation sees; got {config.low_res_epochs!r}")
+    if config.low_res_epochs > 0 and config.low_res_size is None:
+        raise ConfigError("low_res_epochs needs --low-res-size, the image size of those epochs (for 32x32 images, "
+                          "e.g. --low-res-size 28)")
     if not 0.0 <= config.lr_end <= 1.0:
         raise ConfigError(f"lr_end must be in [0, 1] (a fraction of --lr), got {config.lr_end!r}")
     if not isinstance(config.model_args, dict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
@@ -243,3 +244,15 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so_once(imagefolder,
         assert "the checkpoint of epoch 1 is kept" in warnings[0]
         assert [p.name for p in (disk / "run").iterdir()] == ["last.pt"]  # no partial file left behind
         assert load_checkpoint(disk / "run" / "last.pt")["epoch"] == 1  # the previous one, intact
+
+
+def test_progressive_resizing_trains_the_first_epochs_small_and_evaluates_at_full_size(imagefolder) -> None:
+    prepared = prepare(quick(imagefolder, arch="airbench", epochs=3, low_res_epochs=1.5, low_res_size=28))
+    seen: list[tuple[bool, int]] = []
+    prepared.model.register_forward_pre_hook(lambda module, args: seen.append((module.training, args[0].shape[-1])))
+    fit(prepared)
+    trained = [size for training, size in seen if training]
+    steps_per_epoch = len(trained) // 3
+    small = math.ceil(1.5 * steps_per_epoch)  # the steps begun before 1.5 epochs were done
+    assert trained == [28] * small + [32] * (len(trained) - small)
+    assert {size for training, size in seen if not training} == {32}  # validation and test at full size

@@ -107,7 +107,8 @@ def _run_epoch(prepared: Prepared, loop: _Loop, epoch: int) -> tuple[dict[str, f
     stats = training_pass(loop.train_model, loop.train_loader, loop.optimizer, loop.schedule, loop.loss_fn,
                           epoch=epoch, epochs=config.epochs, grad_clip=config.grad_clip,
                           progress=config.progress and distributed.is_main(), lookahead=loop.lookahead,
-                          precision=prepared.precision, scaler=loop.scaler)
+                          precision=prepared.precision, scaler=loop.scaler,
+                          low_res_epochs=config.low_res_epochs, low_res_size=config.low_res_size)
     row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc, "lr": lr,
            "epoch_seconds": stats.seconds, "epoch_images": stats.images,
            "train_images_per_second": stats.images / max(stats.seconds, 1e-9)}

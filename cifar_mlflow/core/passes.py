@@ -59,13 +59,20 @@ def _check_finite(loss_value: float, epoch: int, step: int, lr: float) -> None:
                                  f"(lr {lr:.3g}); lower --lr or set --grad-clip")
 
 
+def downscaled(images: torch.Tensor, size: int) -> torch.Tensor:
+    """A batch scaled down to `size` x `size`, antialiased (as an image library would shrink it), in its layout."""
+    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
 def training_pass(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.Optimizer,
                     schedule: Schedule, loss_fn: nn.Module, *, epoch: int, epochs: int,
                     grad_clip: float | None = None, progress: bool = True,
                     lookahead: Lookahead | None = None, precision: str = "fp32",
-                    scaler: torch.amp.GradScaler | None = None) -> EpochStats:
+                    scaler: torch.amp.GradScaler | None = None, low_res_epochs: float = 0.0,
+                    low_res_size: int | None = None) -> EpochStats:
     """Train for one pass over `loader` in `precision` (fp16: through `scaler`, by default a new one); raises
-    `NonFiniteLossError` as soon as the loss is NaN/inf."""
+    `NonFiniteLossError` as soon as the loss is NaN/inf. While fewer than `low_res_epochs` epochs are done,
+    batches are scaled down to `low_res_size` (progressive resizing)."""
     model.train()
     device = loader.device
     several_ranks = distributed.world_size() > 1
@@ -78,12 +85,14 @@ def training_pass(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim
     scaler = scaler if scaler is not None else gradient_scaler(device, precision)
     timed = _learning_for_a_while(model)
     for step, (images, labels) in enumerate(loader, start=1):
+        epochs_done = epoch - 1 + (step - 1) / len(loader)  # before this step
+        if epochs_done < low_res_epochs:
+            images = downscaled(images, low_res_size)
         with autocast_for(device, precision):
             logits = model(images)
             loss = loss_fn(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        epochs_done = epoch - 1 + (step - 1) / len(loader)  # before this step
         for param, train_epochs in timed:
             if epochs_done >= train_epochs:
                 param.grad = None  # its time is up: the optimizer leaves it as it is (no momentum, no decay)

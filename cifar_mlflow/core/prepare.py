@@ -102,6 +102,17 @@ def prepare(config: TrainConfig, data: DataSplits | None = None,
     except Exception as exc:  # noqa: BLE001 - any failure here means the arch does not fit the data
         raise ConfigError(f"{config.arch} cannot take {c}x{h}x{w} images ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:160]}); try --image-size or another arch") from None
+    if config.low_res_epochs > 0:
+        if config.low_res_size >= min(h, w):
+            raise ConfigError(f"--low-res-size {config.low_res_size} is not below the images' {h}x{w}; "
+                              "give a smaller size, or --low-res-epochs 0")
+        try:
+            with torch.no_grad():
+                model(torch.zeros(2, c, config.low_res_size, config.low_res_size))
+        except Exception as exc:  # noqa: BLE001 - the net's fixed layers do not fit the smaller images
+            raise ConfigError(f"{config.arch} cannot take {config.low_res_size}x{config.low_res_size} images "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); try a larger "
+                              "--low-res-size") from None
     if tuple(out.shape) != (2, data.num_classes):
         raise ConfigError(f"{config.arch} returns shape {tuple(out.shape)[1:]} per image, expected "
                           f"({data.num_classes},) for {data.num_classes} classes")
