@@ -39,7 +39,7 @@ BAD_INPUTS = [
     (["--low-res-epochs", "1"], "low_res_epochs needs --low-res-size"),
     (["--low-res-epochs", "2", "--low-res-size", "16"], "low_res_epochs must be at least 0 and below --epochs (2)"),
     (["--low-res-epochs", "1", "--low-res-size", "32"], "--low-res-size 32 is not below the images' 32x32"),
-    (["--arch", "mlp", "--low-res-epochs", "1", "--low-res-size", "24"], "mlp cannot take 24x24 images"),
+    (["--arch", "mlp", "--low-res-epochs", "1", "--low-res-size", "24"], "mlp cannot take 3x24x24 images"),
     (["--model-args", "{dropout: 0.2"], "model_args is not valid JSON"),
     (["--model-args", '{"no_such_arg": 1}'], "bad model_args"),
     (["--data-dir", "/nonexistent/images"], "imagefolder needs /nonexistent/images/train"),

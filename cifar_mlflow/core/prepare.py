@@ -71,6 +71,17 @@ def load_splits(config: TrainConfig) -> DataSplits:
                       max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples)
 
 
+def _forward_or_refuse(model: torch.nn.Module, images: torch.Tensor, arch: str, hint: str) -> torch.Tensor:
+    """The model's output for `images`, or `ConfigError` saying it cannot take images of their size."""
+    try:
+        with torch.no_grad():
+            return model(images)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the arch does not fit images of this size
+        size = "x".join(str(n) for n in images.shape[1:])
+        raise ConfigError(f"{arch} cannot take {size} images ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:160]}); {hint}") from None
+
+
 def prepare(config: TrainConfig, data: DataSplits | None = None,
             init_weights: Mapping[str, torch.Tensor] | None = None) -> Prepared:
     """Resolve and validate the config, load and split the data, build the model.
@@ -96,23 +107,14 @@ def prepare(config: TrainConfig, data: DataSplits | None = None,
     c, h, w = data.image_shape
     example = torch.zeros(2, c, h, w)
     model.eval()
-    try:
-        with torch.no_grad():  # materialises lazy layers; proves the model takes these images
-            out = model(example)
-    except Exception as exc:  # noqa: BLE001 - any failure here means the arch does not fit the data
-        raise ConfigError(f"{config.arch} cannot take {c}x{h}x{w} images ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0][:160]}); try --image-size or another arch") from None
+    # materialises lazy layers; proves the model takes these images
+    out = _forward_or_refuse(model, example, config.arch, "try --image-size or another arch")
     if config.low_res_epochs > 0:
         if config.low_res_size >= min(h, w):
             raise ConfigError(f"--low-res-size {config.low_res_size} is not below the images' {h}x{w}; "
                               "give a smaller size, or --low-res-epochs 0")
-        try:
-            with torch.no_grad():
-                model(torch.zeros(2, c, config.low_res_size, config.low_res_size))
-        except Exception as exc:  # noqa: BLE001 - the net's fixed layers do not fit the smaller images
-            raise ConfigError(f"{config.arch} cannot take {config.low_res_size}x{config.low_res_size} images "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); try a larger "
-                              "--low-res-size") from None
+        small = torch.zeros(2, c, config.low_res_size, config.low_res_size)
+        _forward_or_refuse(model, small, config.arch, "try a larger --low-res-size")
     if tuple(out.shape) != (2, data.num_classes):
         raise ConfigError(f"{config.arch} returns shape {tuple(out.shape)[1:]} per image, expected "
                           f"({data.num_classes},) for {data.num_classes} classes")
