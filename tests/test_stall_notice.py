@@ -22,6 +22,7 @@ DELAY = 0.8  # seconds the server takes on /slow, four times the notice's delay 
 
 
 BUSY = {"count": 0}  # requests to /busy so far: the first two are refused as a server out of connections
+HELD, RELEASE = threading.Event(), threading.Event()  # a request to /held has arrived; let it be answered
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -38,6 +39,13 @@ class Handler(BaseHTTPRequestHandler):
                 return
         if self.path.startswith("/slow"):
             time.sleep(DELAY)
+        if self.path.startswith("/held"):  # another thread's request, answered only when the test says
+            HELD.set()
+            RELEASE.wait(30)
+        if self.path.startswith("/outage-with-another"):  # as /stalled, once /held waits beside it
+            deadline = time.monotonic() + 30
+            while not (faults._outage_since and HELD.is_set()) and time.monotonic() < deadline:
+                time.sleep(0.01)
         if self.path.startswith(("/stalled", "/hangup")):  # no answer until the client has said it waits
             deadline = time.monotonic() + 30
             while not faults._outage_since and time.monotonic() < deadline:
@@ -120,6 +128,32 @@ def test_an_outage_is_said_once_and_its_end_once_when_a_later_request_is_answere
     said = capsys.readouterr().err.splitlines()
     assert said[0] == "the tracking server has not answered for 0 s (uploading artifacts); retrying until it does..."
     assert len(said) == 2 and re.fullmatch(r"the tracking server answered again after \d+ s", said[1])
+
+
+def test_a_request_that_waited_through_the_outage_is_not_said_to_be_a_second_one(server, capsys) -> None:
+    """The tracking server killed mid-study: the system-metrics thread's request sat in MLflow's retry
+    back-off while the run's own request was answered, and the next epoch's call said a second outage."""
+    HELD.clear()
+    RELEASE.clear()
+    logger = Logger(server, server)
+
+    def system_metrics() -> None:  # a request sent while the outage is on, from another thread
+        deadline = time.monotonic() + 30
+        while not faults._outage_since and time.monotonic() < deadline:
+            time.sleep(0.01)
+        requests.get(f"{server}/held", timeout=30)
+
+    other = threading.Thread(target=system_metrics)
+    other.start()
+    try:
+        assert logger.log_model("/outage-with-another") == 200
+        assert logger.log_model("/fast", own_work_s=DELAY) == 200  # the next epoch, the other request still out
+    finally:
+        RELEASE.set()
+        other.join()
+    said = capsys.readouterr().err.splitlines()
+    assert said[0] == "the tracking server has not answered for 0 s (uploading artifacts); retrying until it does..."
+    assert len(said) == 2 and re.fullmatch(r"the tracking server answered again after \d+ s", said[1]), said
 
 
 def test_a_request_a_server_out_of_database_connections_refused_is_sent_again(server, capsys, monkeypatch) -> None:

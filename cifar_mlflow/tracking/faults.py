@@ -126,6 +126,8 @@ def install_request_hooks() -> None:
                     del _in_flight[ticket]
                     _said.discard(ticket)
                     since = _outage_since.pop() if answered and _outage_since else None
+                    if since is not None:  # those still out waited through this outage (another thread's,
+                        _said.update(_in_flight)  # in MLflow's retry back-off): not a second one to say
                 if since is not None:  # this request or a later one: the outage is over, said once
                     print(f"the tracking server answered again after {time.monotonic() - since:.0f} s",
                           file=sys.stderr, flush=True)
