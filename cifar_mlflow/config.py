@@ -376,6 +376,9 @@ def validate_config(config: TrainConfig) -> None:
     if config.low_res_epochs > 0 and config.low_res_size is None:
         raise ConfigError("low_res_epochs needs --low-res-size, the image size of those epochs (for 32x32 images, "
                           "e.g. --low-res-size 28)")
+    if config.low_res_size is not None and config.low_res_epochs == 0:
+        raise ConfigError(f"low_res_size {config.low_res_size} does nothing without --low-res-epochs, the number of "
+                          "first epochs to train at that size: give it too, or leave out --low-res-size")
     if not 0.0 <= config.lr_end <= 1.0:
         raise ConfigError(f"lr_end must be in [0, 1] (a fraction of --lr), got {config.lr_end!r}")
     if not isinstance(config.model_args, dict):

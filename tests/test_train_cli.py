@@ -37,6 +37,7 @@ BAD_INPUTS = [
     (["--epochs", "0"], "epochs must be a positive number"),
     (["--val-fraction", "1.5"], "val_fraction must be at least 0 and below 1"),
     (["--low-res-epochs", "1"], "low_res_epochs needs --low-res-size"),
+    (["--low-res-size", "24"], "low_res_size 24 does nothing without --low-res-epochs"),
     (["--low-res-epochs", "2", "--low-res-size", "16"], "low_res_epochs must be at least 0 and below --epochs (2)"),
     (["--low-res-epochs", "1", "--low-res-size", "32"], "--low-res-size 32 is not below the images' 32x32"),
     (["--arch", "mlp", "--low-res-epochs", "1", "--low-res-size", "24"], "mlp cannot take 3x24x24 images"),
