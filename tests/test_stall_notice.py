@@ -25,6 +25,12 @@ BUSY = {"count": 0}  # requests to /busy so far: the first two are refused as a 
 HELD, RELEASE = threading.Event(), threading.Event()  # a request to /held has arrived; let it be answered
 
 
+def wait_until(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         if self.path.startswith(("/busy", "/bad")):
@@ -43,13 +49,9 @@ class Handler(BaseHTTPRequestHandler):
             HELD.set()
             RELEASE.wait(30)
         if self.path.startswith("/outage-with-another"):  # as /stalled, once /held waits beside it
-            deadline = time.monotonic() + 30
-            while not (faults._outage_since and HELD.is_set()) and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_until(lambda: faults._outage_since and HELD.is_set())
         if self.path.startswith(("/stalled", "/hangup")):  # no answer until the client has said it waits
-            deadline = time.monotonic() + 30
-            while not faults._outage_since and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_until(lambda: faults._outage_since)
         if self.path.startswith("/hangup"):
             self.close_connection = True  # no answer at all
             return
@@ -138,9 +140,7 @@ def test_a_request_that_waited_through_the_outage_is_not_said_to_be_a_second_one
     logger = Logger(server, server)
 
     def system_metrics() -> None:  # a request sent while the outage is on, from another thread
-        deadline = time.monotonic() + 30
-        while not faults._outage_since and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: faults._outage_since)
         requests.get(f"{server}/held", timeout=30)
 
     other = threading.Thread(target=system_metrics)
