@@ -42,3 +42,22 @@ def test_two_process_training_logs_one_run_with_all_reduced_metrics(imagefolder,
     accuracy = (predictions == splits.val.labels).float().mean().item()
     assert run.data.metrics["val_acc"] == accuracy == run.data.metrics["best_val_acc"]
     assert not list((tmp_path / "ckpt").rglob("*.pt"))  # written by rank 0 only, removed when finished
+
+
+def test_fast_recipe_under_torchrun_freezes_the_whitening_bias_mid_run(imagefolder, tmp_path) -> None:
+    """On one process the frozen whitening bias leaves backward (requires_grad off); under torchrun the set of
+    parameters with gradients must stay fixed, or the second epoch dies in DistributedDataParallel."""
+    uri = f"sqlite:///{tmp_path / 'runs.db'}"
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    proc = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "cifar_mlflow.train", "--recipe", "fast",
+         "--dataset", "imagefolder", "--data-dir", str(imagefolder), "--epochs", "2", "--batch-size", "8",
+         "--model-args", '{"widths": [8, 8, 8], "whiten_bias_epochs": 1}', "--tta", "none", "--log-model", "false",
+         "--no-progress", "--device", "cpu", "--tracking-uri", uri],
+        cwd=tmp_path, env=run_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FINISHED"
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2

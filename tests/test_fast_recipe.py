@@ -78,7 +78,8 @@ def test_uncentred_whitening_whitens_the_patches_second_moment_as_published() ->
 
 def test_whitening_bias_learns_for_its_epochs_then_stays_while_the_rest_learns() -> None:
     """`whiten_bias_epochs` 1.5: the bias moves in the first epoch and the first half of the second, then not
-    at all, momentum included, while the head goes on learning."""
+    at all, momentum included, while the head goes on learning; once frozen, backward no longer reaches
+    the whitening (the first convolution's input gradient is skipped, as airbench skips it)."""
     gen = torch.Generator().manual_seed(0)
     labels = torch.arange(4).repeat(64)
     images = (128 + 40 * torch.randn(len(labels), 3, 16, 16, generator=gen)).clamp(0, 255).byte()
@@ -89,12 +90,17 @@ def test_whitening_bias_learns_for_its_epochs_then_stays_while_the_rest_learns()
     prepared = prepare(config, data=split_data(data, val_fraction=0.0, seed=0))
     model = prepared.model
     seen = [(model.whiten.bias.detach().clone(), model.head.weight.detach().clone())]
+    needs_grad: list[bool] = []  # per training step: does the whitening's output take part in backward?
+    model.whiten.register_forward_hook(
+        lambda module, inputs, output: needs_grad.append(output.requires_grad) if model.training else None)
     fit(prepared, callbacks=[lambda epoch, row: seen.append((model.whiten.bias.detach().clone(),
                                                              model.head.weight.detach().clone()))])
     (bias0, _), (bias1, _), (bias2, head2), (bias3, head3) = seen
     assert not torch.equal(bias1, bias0) and not torch.equal(bias2, bias1)
     assert torch.equal(bias3, bias2)
     assert not torch.equal(head3, head2)
+    steps_per_epoch = len(labels) // 32
+    assert needs_grad == [True] * (steps_per_epoch * 3 // 2) + [False] * (steps_per_epoch * 3 // 2)
 
 
 def test_published_final_pool_reads_a_3x3_window_and_says_which_inputs_it_suits() -> None:
