@@ -88,20 +88,19 @@ def training_pass(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim
         epochs_done = epoch - 1 + (step - 1) / len(loader)  # before this step
         if epochs_done < low_res_epochs:
             images = downscaled(images, low_res_size)
-        for param, train_epochs in timed:
-            if epochs_done >= train_epochs and param.requires_grad and not several_ranks:
-                # its time is up: frozen, so backward skips the gradients only it needed (for airbench's
-                # whitening bias, the first convolution's input gradient), as airbench detaches it; under
-                # torchrun the set of parameters with gradients stays fixed, and the gradient is dropped below
+        time_up = [param for param, train_epochs in timed if epochs_done >= train_epochs]
+        if not several_ranks:  # frozen, so backward skips the gradients only they needed (for airbench's
+            # whitening bias, the first convolution's input gradient), as airbench detaches it; under torchrun
+            # the set of parameters with gradients stays fixed, and their gradients are dropped below
+            for param in time_up:
                 param.requires_grad_(False)
         with autocast_for(device, precision):
             logits = model(images)
             loss = loss_fn(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        for param, train_epochs in timed:
-            if epochs_done >= train_epochs:
-                param.grad = None  # the optimizer leaves it as it is (no momentum, no decay)
+        for param in time_up:
+            param.grad = None  # the optimizer leaves it as it is (no momentum, no decay)
         if grad_clip:
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
