@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from cifar_mlflow.errors import ConfigError
+from cifar_mlflow.models.gemm_weight_grad import conv3x3
 from cifar_mlflow.models.registry import register_model
 
 # Learning-rate multiplier of the batch-norm biases (airbench's "bias_scaler"); the optimizer reads
@@ -38,10 +39,14 @@ class _BatchNorm(nn.BatchNorm2d):
 
 
 class _Conv(nn.Conv2d):
-    """3x3 'same' conv without bias; identity (Dirac) initialisation of its first filters."""
+    """3x3 'same' conv without bias; identity (Dirac) initialisation of its first filters. Its weight gradient is
+    computed by matrix products where oneDNN's is slow (`gemm_weight_grad`)."""
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__(cin, cout, kernel_size=3, padding="same", bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return conv3x3(x, self.weight)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
