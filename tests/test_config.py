@@ -33,7 +33,7 @@ def test_user_values_win_over_recommendations() -> None:
 def test_fast_recipe_fills_everything_left_unset() -> None:
     config = parse("--recipe", "fast")
     assert (config.arch, config.batch_size, config.epochs, config.scheduler, config.augment) == (
-        "airbench", 1024, 7, "linear", "light")
+        "airbench", 1024, 8, "linear", "light")
     assert (config.optimizer, config.muon_lr, config.lr, config.weight_decay) == ("muon", 0.24, 1.656, 1.208e-3)
     muon = (config.muon_momentum, config.muon_ns_steps, config.muon_renorm)
     assert muon == (0.6, 3, True)  # airbench94_muon's

@@ -247,7 +247,7 @@ def test_print_config_shows_the_resolved_options_and_creates_nothing(tmp_path) -
                           capture_output=True, text=True, cwd=tmp_path, env=run_env(), timeout=120)
     assert proc.returncode == 0, proc.stderr
     shown = yaml.safe_load(proc.stdout)
-    assert (shown["arch"], shown["optimizer"], shown["epochs"], shown["batch_size"]) == ("airbench", "muon", 7, 1024)
+    assert (shown["arch"], shown["optimizer"], shown["epochs"], shown["batch_size"]) == ("airbench", "muon", 8, 1024)
     assert shown["lr"] == 0.5 and shown["muon_lr"] == 0.24 and shown["tta"] == "flip_translate"
     assert "s3cret" not in proc.stdout + proc.stderr
     assert list(tmp_path.iterdir()) == []
