@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import pickle
+import shutil
 import signal
 import struct
 import subprocess
@@ -39,8 +41,11 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 
 ROOT = Path(__file__).resolve().parent.parent
-# Decoded image folders are cached per test process, not in the user's ~/.cache (subprocesses inherit it).
-os.environ["CIFAR_MLFLOW_CACHE_DIR"] = tempfile.mkdtemp(prefix="cifar-mlflow-cache-")
+# Decoded image folders are cached per test process, not in the user's ~/.cache (subprocesses inherit it), and
+# removed when the process ends.
+_CACHE_DIR = tempfile.mkdtemp(prefix="cifar-mlflow-cache-")
+os.environ["CIFAR_MLFLOW_CACHE_DIR"] = _CACHE_DIR
+atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
 CLASSES = ["cat", "dog", "ship"]
 
 
