@@ -154,3 +154,56 @@ def _compare_steps(monkeypatch) -> None:
         for name, p in product.named_parameters():
             expected = in_product_units(name, ref_state)
             assert torch.allclose(p, expected, rtol=1e-3, atol=1e-4), (step, name, (p - expected).abs().max())
+
+
+def test_the_interleaved_projection_counts_each_recipes_published_schedule() -> None:
+    """tools/interleaved_step_costs.py projects a whole run from per-image costs: the images each recipe trains
+    with the whitening bias learning and frozen are its own schedule's (the fast recipe: 3 of 8 epochs of
+    48 batches of 1024; airbench94: 144 of ceil(9.9 x 48) = 476 steps of 1024; airbench94_muon: 75 of 200
+    steps of 2000), and a round's costs give each recipe's seconds."""
+    import interleaved_step_costs as costs
+
+    assert costs.fast_images() == {"learning": 3 * 48 * 1024, "frozen": 5 * 48 * 1024}
+    assert costs.reference_images(airbench94.HYP) == {"learning": 144 * 1024, "frozen": 332 * 1024}
+    assert costs.reference_images(airbench94_muon.HYP) == {"learning": 75 * 2000, "frozen": 125 * 2000}
+    recipes = [costs.Recipe("fast", lambda learning: 0, {"learning": 300, "frozen": 500}, 0.0),
+               costs.Recipe("airbench94", lambda learning: 0, {"learning": 100, "frozen": 900}, 0.5)]
+    rounds = [{"fast": {"learning": [0.1, 100], "frozen": [0.1, 100]},
+               "airbench94": {"learning": [0.2, 100], "frozen": [0.2, 200]}},
+              {"fast": {"learning": [0.3, 100], "frozen": [0.1, 100]},
+               "airbench94": {"learning": [0.4, 100], "frozen": [0.0, 200]}}]  # seconds, images per pass
+    cost = costs.costs(rounds)  # all passes' seconds over their images
+    assert cost["fast"] == pytest.approx({"learning": 0.002, "frozen": 0.001})
+    assert cost["airbench94"] == pytest.approx({"learning": 0.003, "frozen": 0.0005})
+    projection = costs.project(recipes, cost)
+    assert projection == pytest.approx({"fast": 1.1, "airbench94": 0.3 + 0.45 + 0.5})
+    assert costs.ratio(projection) == pytest.approx(1.1 / 1.25)
+
+
+def test_the_interleaved_passes_take_turns_in_a_rotated_order() -> None:
+    """Every round gives each recipe an untimed step, then a pass with the whitening bias learning and one frozen
+    (which first alternating), the first recipe of the round moving on each round; each timed pass's seconds
+    and images are kept."""
+    import interleaved_step_costs as costs
+
+    calls = []
+
+    def recipe(name: str) -> costs.Recipe:
+        def run_pass(learning: bool, settle: bool) -> int:
+            calls.append((name, "settle" if settle else learning))
+            return 100
+        return costs.Recipe(name, run_pass, {"learning": 1, "frozen": 1}, 0.0)
+
+    rows = costs.measure([recipe("a"), recipe("b"), recipe("c")], rounds=2)
+    assert calls[:6] == [("a", True), ("a", False), ("b", True), ("b", False), ("c", True), ("c", False)]  # warm-up
+    turns = calls[6:]
+    assert [name for name, _ in turns] == ["a"] * 3 + ["b"] * 3 + ["c"] * 3 + ["b"] * 3 + ["c"] * 3 + ["a"] * 3
+    assert [what for _, what in turns] == ["settle", True, False] * 3 + ["settle", False, True] * 3
+    assert len(rows) == 2 and all(0 < row[n][p][0] < 1 and row[n][p][1] == 100
+                                  for row in rows for n in "abc" for p in costs.PHASES)
+
+
+def test_the_interleaved_costs_refuse_a_folder_without_train_and_test_in_one_line(tmp_path) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "interleaved_step_costs.py"), "--data-dir",
+                           str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "train" in done.stderr
