@@ -14,7 +14,9 @@ kept); the table of means is printed at the end.
         --tracking-uri sqlite:////work/results/mlflow.db --out fast-vs-references.jsonl
 
 Training seconds: the references' own clocks (the epochs and the whitening); for the fast recipe the
-sum of its logged `epoch_seconds`. Wall seconds: the whole command, reading the images included.
+sum of its logged `epoch_seconds`. Wall seconds: the whole command, reading the images included. On a machine
+whose pace drifts within minutes (a shared virtual machine), whole runs one after another measure the drift:
+`tools/interleaved_step_costs.py` times the three taking turns every few seconds.
 """
 
 from __future__ import annotations
