@@ -242,6 +242,14 @@ def train_steps(model: nn.Module, loader: TrainLoader, epochs: float, clock: Epo
 TrainFn = Callable[..., tuple[nn.Module, float]]
 
 
+def refuse_folder_without_splits(parser: argparse.ArgumentParser, data_dir: Path) -> None:
+    """Exit with status 2 and one line where `data_dir` lacks the image folder's train/ or test/."""
+    for split in ("train", "test"):
+        if not (data_dir / split).is_dir():
+            parser.exit(2, f"error: {data_dir / split} is not a folder; --data-dir needs train/<class>/ "
+                           "and test/<class>/ (make cifar10-jpg)\n")
+
+
 def main(description: str, train_fn: TrainFn, epochs: float, batch_size: int) -> None:
     """Parse the command line, read the folder, train with `train_fn`, evaluate, print and write JSON.
 
@@ -257,10 +265,7 @@ def main(description: str, train_fn: TrainFn, epochs: float, batch_size: int) ->
     parser.add_argument("--batch-size", type=int, default=batch_size,
                         help=f"images per step (default: the published {batch_size}; other values for quick checks)")
     args = parser.parse_args()
-    for split in ("train", "test"):
-        if not (args.data_dir / split).is_dir():
-            parser.exit(2, f"error: {args.data_dir / split} is not a folder; --data-dir needs train/<class>/ "
-                           "and test/<class>/ (make cifar10-jpg)\n")
+    refuse_folder_without_splits(parser, args.data_dir)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     precision = "bf16" if native_bf16(device) else "fp32"
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
