@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from cifar_mlflow.errors import ConfigError
-from cifar_mlflow.models.gemm_weight_grad import conv3x3
 from cifar_mlflow.models.registry import register_model
+from cifar_mlflow.models.small_map_conv import conv3x3
 
 # Learning-rate multiplier of the batch-norm biases (airbench's "bias_scaler"); the optimizer reads
 # a parameter's `lr_scale` attribute.
@@ -40,7 +40,7 @@ class _BatchNorm(nn.BatchNorm2d):
 
 class _Conv(nn.Conv2d):
     """3x3 'same' conv without bias; identity (Dirac) initialisation of its first filters. Its weight gradient is
-    computed by matrix products where oneDNN's is slow (`gemm_weight_grad`)."""
+    computed on a mosaic of the images where oneDNN's is slow on small maps (`small_map_conv`)."""
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__(cin, cout, kernel_size=3, padding="same", bias=False)
