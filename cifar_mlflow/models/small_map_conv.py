@@ -98,7 +98,7 @@ def uses_mosaic(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def conv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """A 3x3 convolution with padding 1 and no bias, on a mosaic of the images where that pays."""
+    """A 3x3 convolution with padding 1 and no bias, its weight gradient on a mosaic of the images where that pays."""
     if not uses_mosaic(x, weight):
         return F.conv2d(x, weight, padding=1)
     dtype = torch.get_autocast_dtype("cpu")
