@@ -139,7 +139,8 @@ def test_the_tracking_server_killed_mid_study_loses_nothing(postgres, imagefolde
     server.__enter__()
     try:
         workers = [Worker(worker_args(storage, uri, imagefolder), tmp_path, f"worker-{i}") for i in range(2)]
-        workers[0].wait_for("epoch 3/", timeout=600)
+        for worker in workers:  # both mid-study: a worker still starting up when the server goes has nothing to wait on
+            worker.wait_for("epoch 3/", timeout=600)
         pid = subprocess.run(["pgrep", "-f", "--", f"--port {port}"], capture_output=True, text=True).stdout.split()[0]
         os.killpg(os.getpgid(int(pid)), signal.SIGKILL)  # the server and its workers, mid-trial
         server.__exit__(None, None, None)
