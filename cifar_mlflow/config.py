@@ -46,6 +46,8 @@ RECIPE_SETTINGS: dict[str, dict[str, Any]] = {
                                                   decay_biases=True, whiten_bias_lr_scale=64))),
 }
 RECIPES = tuple(RECIPE_SETTINGS)
+# Every image in every epoch unless a recipe or the user says otherwise (`--hard-fraction`).
+HARDEST_DEFAULTS: dict[str, Any] = dict(hard_fraction=1.0, hard_from_epoch=2)
 
 
 def _field(default: Any, help: str, **metadata: Any) -> Any:
@@ -102,6 +104,14 @@ class TrainConfig:
                                    "rest at full size (evaluation always at full size); 0: off")
     low_res_size: int | None = _field(None, "the square image size of the --low-res-epochs (below the "
                                       "images' size; a net with a fixed final pool needs a size it can take)")
+    hard_fraction: float | None = _field(None, "train each epoch from --hard-from-epoch on only on this fraction "
+                                         "of the training images, those whose loss was highest when last trained on "
+                                         "(each such epoch costs that much less; the learning-rate schedule spans "
+                                         "the steps actually taken); 1: every image in every epoch; default: 1, or "
+                                         "the recipe's")
+    hard_from_epoch: int | None = _field(None, "the first epoch that trains on the --hard-fraction of hardest "
+                                         "images only (the epochs before train on every image, so that each has a "
+                                         "loss); default: 2, or the recipe's")
     tta: str | None = _field(None, "test-time augmentation of evaluation and of the logged "
                              "model: none, flip (average with the mirror image) or "
                              "flip_translate (also 1-pixel shifts); default: none, or the "
@@ -295,6 +305,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     resolved = dataclasses.replace(config, **filled)
     if resolved.muon_momentum is None:
         resolved = dataclasses.replace(resolved, muon_momentum=resolved.momentum)
+    resolved = dataclasses.replace(resolved, **unset_in(resolved, HARDEST_DEFAULTS))
     validate_config(resolved)
     object.__setattr__(resolved, "_resolved", True)  # not a field: `dataclasses.replace` makes one to resolve again
     return resolved
@@ -379,6 +390,13 @@ def validate_config(config: TrainConfig) -> None:
     if config.low_res_size is not None and config.low_res_epochs == 0:
         raise ConfigError(f"low_res_size {config.low_res_size} does nothing without --low-res-epochs, the number of "
                           "first epochs to train at that size: give it too, or leave out --low-res-size")
+    if not (isinstance(config.hard_fraction, (int, float)) and 0.0 < config.hard_fraction <= 1.0):
+        raise ConfigError(f"hard_fraction must be above 0 and at most 1 (the share of the training images the later "
+                          f"epochs train on; 1: all of them), got {config.hard_fraction!r}")
+    if config.hard_fraction < 1.0 and not (isinstance(config.hard_from_epoch, int)
+                                           and 2 <= config.hard_from_epoch <= config.epochs):
+        raise ConfigError(f"hard_from_epoch must be from 2 (one epoch over every image first) to --epochs "
+                          f"({config.epochs}), got {config.hard_from_epoch!r}")
     if not 0.0 <= config.lr_end <= 1.0:
         raise ConfigError(f"lr_end must be in [0, 1] (a fraction of --lr), got {config.lr_end!r}")
     if not isinstance(config.model_args, dict):

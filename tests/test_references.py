@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from cifar_mlflow import TrainConfig
 from tests.conftest import ROOT, write_imagefolder
 
 sys.path.insert(0, str(ROOT / "tools"))
@@ -164,6 +165,9 @@ def test_the_interleaved_projection_counts_each_recipes_published_schedule() -> 
     import interleaved_step_costs as costs
 
     assert costs.fast_images() == {"learning": 3 * 48 * 1024, "frozen": 5 * 48 * 1024}
+    # from epoch 3 on, the hardest 60%: 29 batches of 1024 where 48 were
+    hardest = TrainConfig(recipe="fast", hard_fraction=0.6, hard_from_epoch=3)
+    assert costs.fast_images(hardest) == {"learning": (2 * 48 + 29) * 1024, "frozen": 5 * 29 * 1024}
     assert costs.reference_images(airbench94.HYP) == {"learning": 144 * 1024, "frozen": 332 * 1024}
     assert costs.reference_images(airbench94_muon.HYP) == {"learning": 75 * 2000, "frozen": 125 * 2000}
     recipes = [costs.Recipe("fast", lambda learning: 0, {"learning": 300, "frozen": 500}, 0.0),

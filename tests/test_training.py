@@ -12,7 +12,7 @@ import torch
 
 from cifar_mlflow import NonFiniteLossError, TrainConfig, prepare
 from cifar_mlflow.core.checkpoint import load_checkpoint
-from cifar_mlflow.core.fit import fit
+from cifar_mlflow.core.fit import _build_loop, fit
 from cifar_mlflow.train.run import train
 
 
@@ -126,8 +126,11 @@ def test_non_finite_loss_stops_at_once(imagefolder) -> None:
         train(config)
 
 
-def test_resumed_run_ends_where_an_uninterrupted_one_does(imagefolder, tmp_path) -> None:
-    config = quick(imagefolder, epochs=3, augment="standard")
+@pytest.mark.parametrize("changes", [{}, {"hard_fraction": 0.5, "hard_from_epoch": 2}],
+                         ids=["every-image", "hardest-images"])
+def test_resumed_run_ends_where_an_uninterrupted_one_does(imagefolder, tmp_path, changes) -> None:
+    # with the hardest-image selection, epoch 2 draws from the losses epoch 1 recorded: the checkpoint keeps them
+    config = quick(imagefolder, epochs=3, augment="standard", **changes)
     straight = fit(prepare(config))
 
     class Interrupt(Exception):
@@ -256,3 +259,29 @@ def test_progressive_resizing_trains_the_first_epochs_small_and_evaluates_at_ful
     small = math.ceil(1.5 * steps_per_epoch)  # the steps begun before 1.5 epochs were done
     assert trained == [28] * small + [32] * (len(trained) - small)
     assert {size for training, size in seen if not training} == {32}  # validation and test at full size
+
+
+def test_hardest_image_epochs_train_on_that_fraction_and_the_schedule_ends_with_them(imagefolder) -> None:
+    config = quick(imagefolder, arch="airbench", optimizer="muon", scheduler="linear", lr_end=0.0, warmup_epochs=0.0,
+                   epochs=3, batch_size=8, hard_fraction=0.5, hard_from_epoch=2)
+    prepared = prepare(config)
+    trained: list[int] = []
+    prepared.model.register_forward_pre_hook(
+        lambda module, args: trained.append(len(args[0])) if module.training else None)
+    logger = RecordingLogger()
+    fit(prepared, logger=logger)
+    train_size = len(prepared.data.train)
+    full, half = train_size // 8 * 8, round(0.5 * train_size) // 8 * 8
+    assert [row["epoch_images"] for _, row in logger.epochs] == [full, half, half]
+    assert sum(trained) == full + 2 * half  # no hidden extra pass: the skipped images cost nothing
+
+    loop = _build_loop(prepare(config))  # the schedule spans the steps taken, not 3 full epochs of steps
+    steps = (full + 2 * half) // 8
+    peak = loop.optimizer.param_groups[0]["lr"]
+    for _ in range(steps - 1):
+        loop.optimizer.step()  # no gradients: nothing moves, only the schedule is followed
+        loop.schedule.step_batch()
+    assert loop.optimizer.param_groups[0]["lr"] > 0.01 * peak  # still decaying before the last step
+    loop.optimizer.step()
+    loop.schedule.step_batch()
+    assert loop.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)

@@ -51,7 +51,7 @@ from airbench_reference import (  # noqa: E402
 )
 
 from cifar_mlflow import TrainConfig  # noqa: E402
-from cifar_mlflow.config import RECIPE_SETTINGS  # noqa: E402
+from cifar_mlflow.config import resolve_config  # noqa: E402
 from cifar_mlflow.core.fit import _build_loop  # noqa: E402
 from cifar_mlflow.core.passes import training_pass  # noqa: E402
 from cifar_mlflow.core.prepare import prepare  # noqa: E402
@@ -107,12 +107,19 @@ class OneBatch:
         yield self.batch
 
 
-def fast_images() -> dict[str, int]:
-    """The images a whole run of `--recipe fast` trains with the whitening bias learning and frozen."""
-    settings, for_its_net = RECIPE_SETTINGS["fast"], RECIPE_SETTINGS["fast"]["for_its_net"]
-    batch, learning_epochs = for_its_net["batch_size"], for_its_net["model_args"]["whiten_bias_epochs"]
-    per_epoch = TRAIN_IMAGES // batch * batch  # the product's loader drops the last partial batch
-    return {"learning": learning_epochs * per_epoch, "frozen": (settings["epochs"] - learning_epochs) * per_epoch}
+def fast_images(config: TrainConfig | None = None) -> dict[str, int]:
+    """The images a whole run of `--recipe fast` (or `config`) trains with the whitening bias learning and
+    frozen (its epochs from `--hard-from-epoch` on: the `--hard-fraction` of them)."""
+    config = resolve_config(config or TrainConfig(recipe="fast"))
+    batch, learning_epochs = config.batch_size, config.model_args["whiten_bias_epochs"]
+
+    def images_in(epoch: int) -> int:  # the product's loader drops the last partial batch
+        hardest_only = config.hard_fraction < 1.0 and epoch >= config.hard_from_epoch
+        count = round(config.hard_fraction * TRAIN_IMAGES) if hardest_only else TRAIN_IMAGES
+        return max(1, count // batch) * batch
+
+    return {"learning": sum(images_in(e) for e in range(1, learning_epochs + 1)),
+            "frozen": sum(images_in(e) for e in range(learning_epochs + 1, config.epochs + 1))}
 
 
 def reference_images(hyp: dict) -> dict[str, int]:
@@ -123,7 +130,7 @@ def reference_images(hyp: dict) -> dict[str, int]:
 
 
 def _fast(data_dir: Path, steps: int, seed: int) -> tuple[Recipe, object]:
-    learning_epochs = RECIPE_SETTINGS["fast"]["for_its_net"]["model_args"]["whiten_bias_epochs"]
+    learning_epochs = resolve_config(TrainConfig(recipe="fast")).model_args["whiten_bias_epochs"]
     # the whole training set, as a run has it; many epochs in the config, so that the schedule stays at its
     # first rate however many passes are taken
     config = TrainConfig(recipe="fast", dataset="imagefolder", data_dir=str(data_dir), val_fraction=0.0,

@@ -184,7 +184,9 @@ class TrainingState:
                 "lookahead": self.lookahead.state_dict() if self.lookahead is not None else None,
                 "best": {"epoch": best.epoch, "val_acc": best.val_acc, "val_loss": best.val_loss, "state": best.state},
                 "rng": {"torch": torch.get_rng_state(), "loader": self.loader.generator.get_state().cpu()},
-                "data_digest": self.data_digest}
+                "data_digest": self.data_digest,
+                # the hardest-image selection's per-image losses: a resumed run picks the same images
+                "hardest": self.loader.hardest.state_dict() if self.loader.hardest is not None else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -200,3 +202,5 @@ class TrainingState:
         generator.set_state(state["rng"]["loader"].to(generator.get_state().device))
         self.epoch = state["epoch"]
         self.loader.epoch = state["epoch"]  # the passes done: alternating flips go on from there
+        if self.loader.hardest is not None and state.get("hardest"):
+            self.loader.hardest.load_state_dict(state["hardest"])

@@ -26,6 +26,7 @@ from cifar_mlflow.core.passes import Evaluation, evaluate, gradient_scaler, trai
 from cifar_mlflow.core.prepare import Prepared
 from cifar_mlflow.core.run_logger import NullLogger, RunLogger
 from cifar_mlflow.data.augment import BatchTransform
+from cifar_mlflow.data.hardest import HardestImages
 from cifar_mlflow.data.loader import DeviceLoader
 from cifar_mlflow.models.inference import with_tta
 from cifar_mlflow.redaction import redact
@@ -76,8 +77,10 @@ def _build_loop(prepared: Prepared) -> _Loop:
     layout = {"channels_last": prepared.channels_last}
     shard = {"rank": distributed.rank(), "world_size": distributed.world_size()}  # under torchrun: this process's part
     augment = BatchTransform(config.augment, data.mean, data.std, data.hflip_ok, flip=config.flip)
+    hardest = (HardestImages(len(data.train), config.hard_fraction, config.hard_from_epoch - 1, device)
+               if config.hard_fraction < 1.0 else None)
     train_loader = DeviceLoader(data.train, config.batch_size, augment, device, shuffle=True, seed=config.seed,
-                                **layout, **shard)
+                                hardest=hardest, **layout, **shard)
     plain = BatchTransform("none", data.mean, data.std)
     eval_batch = max(config.batch_size, 256)
     # No validation split (the tuner's retraining on train + validation): no val metrics, no early
@@ -86,8 +89,9 @@ def _build_loop(prepared: Prepared) -> _Loop:
                   if len(data.val) > 0 else None)
     test_loader = DeviceLoader(data.test, eval_batch, plain, device, shuffle=False, **layout)
     optimizer = build_optimizer(config, model, prepared.precision)
-    schedule = build_schedule(config, optimizer, len(train_loader))
-    lookahead = Lookahead(model, config.epochs * len(train_loader)) if config.lookahead else None
+    total_steps = sum(train_loader.steps_in_pass(p) for p in range(config.epochs))
+    schedule = build_schedule(config, optimizer, len(train_loader), total_steps)
+    lookahead = Lookahead(model, total_steps) if config.lookahead else None
     train_model = model
     if distributed.world_size() > 1:  # gradients averaged across ranks; buffers follow rank 0
         from torch.nn.parallel import DistributedDataParallel

@@ -122,8 +122,11 @@ def _warmup_linear(total: int, warmup: int, end: float) -> Callable[[int], float
     return factor
 
 
-def build_schedule(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> Schedule:
-    total = config.epochs * steps_per_epoch
+def build_schedule(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+                   total_steps: int | None = None) -> Schedule:
+    """The learning-rate schedule over `total_steps` (default: `--epochs` x `steps_per_epoch`; fewer where later
+    epochs train on the hardest images only); warm-up counts in epochs of `steps_per_epoch`."""
+    total = config.epochs * steps_per_epoch if total_steps is None else total_steps
     name = config.scheduler
     if name == "onecycle":
         if total < 4:  # too few steps for a rise and a fall (OneCycleLR divides by zero): constant lr

@@ -80,12 +80,13 @@ def training_pass(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
     start = time.perf_counter()
-    bar = tqdm(total=len(loader), desc=f"epoch {epoch}/{epochs}", leave=False, disable=not progress,
+    steps = len(loader)  # this pass's (fewer from the epoch that trains on the hardest images only)
+    bar = tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", leave=False, disable=not progress,
                unit="batch", dynamic_ncols=True)
     scaler = scaler if scaler is not None else gradient_scaler(device, precision)
     timed = _learning_for_a_while(model)
     for step, (images, labels) in enumerate(loader, start=1):
-        epochs_done = epoch - 1 + (step - 1) / len(loader)  # before this step
+        epochs_done = epoch - 1 + (step - 1) / steps  # before this step
         if epochs_done < low_res_epochs:
             images = downscaled(images, low_res_size)
         time_up = [param for param, train_epochs in timed if epochs_done >= train_epochs]
@@ -97,6 +98,8 @@ def training_pass(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim
         with autocast_for(device, precision):
             logits = model(images)
             loss = loss_fn(logits.float(), labels)
+        if loader.hardest is not None:  # each image's loss, for the choice of the hardest ones
+            loader.record_losses(F.cross_entropy(logits.detach().float(), labels, reduction="none"))
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         for param in time_up:
@@ -113,7 +116,7 @@ def training_pass(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
         bar.update(1)
-        if step % _SYNC_EVERY == 0 or step == len(loader):
+        if step % _SYNC_EVERY == 0 or step == steps:
             running = loss_sum.item() / seen
             if not several_ranks:  # under torchrun, all ranks check the summed loss together, below
                 _check_finite(running, epoch, step, optimizer.param_groups[0]["lr"])
@@ -123,7 +126,7 @@ def training_pass(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim
     seconds = time.perf_counter() - start
     totals = distributed.sum_across_ranks([loss_sum.item(), correct.item(), seen], device)
     total_loss, total_correct, total_seen = totals
-    _check_finite(total_loss / max(total_seen, 1), epoch, len(loader), optimizer.param_groups[0]["lr"])
+    _check_finite(total_loss / max(total_seen, 1), epoch, steps, optimizer.param_groups[0]["lr"])
     return EpochStats(total_loss / max(total_seen, 1), total_correct / max(total_seen, 1), int(total_seen), seconds)
 
 
