@@ -160,13 +160,13 @@ def _compare_steps(monkeypatch) -> None:
 def test_the_interleaved_projection_counts_each_recipes_published_schedule() -> None:
     """tools/interleaved_step_costs.py projects a whole run from per-image costs: the images each recipe trains
     with the whitening bias learning and frozen are its own schedule's (the fast recipe: 3 of 8 epochs of
-    48 batches of 1024; airbench94: 144 of ceil(9.9 x 48) = 476 steps of 1024; airbench94_muon: 75 of 200
-    steps of 2000), and a round's costs give each recipe's seconds."""
+    48 batches of 1024, the other 5 of 33; airbench94: 144 of ceil(9.9 x 48) = 476 steps of 1024;
+    airbench94_muon: 75 of 200 steps of 2000), and a round's costs give each recipe's seconds."""
     import interleaved_step_costs as costs
 
-    assert costs.fast_images() == {"learning": 3 * 48 * 1024, "frozen": 5 * 48 * 1024}
-    # from epoch 3 on, the hardest 60%: 29 batches of 1024 where 48 were
-    hardest = TrainConfig(recipe="fast", hard_fraction=0.6, hard_from_epoch=3)
+    # from epoch 4 on, the hardest 68%: 33 batches of 1024 where 48 were
+    assert costs.fast_images() == {"learning": 3 * 48 * 1024, "frozen": 5 * 33 * 1024}
+    hardest = TrainConfig(recipe="fast", hard_fraction=0.6, hard_from_epoch=3)  # 29 batches from epoch 3
     assert costs.fast_images(hardest) == {"learning": (2 * 48 + 29) * 1024, "frozen": 5 * 29 * 1024}
     assert costs.reference_images(airbench94.HYP) == {"learning": 144 * 1024, "frozen": 332 * 1024}
     assert costs.reference_images(airbench94_muon.HYP) == {"learning": 75 * 2000, "frozen": 125 * 2000}
