@@ -114,7 +114,7 @@ class TrainConfig:
                                          "the recipe's")
     hard_from_epoch: int | None = _field(None, "the first epoch that trains on the --hard-fraction of hardest "
                                          "images only (the epochs before train on every image, so that each has a "
-                                         "loss); default: 2, or the recipe's")
+                                         "loss; past --epochs: none does); default: 2, or the recipe's")
     tta: str | None = _field(None, "test-time augmentation of evaluation and of the logged "
                              "model: none, flip (average with the mirror image) or "
                              "flip_translate (also 1-pixel shifts); default: none, or the "
@@ -396,10 +396,9 @@ def validate_config(config: TrainConfig) -> None:
     if not (isinstance(config.hard_fraction, (int, float)) and 0.0 < config.hard_fraction <= 1.0):
         raise ConfigError(f"hard_fraction must be above 0 and at most 1 (the share of the training images the later "
                           f"epochs train on; 1: all of them), got {config.hard_fraction!r}")
-    if config.hard_fraction < 1.0 and not (isinstance(config.hard_from_epoch, int)
-                                           and 2 <= config.hard_from_epoch <= config.epochs):
-        raise ConfigError(f"hard_from_epoch must be from 2 (one epoch over every image first) to --epochs "
-                          f"({config.epochs}), got {config.hard_from_epoch!r}")
+    if not (isinstance(config.hard_from_epoch, int) and config.hard_from_epoch >= 2):
+        raise ConfigError(f"hard_from_epoch must be at least 2 (one epoch over every image first), got "
+                          f"{config.hard_from_epoch!r}")
     if not 0.0 <= config.lr_end <= 1.0:
         raise ConfigError(f"lr_end must be in [0, 1] (a fraction of --lr), got {config.lr_end!r}")
     if not isinstance(config.model_args, dict):

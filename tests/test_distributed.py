@@ -46,12 +46,14 @@ def test_two_process_training_logs_one_run_with_all_reduced_metrics(imagefolder,
 
 def test_fast_recipe_under_torchrun_freezes_the_whitening_bias_mid_run(imagefolder, tmp_path) -> None:
     """On one process the frozen whitening bias leaves backward (requires_grad off); under torchrun the set of
-    parameters with gradients must stay fixed, or the second epoch dies in DistributedDataParallel."""
+    parameters with gradients must stay fixed, or the second epoch dies in DistributedDataParallel. The recipe's
+    later epochs on the hardest images run there too (from epoch 2 here), on fewer images."""
     uri = f"sqlite:///{tmp_path / 'runs.db'}"
     torchrun = str(Path(sys.executable).parent / "torchrun")
     proc = subprocess.run(
         [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "cifar_mlflow.train", "--recipe", "fast",
          "--dataset", "imagefolder", "--data-dir", str(imagefolder), "--epochs", "2", "--batch-size", "8",
+         "--hard-from-epoch", "2",
          "--model-args", '{"widths": [8, 8, 8], "whiten_bias_epochs": 1}', "--tta", "none", "--log-model", "false",
          "--no-progress", "--device", "cpu", "--tracking-uri", uri],
         cwd=tmp_path, env=run_env(), capture_output=True, text=True, timeout=600)
@@ -61,3 +63,6 @@ def test_fast_recipe_under_torchrun_freezes_the_whitening_bias_mid_run(imagefold
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.info.status == "FINISHED"
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
+    images = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "epoch_images"), key=lambda m: m.step)]
+    train_size = int(run.data.params["train_size"])  # 2 processes, each its half, in whole batches of 8
+    assert images == [2 * (train_size // 2 // 8 * 8), 2 * (round(0.68 * train_size) // 2 // 8 * 8)]

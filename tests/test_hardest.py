@@ -65,3 +65,26 @@ def test_a_pool_smaller_than_a_batch_is_one_batch() -> None:
 def test_bad_settings_are_refused(fraction, from_pass, message) -> None:
     with pytest.raises(ValueError, match=message):
         HardestImages(10, fraction, from_pass, torch.device("cpu"))
+
+
+def _rank_of_two(rank: int, init_file: str, results: str) -> None:
+    """One of two processes training on its shard of the same loader (as under torchrun)."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    hardest = HardestImages(64, 0.25, from_pass=1, device=torch.device("cpu"))
+    split = Split(torch.zeros(64, 3, 4, 4, dtype=torch.uint8), torch.zeros(64, dtype=torch.int64))
+    loader = DeviceLoader(split, 8, BatchTransform("none", (0.5,) * 3, (0.25,) * 3), torch.device("cpu"),
+                          shuffle=True, seed=0, rank=rank, world_size=2, hardest=hardest)
+    losses = torch.arange(64.0)  # the same true losses; each process only sees its own images' losses
+    mine = _one_pass(loader, losses)
+    second = _one_pass(loader, losses)
+    torch.save({"mine": mine, "second": second, "losses": hardest.losses}, f"{results}{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_under_torchrun_the_processes_rank_all_losses_and_split_one_pool(tmp_path) -> None:
+    torch.multiprocessing.spawn(_rank_of_two, args=(str(tmp_path / "init"), str(tmp_path / "rank")), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert sorted(ranks[0]["mine"] + ranks[1]["mine"]) == list(range(64))  # the first pass: shards of all images
+    # each process knows every image's loss, and both drew from the same pool: the 16 hardest, 8 each
+    assert torch.equal(ranks[0]["losses"], torch.arange(64.0)) and torch.equal(ranks[1]["losses"], torch.arange(64.0))
+    assert sorted(ranks[0]["second"] + ranks[1]["second"]) == list(range(48, 64))

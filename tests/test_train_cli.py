@@ -42,8 +42,8 @@ BAD_INPUTS = [
     (["--low-res-epochs", "1", "--low-res-size", "32"], "--low-res-size 32 is not below the images' 32x32"),
     (["--arch", "mlp", "--low-res-epochs", "1", "--low-res-size", "24"], "mlp cannot take 3x24x24 images"),
     (["--hard-fraction", "0"], "hard_fraction must be above 0 and at most 1"),
-    (["--hard-fraction", "0.5", "--hard-from-epoch", "1"], "hard_from_epoch must be from 2 (one epoch over every "
-                                                           "image first) to --epochs (2), got 1"),
+    (["--hard-fraction", "0.5", "--hard-from-epoch", "1"], "hard_from_epoch must be at least 2 (one epoch over "
+                                                           "every image first), got 1"),
     (["--model-args", "{dropout: 0.2"], "model_args is not valid JSON"),
     (["--model-args", '{"no_such_arg": 1}'], "bad model_args"),
     (["--data-dir", "/nonexistent/images"], "imagefolder needs /nonexistent/images/train"),

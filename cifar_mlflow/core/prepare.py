@@ -94,9 +94,6 @@ def prepare(config: TrainConfig, data: DataSplits | None = None,
     """
     config = resolve_config(config)  # the architecture's name too, before the data set is read
     device = select_device(config.device)
-    if config.hard_fraction < 1.0 and distributed.world_size() > 1:
-        raise ConfigError("--hard-fraction below 1 trains in one process only (the processes of torchrun would each "
-                          "rank the images by their own share of the losses); leave it out under torchrun")
     if device.type == "cuda" and distributed.world_size() > 1 and device.index is None:
         device = torch.device("cuda", distributed.local_rank())  # one GPU per torchrun process
     if device.type == "cpu":

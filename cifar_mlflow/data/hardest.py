@@ -4,11 +4,16 @@ From pass `from_pass` on (0-based), a pass trains on the `fraction` of the train
 highest the last time each was trained on, and skips the rest: the pass costs that much less, and the
 images the model already classifies with confidence give up their steps to those it does not. An image
 left out keeps its last loss; an image trained on gets its new one, so the set changes from pass to pass.
+Under torchrun each process trains on its own share of a pass's images; at the end of the pass the processes
+swap what they recorded, so all of them rank the same losses and draw the same pool.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
+
+from cifar_mlflow import distributed
 
 
 class HardestImages:
@@ -31,6 +36,7 @@ class HardestImages:
         self.fraction, self.from_pass = fraction, from_pass
         # Never trained on: the highest loss there is, so such an image is drawn first.
         self.losses = torch.full((count,), float("inf"), device=device)
+        self._recorded: list[tuple[torch.Tensor, torch.Tensor]] = []  # this pass's, for the other processes
 
     def pool_size(self, pass_index: int) -> int:
         """How many images pass `pass_index` (0-based) draws from."""
@@ -46,10 +52,30 @@ class HardestImages:
 
     def record(self, indices: torch.Tensor, losses: torch.Tensor) -> None:
         """The loss of each image of a training batch, as it was before the batch's step."""
-        self.losses.index_copy_(0, indices, losses.detach().float())
+        losses = losses.detach().float()
+        self.losses.index_copy_(0, indices, losses)
+        if distributed.world_size() > 1:
+            self._recorded.append((indices, losses))
+
+    def share(self) -> None:
+        """At the end of a pass under torchrun: every process takes in the losses the others recorded (each
+        process took the same number of batches of the same size). Call it on every process; alone, it does
+        nothing."""
+        if distributed.world_size() == 1 or not self._recorded:
+            return
+        indices, losses = (torch.cat(part) for part in zip(*self._recorded))
+        self._recorded.clear()
+        self.losses.index_copy_(0, _all_gathered(indices), _all_gathered(losses))
 
     def state_dict(self) -> dict:
         return {"losses": self.losses}
 
     def load_state_dict(self, state: dict) -> None:
         self.losses.copy_(state["losses"])
+
+
+def _all_gathered(tensor: torch.Tensor) -> torch.Tensor:
+    """Every process's `tensor` (all of one shape), one after the other."""
+    parts = [torch.empty_like(tensor) for _ in range(distributed.world_size())]
+    dist.all_gather(parts, tensor)
+    return torch.cat(parts)

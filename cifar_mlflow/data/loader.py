@@ -36,8 +36,8 @@ class DeviceLoader:
         rank, world_size: under torchrun, this process takes every `world_size`-th item of each
             epoch's order, starting at `rank` (training: the same number on every rank).
         hardest: training on the hardest images only from some epoch on (`HardestImages`): each epoch
-            draws from its pool, and the training pass gives back each batch's losses (`record_losses`).
-            One process only.
+            draws from its pool, and the training pass gives back each batch's losses (`record_losses`);
+            under torchrun the processes swap them at the end of each pass.
     """
 
     def __init__(self, split: Split, batch_size: int, transform: BatchTransform, device: torch.device, *,
@@ -62,8 +62,8 @@ class DeviceLoader:
         self.first_flips = (torch.rand(len(self.labels), generator=self.generator, device=device) < 0.5
                             if shuffle and transform.alternating_flips else None)
         self.rank, self.world_size = rank, world_size
-        if hardest is not None and (not shuffle or world_size > 1):
-            raise ValueError("hardest-image selection is for a training loader in a single process")
+        if hardest is not None and not shuffle:
+            raise ValueError("hardest-image selection is for a training loader (shuffle=True)")
         self.hardest = hardest
         self.last_indices: torch.Tensor | None = None  # the images of the batch yielded last
         # Training drops the last partial batch (stable batch-norm statistics, static shapes),
@@ -116,3 +116,5 @@ class DeviceLoader:
                 x = x.contiguous(memory_format=torch.channels_last)
             self.last_indices = idx
             yield x, self.labels.index_select(0, idx)
+        if self.hardest is not None:  # every batch's losses are in (each process's, under torchrun)
+            self.hardest.share()
