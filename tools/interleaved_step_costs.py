@@ -14,12 +14,12 @@ under a minute, so all three see the same machine. Each loader runs on through i
 so an epoch's own work (the references' crop of the whole set, a shuffle) is timed in the pass that begins it.
 
 Each recipe's training time is then projected from its cost per image in each phase (all its passes' seconds
-over their images) and the images its published schedule trains in that phase (the fast recipe: 3 of 8 epochs
-of 48 x 1024 images with the whitening bias learning; airbench94: 144 of 476 steps of 1024; airbench94_muon:
-75 of 200 steps of 2000), plus, for the references, the whitening's fit, which their clocks include. The
-spread is the same ratio per block of rounds. The learning rates stay at their first value (a schedule does
-not change a step's cost); the per-epoch logging and checkpoints of the product's runs are not in its epochs'
-seconds and not here either.
+over their images) and the images its published schedule trains in that phase (the fast recipe: 3 epochs of
+48 x 1024 images with the whitening bias learning, then 5 of 33 x 1024, the hardest 68%; airbench94: 144 of 476
+steps of 1024; airbench94_muon: 75 of 200 steps of 2000), plus, for the references, the whitening's fit, which
+their clocks include. The spread is the same ratio per block of rounds. The learning rates stay at their first
+value (a schedule does not change a step's cost); the per-epoch logging and checkpoints of the product's runs are
+not in its epochs' seconds and not here either.
 """
 
 from __future__ import annotations
