@@ -55,6 +55,7 @@ from cifar_mlflow.config import resolve_config  # noqa: E402
 from cifar_mlflow.core.fit import _build_loop  # noqa: E402
 from cifar_mlflow.core.passes import training_pass  # noqa: E402
 from cifar_mlflow.core.prepare import prepare  # noqa: E402
+from cifar_mlflow.data.hardest import HardestImages  # noqa: E402
 
 TRAIN_IMAGES = 50_000  # CIFAR-10's training split, which the projections are for
 PHASES = ("learning", "frozen")  # the whitening bias
@@ -112,11 +113,11 @@ def fast_images(config: TrainConfig | None = None) -> dict[str, int]:
     frozen (its epochs from `--hard-from-epoch` on: the `--hard-fraction` of them)."""
     config = resolve_config(config or TrainConfig(recipe="fast"))
     batch, learning_epochs = config.batch_size, config.model_args["whiten_bias_epochs"]
+    # the pools the product's loader draws from, counted by the product's own rule
+    pools = HardestImages(TRAIN_IMAGES, config.hard_fraction, config.hard_from_epoch - 1, torch.device("cpu"))
 
     def images_in(epoch: int) -> int:  # the product's loader drops the last partial batch
-        hardest_only = config.hard_fraction < 1.0 and epoch >= config.hard_from_epoch
-        count = round(config.hard_fraction * TRAIN_IMAGES) if hardest_only else TRAIN_IMAGES
-        return max(1, count // batch) * batch
+        return max(1, pools.pool_size(epoch - 1) // batch) * batch
 
     return {"learning": sum(images_in(e) for e in range(1, learning_epochs + 1)),
             "frozen": sum(images_in(e) for e in range(learning_epochs + 1, config.epochs + 1))}
